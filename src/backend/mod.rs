@@ -1,0 +1,58 @@
+//! The storage seam: one small async trait, two implementations.
+//!
+//! [`Backend`] speaks full keys (prefix already applied) and plain bytes; it
+//! knows nothing of gRPC, validation or prefixes — that is the service's job.
+//! [`redis::RedisBackend`] talks to Redis or Valkey; [`memory::MemoryBackend`]
+//! is an in-process map with TTLs for running without Redis and for tests.
+
+pub mod memory;
+pub mod redis;
+
+use std::{future::Future, time::Duration};
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// A cache store. Every method is one logical operation; implementations
+/// decide how many round trips it takes (the Redis one: one).
+pub trait Backend: Send + Sync + 'static {
+    /// The value under `key`, or `None` on a miss.
+    fn get(&self, key: String) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+
+    /// Stores `value` under `key`, expiring after `ttl` (`None` = never).
+    fn set(
+        &self,
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes `keys` (distinct) and answers how many existed.
+    fn delete(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Values of `keys` (distinct), in order, `None` for misses.
+    fn mget(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
+
+    /// Sets `key` to expire after `ttl`; `false` when it does not exist.
+    fn expire(&self, key: String, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Checks the store answers with the current credentials (health).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// A snapshot of connection use, for metrics.
+    fn pool_stats(&self) -> PoolStats;
+}
+
+/// Connection counts at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Configured connections.
+    pub size: usize,
+    /// Connected, no request in flight.
+    pub idle: usize,
+    /// Connected, at least one request in flight.
+    pub in_use: usize,
+    /// Not connected (reconnecting).
+    pub disconnected: usize,
+}

@@ -1,0 +1,96 @@
+//! The one error type of the library and its mapping to gRPC status codes.
+//!
+//! Backends and the service speak [`Error`]; only [`From<Error> for Status`]
+//! knows about gRPC. Messages never carry values or credentials — callers see
+//! the field and limit that was broken, or a generic reason.
+
+use tonic::{Code, Status};
+
+/// Everything a cache operation can fail with, by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request broke a documented limit; nothing was written.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Redis refused the key or command under our ACL user (NOPERM).
+    #[error("permission denied by the cache server's ACL")]
+    PermissionDenied,
+    /// Redis rejected our credentials (WRONGPASS/NOAUTH); the caller retries
+    /// after one credential refresh, then reports it as unavailable.
+    #[error("cache server rejected the credentials")]
+    Auth,
+    /// Redis cannot be reached, the pool is exhausted or the circuit is open.
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    /// The operation ran past `operation_timeout` or the caller's deadline;
+    /// a write may or may not have been applied.
+    #[error("cache operation timed out after {0:?}; a write may or may not have been applied")]
+    DeadlineExceeded(std::time::Duration),
+    /// More requests in flight than `max_concurrent_requests`.
+    #[error("too many requests in flight (max_concurrent_requests = {0})")]
+    ResourceExhausted(usize),
+    /// Anything unexpected; logged with a request id, reported generically.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Short label used as the `status` of operation metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::PermissionDenied => "permission_denied",
+            Error::Auth | Error::Unavailable(_) => "unavailable",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// True when the failure says the connection itself is unusable, so the
+    /// health prober should look now rather than at its next tick.
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Auth)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::Auth | Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+/// Result of a cache operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_contract_code() {
+        let cases = [
+            (Error::InvalidArgument("key".into()), Code::InvalidArgument),
+            (Error::PermissionDenied, Code::PermissionDenied),
+            (Error::Auth, Code::Unavailable),
+            (Error::Unavailable("down".into()), Code::Unavailable),
+            (
+                Error::DeadlineExceeded(std::time::Duration::from_millis(5)),
+                Code::DeadlineExceeded,
+            ),
+            (Error::ResourceExhausted(4), Code::ResourceExhausted),
+            (Error::Internal("x".into()), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Health: a prober task that PINGs the backend with the current credentials
+//! and moves the `grpc.health.v1` statuses of `""`, `cache.v1.Cache` and the
+//! plugin's name together.
+//!
+//! The service wakes the prober at once on a connection failure, so health
+//! follows reality faster than `health_interval`. This module does not serve
+//! gRPC; tonic-health does, from the reporter it drives.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{Notify, watch};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, warn};
+
+use crate::{backend::Backend, metrics::Metrics};
+
+/// The gRPC name of the cache service, as health clients ask for it.
+pub const CACHE_SERVICE: &str = "cache.v1.Cache";
+
+/// Drives the health statuses.
+pub struct Prober {
+    reporter: HealthReporter,
+    names: Vec<String>,
+    metrics: Arc<Metrics>,
+    /// Wakes the prober before its next tick (a request saw Redis fail).
+    pub wake: Arc<Notify>,
+    serving: watch::Sender<bool>,
+}
+
+impl Prober {
+    /// A prober for the plugin named `plugin`; every status starts NOT_SERVING.
+    pub fn new(reporter: HealthReporter, plugin: &str, metrics: Arc<Metrics>) -> Self {
+        let names = vec![String::new(), CACHE_SERVICE.to_string(), plugin.to_string()];
+        let (serving, _) = watch::channel(false);
+        Self {
+            reporter,
+            names,
+            metrics,
+            wake: Arc::new(Notify::new()),
+            serving,
+        }
+    }
+
+    /// Follows the serving state (tests and start-up logs use it).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.serving.subscribe()
+    }
+
+    /// Sets every status at once and mirrors it in the metric.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in &self.names {
+            self.reporter.set_service_status(name, status).await;
+        }
+        self.metrics.health_status.set(i64::from(serving));
+        if self.serving.send_replace(serving) != serving {
+            if serving {
+                info!("health: SERVING");
+            } else {
+                warn!("health: NOT_SERVING");
+            }
+        }
+    }
+
+    /// Probes every `interval` (and when woken) until `stop` fires, then
+    /// reports NOT_SERVING for good.
+    pub async fn run<B: Backend>(
+        self,
+        backend: Arc<B>,
+        interval: Duration,
+        timeout: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        self.set(false).await;
+        loop {
+            let ok = matches!(
+                tokio::time::timeout(timeout, backend.ping()).await,
+                Ok(Ok(()))
+            );
+            if *stop.borrow() {
+                break;
+            }
+            self.set(ok).await;
+            // When failing, look again soon so recovery shows quickly.
+            let wait = if ok {
+                interval
+            } else {
+                interval.min(Duration::from_millis(100))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        self.set(false).await;
+    }
+}

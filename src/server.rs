@@ -1,0 +1,211 @@
+//! One port for everything: the cache service, `grpc.health.v1`, server
+//! reflection (v1 and v1alpha, for grpcurl) and plain HTTP `GET /metrics`.
+//!
+//! [`serve`] builds the application from a validated [`Config`], serves on a
+//! listener it is given and drains on a shutdown future it is given — so
+//! tests drive the real server in-process. It owns the order of shutdown:
+//! health NOT_SERVING, stop accepting, let calls in flight finish (bounded by
+//! `drain_timeout`), then release credentials.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{http::header::CONTENT_TYPE, routing::get};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::Routes, transport::Server};
+use tracing::{info, warn};
+
+use crate::{
+    backend::{
+        Backend,
+        memory::MemoryBackend,
+        redis::{RedisBackend, RedisSettings},
+    },
+    config::{BackendKind, Config},
+    credentials,
+    error::Error,
+    health::Prober,
+    metrics::Metrics,
+    pb::{self, cache_server::CacheServer},
+    service::{CacheService, Limits},
+};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("backend: {0}")]
+    Backend(#[from] Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the backend named by the config and serves until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    match config.backend.kind {
+        BackendKind::Memory => {
+            let backend = Arc::new(MemoryBackend::new());
+            serve_backend(config, backend, metrics, listener, shutdown).await
+        }
+        BackendKind::Redis => {
+            let creds = credentials::fixed(&config.backend.username, &config.backend.password);
+            let backend = Arc::new(RedisBackend::start(redis_settings(&config), creds)?);
+            serve_backend(config, backend, metrics, listener, shutdown).await
+        }
+    }
+}
+
+/// Redis connection settings from config.
+pub fn redis_settings(config: &Config) -> RedisSettings {
+    let b = &config.backend;
+    RedisSettings {
+        address: b.address.clone(),
+        database: b.database,
+        pool_size: b.pool_size,
+        connect_timeout: b.pool_timeout.0,
+        operation_timeout: b.operation_timeout.0,
+        max_retries: b.max_retries,
+        tls: None,
+        tls_insecure: false,
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    let b = &config.backend;
+    Limits {
+        key_prefix: b.key_prefix.clone(),
+        max_key_bytes: b.max_key_bytes,
+        max_value_bytes: b.max_value_bytes,
+        max_batch_keys: b.max_batch_keys,
+        default_ttl: b.default_ttl.0,
+        operation_timeout: b.operation_timeout.0,
+        max_concurrent_requests: config.control_plane.max_concurrent_requests,
+    }
+}
+
+/// The largest request the limits allow, plus room for framing.
+fn max_request_bytes(l: &Limits) -> usize {
+    let batch = l.max_batch_keys.saturating_mul(l.max_key_bytes + 8);
+    (l.max_value_bytes + l.max_key_bytes).max(batch) + 64 * 1024
+}
+
+async fn serve_backend<B: Backend>(
+    config: Config,
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
+    let limits = limits(&config);
+    let max_request = max_request_bytes(&limits);
+    let cache = CacheService::new(
+        backend.clone(),
+        limits,
+        metrics.clone(),
+        prober.wake.clone(),
+    );
+    let routes = routes(
+        cache,
+        health_service,
+        backend.clone(),
+        metrics.clone(),
+        max_request,
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let interval = config.control_plane.health_interval.0;
+    let probe_timeout = config.backend.operation_timeout.0;
+    tokio::spawn(prober.run(backend, interval, probe_timeout, stop_rx.clone()));
+
+    log_start(&config, &listener);
+    let signal = async move {
+        shutdown.await;
+        info!("shutdown requested: draining");
+        stop_tx.send_replace(true);
+        // Give the prober a moment to publish NOT_SERVING before GOAWAY.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let server = Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    drain_bounded(server, stop_rx, config.control_plane.drain_timeout.0).await
+}
+
+/// Runs the server; once shutdown starts, waits at most `drain` for it.
+async fn drain_bounded(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<(), ServeError> {
+    tokio::pin!(server);
+    let deadline = async {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = &mut server => result?,
+        () = deadline => warn!(?drain, "drain timeout reached; closing remaining calls"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn routes<B: Backend>(
+    cache: CacheService<B>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    max_request: usize,
+) -> Result<Routes, ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let grpc = Routes::new(CacheServer::new(cache).max_decoding_message_size(max_request))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let scrape = move || {
+        let (backend, metrics) = (backend.clone(), metrics.clone());
+        async move {
+            metrics.set_pool(backend.pool_stats());
+            let kind = "text/plain; version=0.0.4; charset=utf-8";
+            ([(CONTENT_TYPE, kind)], metrics.encode())
+        }
+    };
+    let router = grpc.into_axum_router().route("/metrics", get(scrape));
+    Ok(Routes::from(router))
+}
+
+fn log_start(config: &Config, listener: &TcpListener) {
+    let b = &config.backend;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(
+        listen = %addr,
+        backend = ?b.kind,
+        redis_address = %b.address,
+        database = b.database,
+        pool_size = b.pool_size,
+        acl = !b.username.is_empty() || b.vault_enabled,
+        vault = b.vault_enabled,
+        key_prefix = %b.key_prefix,
+        version = env!("CARGO_PKG_VERSION"),
+        "redis-cache-plugin starting"
+    );
+}

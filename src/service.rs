@@ -1,0 +1,357 @@
+//! The `cache.v1.Cache` gRPC service: validation, key prefix, admission,
+//! deadlines, metrics and the error contract — then one backend call.
+//!
+//! Every RPC goes through [`CacheService::run`], which admits the request (or
+//! rejects it with `RESOURCE_EXHAUSTED`), bounds it by the shorter of
+//! `operation_timeout` and the caller's deadline, turns a panic into
+//! `INTERNAL`, records metrics and maps [`Error`] to a status. The service
+//! never sees Redis: only the [`Backend`] trait and its [`Error`]s.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, Semaphore};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::{debug, error};
+
+use crate::{
+    backend::Backend,
+    error::{Error, Result},
+    metrics::Metrics,
+    pb::{
+        DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
+        MGetRequest, MGetResponse, SetRequest, SetResponse, cache_server::Cache,
+    },
+};
+
+/// The longest TTL accepted: beyond a year a "cache" entry is a mistake.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Request limits and defaults, from `backend` config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub key_prefix: String,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_batch_keys: usize,
+    pub default_ttl: Option<Duration>,
+    pub operation_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+/// The gRPC cache service over a backend `B`.
+pub struct CacheService<B> {
+    backend: Arc<B>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Admission: one permit per request in flight; never waited on.
+    permits: Arc<Semaphore>,
+    /// Wakes the health prober when a request saw the backend fail.
+    health_wake: Arc<Notify>,
+    next_request_id: AtomicU64,
+}
+
+impl<B: Backend> CacheService<B> {
+    /// A service admitting at most `limits.max_concurrent_requests` at once.
+    pub fn new(
+        backend: Arc<B>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        health_wake: Arc<Notify>,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+        Self {
+            backend,
+            limits,
+            metrics,
+            permits,
+            health_wake,
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Admits, bounds, guards and accounts one RPC.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let Ok(_permit) = self.permits.try_acquire() else {
+            self.metrics.reject("max_concurrent_requests");
+            self.metrics.record(op, "resource_exhausted", 0.0);
+            return Err(Error::ResourceExhausted(self.limits.max_concurrent_requests).into());
+        };
+        let bounded = tokio::time::timeout(deadline, work);
+        let result = match AssertUnwindSafe(bounded).catch_unwind().await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_elapsed)) => Err(Error::DeadlineExceeded(deadline)),
+            Err(_panic) => Err(Error::Internal("handler panicked".into())),
+        };
+        let status = result.as_ref().map_or_else(Error::label, |_| "ok");
+        self.metrics
+            .record(op, status, started.elapsed().as_secs_f64());
+        result.map(Response::new).map_err(|e| self.fail(op, e))
+    }
+
+    fn fail(&self, op: &'static str, err: Error) -> Status {
+        if err.is_connection_failure() {
+            self.health_wake.notify_one();
+        }
+        if let Error::Internal(detail) = &err {
+            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            error!(request_id = id, operation = op, error = %detail, "internal error");
+            return Status::internal(format!("internal error (request id {id})"));
+        }
+        debug!(operation = op, error = %err, "request failed");
+        err.into()
+    }
+
+    /// The shorter of `operation_timeout` and the caller's `grpc-timeout`.
+    fn deadline(&self, metadata: &MetadataMap) -> Duration {
+        let own = self.limits.operation_timeout;
+        metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(own, |caller| caller.min(own))
+    }
+
+    fn key(&self, field: &str, key: &str) -> Result<String> {
+        check_key(field, key, self.limits.max_key_bytes)?;
+        Ok(format!("{}{key}", self.limits.key_prefix))
+    }
+
+    /// Validates a batch and returns its distinct keys in first-seen order.
+    fn batch(&self, keys: Vec<String>) -> Result<Vec<String>> {
+        let max = self.limits.max_batch_keys;
+        if keys.is_empty() {
+            return Err(invalid("keys: must hold at least one key"));
+        }
+        if keys.len() > max {
+            return Err(invalid(format!(
+                "keys: {} keys exceeds max_batch_keys ({max})",
+                keys.len()
+            )));
+        }
+        let mut seen = HashSet::with_capacity(keys.len());
+        let mut distinct = Vec::with_capacity(keys.len());
+        for (i, key) in keys.into_iter().enumerate() {
+            check_key(&format!("keys[{i}]"), &key, self.limits.max_key_bytes)?;
+            if seen.insert(key.clone()) {
+                distinct.push(key);
+            }
+        }
+        Ok(distinct)
+    }
+
+    fn prefixed(&self, keys: &[String]) -> Vec<String> {
+        let prefix = &self.limits.key_prefix;
+        keys.iter().map(|k| format!("{prefix}{k}")).collect()
+    }
+
+    fn count_lookups(&self, hits: usize, total: usize) {
+        self.metrics.hits.inc_by(hits as u64);
+        self.metrics.misses.inc_by((total - hits) as u64);
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+fn check_key(field: &str, key: &str, max: usize) -> Result<()> {
+    if key.is_empty() {
+        return Err(invalid(format!("{field}: must not be empty")));
+    }
+    if key.len() > max {
+        return Err(invalid(format!(
+            "{field}: {} bytes exceeds max_key_bytes ({max})",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A TTL from the wire: at least 1 ms, at most [`MAX_TTL`], rounded up to a
+/// whole millisecond (Redis' resolution, so both backends agree).
+pub fn check_ttl(field: &str, ttl: &prost_types::Duration) -> Result<Duration> {
+    if ttl.seconds < 0 || ttl.nanos < 0 || ttl.nanos >= 1_000_000_000 {
+        return Err(invalid(format!("{field}: must be a positive duration")));
+    }
+    let d = Duration::new(ttl.seconds as u64, ttl.nanos as u32);
+    if d < Duration::from_millis(1) {
+        return Err(invalid(format!("{field}: must be at least 1ms")));
+    }
+    if d > MAX_TTL {
+        return Err(invalid(format!("{field}: must be at most 365 days")));
+    }
+    let ms = d.as_nanos().div_ceil(1_000_000) as u64;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Cache for CacheService<B> {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let deadline = self.deadline(req.metadata());
+        let key = req.into_inner().key;
+        self.run("get", deadline, async {
+            let value = self.backend.get(self.key("key", &key)?).await?;
+            self.count_lookups(usize::from(value.is_some()), 1);
+            Ok(GetResponse {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn set(&self, req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        let deadline = self.deadline(req.metadata());
+        let SetRequest { key, value, ttl } = req.into_inner();
+        self.run("set", deadline, async {
+            let key = self.key("key", &key)?;
+            let max = self.limits.max_value_bytes;
+            if value.len() > max {
+                return Err(invalid(format!(
+                    "value: {} bytes exceeds max_value_bytes ({max})",
+                    value.len()
+                )));
+            }
+            let ttl = match ttl {
+                Some(ttl) => Some(check_ttl("ttl", &ttl)?),
+                None => self.limits.default_ttl,
+            };
+            self.backend.set(key, value, ttl).await?;
+            Ok(SetResponse {})
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let deadline = self.deadline(req.metadata());
+        let keys = req.into_inner().keys;
+        self.run("delete", deadline, async {
+            let keys = self.batch(keys)?;
+            let deleted = self.backend.delete(self.prefixed(&keys)).await?;
+            Ok(DeleteResponse { deleted })
+        })
+        .await
+    }
+
+    async fn m_get(&self, req: Request<MGetRequest>) -> Result<Response<MGetResponse>, Status> {
+        let deadline = self.deadline(req.metadata());
+        let keys = req.into_inner().keys;
+        self.run("mget", deadline, async {
+            let keys = self.batch(keys)?;
+            let values = self.backend.mget(self.prefixed(&keys)).await?;
+            if values.len() != keys.len() {
+                return Err(Error::Internal(
+                    "backend answered a different key count".into(),
+                ));
+            }
+            let total = keys.len();
+            let hits: std::collections::HashMap<_, _> = keys
+                .into_iter()
+                .zip(values)
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+            self.count_lookups(hits.len(), total);
+            Ok(MGetResponse { hits })
+        })
+        .await
+    }
+
+    async fn expire(
+        &self,
+        req: Request<ExpireRequest>,
+    ) -> Result<Response<ExpireResponse>, Status> {
+        let deadline = self.deadline(req.metadata());
+        let ExpireRequest { key, ttl } = req.into_inner();
+        self.run("expire", deadline, async {
+            let key = self.key("key", &key)?;
+            let ttl = ttl.ok_or_else(|| invalid("ttl: required"))?;
+            let ttl = check_ttl("ttl", &ttl)?;
+            let found = self.backend.expire(key, ttl).await?;
+            Ok(ExpireResponse { found })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pd(seconds: i64, nanos: i32) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos }
+    }
+
+    #[test]
+    fn ttl_bounds_are_enforced() {
+        assert!(check_ttl("ttl", &pd(0, 0)).is_err());
+        assert!(check_ttl("ttl", &pd(-1, 0)).is_err());
+        assert!(check_ttl("ttl", &pd(0, -5)).is_err());
+        assert!(check_ttl("ttl", &pd(0, 999_999)).is_err());
+        assert!(check_ttl("ttl", &pd(i64::MAX, 0)).is_err());
+        assert!(check_ttl("ttl", &pd(1, 1_000_000_000)).is_err());
+        assert_eq!(
+            check_ttl("ttl", &pd(1, 0)).ok(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            check_ttl("ttl", &pd(0, 1_500_000)).ok(),
+            Some(Duration::from_millis(2))
+        );
+    }
+
+    #[test]
+    fn grpc_timeout_header_parses_every_unit() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("500u"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+
+    #[test]
+    fn key_errors_name_field_and_limit() {
+        let err = check_key("key", &"x".repeat(11), 10).unwrap_err();
+        assert_eq!(err.to_string(), "key: 11 bytes exceeds max_key_bytes (10)");
+        let err = check_key("keys[2]", "", 10).unwrap_err();
+        assert_eq!(err.to_string(), "keys[2]: must not be empty");
+    }
+}
