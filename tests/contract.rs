@@ -1,0 +1,360 @@
+//! The gRPC contract, run identically against Redis, Valkey and the memory
+//! backend: every RPC's happy path, its edge cases and every input limit.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix};
+use redis_cache_plugin::pb::{
+    DeleteRequest, ExpireRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient,
+};
+use tonic::{Code, transport::Channel};
+
+/// A plugin over one backend, and (for Redis/Valkey) the server behind it.
+struct Fixture {
+    plugin: Plugin,
+    client: CacheClient<Channel>,
+    server: Option<RedisServer>,
+    prefix: String,
+}
+
+impl Fixture {
+    async fn new(backend: &str, name: &str) -> Self {
+        let prefix = test_prefix(name);
+        let (server, mut config) = match backend {
+            "memory" => (None, memory_config(&prefix)),
+            flavor => {
+                let f = if flavor == "redis" { Flavor::Redis } else { Flavor::Valkey };
+                let server = RedisServer::start(f);
+                let config = redis_config(&server, &prefix);
+                (Some(server), config)
+            }
+        };
+        config.backend.max_key_bytes = 64;
+        config.backend.max_value_bytes = 1024;
+        config.backend.max_batch_keys = 5;
+        let plugin = Plugin::start(config).await;
+        assert!(plugin.wait_health(common::SERVING, Duration::from_secs(10)).await);
+        let client = plugin.client().await;
+        Self {
+            plugin,
+            client,
+            server,
+            prefix,
+        }
+    }
+
+    async fn set(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) {
+        self.client
+            .set(SetRequest {
+                key: key.into(),
+                value: value.to_vec().into(),
+                ttl: ttl.map(|d| d.try_into().expect("ttl")),
+            })
+            .await
+            .expect("set");
+    }
+
+    async fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        let r = self
+            .client
+            .get(GetRequest { key: key.into() })
+            .await
+            .expect("get")
+            .into_inner();
+        r.found.then(|| r.value.to_vec())
+    }
+
+    async fn mget(&mut self, keys: &[&str]) -> HashMap<String, Vec<u8>> {
+        let r = self
+            .client
+            .m_get(MGetRequest {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+            })
+            .await
+            .expect("mget")
+            .into_inner();
+        r.hits.into_iter().map(|(k, v)| (k, v.to_vec())).collect()
+    }
+}
+
+fn ttl(d: Duration) -> Option<prost_types::Duration> {
+    Some(d.try_into().expect("ttl"))
+}
+
+async fn get_returns_what_set_stored(f: &mut Fixture) {
+    f.set("a", b"hello", None).await;
+    assert_eq!(f.get("a").await.as_deref(), Some(&b"hello"[..]));
+    f.set("a", b"", None).await;
+    assert_eq!(f.get("a").await.as_deref(), Some(&b""[..]), "empty value is a hit");
+    let binary: Vec<u8> = (0..=255).collect();
+    f.set("bin", &binary, None).await;
+    assert_eq!(f.get("bin").await, Some(binary));
+}
+
+async fn get_miss_is_found_false(f: &mut Fixture) {
+    assert_eq!(f.get("never-set").await, None);
+}
+
+async fn set_overwrites(f: &mut Fixture) {
+    f.set("k", b"one", None).await;
+    f.set("k", b"two", None).await;
+    assert_eq!(f.get("k").await.as_deref(), Some(&b"two"[..]));
+}
+
+async fn set_applies_prefix_and_ttl(f: &mut Fixture) {
+    f.set("ttl", b"v", Some(Duration::from_secs(30))).await;
+    f.set("default", b"v", None).await;
+    if let Some(server) = &f.server {
+        let full = format!("{}ttl", f.prefix);
+        assert_eq!(server.raw_get(&full).as_deref(), Some(&b"v"[..]));
+        let pttl = server.pttl(&full);
+        assert!((29_000..=30_000).contains(&pttl), "pttl {pttl}");
+        let pttl = server.pttl(&format!("{}default", f.prefix));
+        assert!((59_000..=60_000).contains(&pttl), "default ttl pttl {pttl}");
+        assert_eq!(server.raw_get("ttl"), None, "stored only under the prefix");
+    }
+}
+
+async fn ttl_expiry_is_observed(f: &mut Fixture) {
+    f.set("short", b"v", Some(Duration::from_millis(150))).await;
+    assert!(f.get("short").await.is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while f.get("short").await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "key never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn mget_returns_only_hits_keyed_by_caller_keys(f: &mut Fixture) {
+    f.set("x", b"1", None).await;
+    f.set("y", b"2", None).await;
+    let hits = f.mget(&["x", "missing", "y", "x"]).await;
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits["x"], b"1");
+    assert_eq!(hits["y"], b"2");
+    assert!(f.mget(&["nope", "nada"]).await.is_empty());
+}
+
+async fn delete_counts_keys_that_existed(f: &mut Fixture) {
+    f.set("d1", b"1", None).await;
+    f.set("d2", b"2", None).await;
+    let r = f
+        .client
+        .delete(DeleteRequest {
+            keys: vec!["d1".into(), "absent".into(), "d2".into(), "d1".into()],
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(r.deleted, 2);
+    assert_eq!(f.get("d1").await, None);
+    let r = f
+        .client
+        .delete(DeleteRequest {
+            keys: vec!["absent".into()],
+        })
+        .await
+        .expect("delete absent")
+        .into_inner();
+    assert_eq!(r.deleted, 0);
+}
+
+async fn expire_reports_whether_key_existed(f: &mut Fixture) {
+    f.set("e", b"v", None).await;
+    let found = f
+        .client
+        .expire(ExpireRequest {
+            key: "e".into(),
+            ttl: ttl(Duration::from_secs(5)),
+        })
+        .await
+        .expect("expire")
+        .into_inner()
+        .found;
+    assert!(found);
+    if let Some(server) = &f.server {
+        let pttl = server.pttl(&format!("{}e", f.prefix));
+        assert!((4_000..=5_000).contains(&pttl), "pttl {pttl}");
+    }
+    let found = f
+        .client
+        .expire(ExpireRequest {
+            key: "absent".into(),
+            ttl: ttl(Duration::from_secs(5)),
+        })
+        .await
+        .expect("expire absent")
+        .into_inner()
+        .found;
+    assert!(!found);
+}
+
+async fn expire_then_key_disappears(f: &mut Fixture) {
+    f.set("gone", b"v", None).await;
+    f.client
+        .expire(ExpireRequest {
+            key: "gone".into(),
+            ttl: ttl(Duration::from_millis(100)),
+        })
+        .await
+        .expect("expire");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while f.get("gone").await.is_some() {
+        assert!(std::time::Instant::now() < deadline, "key never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, needle: &str) {
+    let status = result.expect_err("must be rejected");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+}
+
+async fn invalid_keys_are_rejected_and_nothing_written(f: &mut Fixture) {
+    let long = "k".repeat(65);
+    let r = f.client.get(GetRequest { key: String::new() }).await;
+    assert_invalid(r, "key: must not be empty");
+    let r = f
+        .client
+        .set(SetRequest {
+            key: long.clone(),
+            value: b"v".to_vec().into(),
+            ttl: None,
+        })
+        .await;
+    assert_invalid(r, "max_key_bytes (64)");
+    let r = f
+        .client
+        .set(SetRequest {
+            key: "big".into(),
+            value: vec![0u8; 1025].into(),
+            ttl: None,
+        })
+        .await;
+    assert_invalid(r, "max_value_bytes (1024)");
+    assert_eq!(f.get("big").await, None, "oversized value was not written");
+    if let Some(server) = &f.server {
+        assert_eq!(server.dbsize(), 0, "nothing written");
+    }
+}
+
+async fn batch_limits_are_enforced(f: &mut Fixture) {
+    let six: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    let r = f.client.m_get(MGetRequest { keys: six.clone() }).await;
+    assert_invalid(r, "6 keys exceeds max_batch_keys (5)");
+    let r = f.client.delete(DeleteRequest { keys: six }).await;
+    assert_invalid(r, "max_batch_keys (5)");
+    let r = f.client.m_get(MGetRequest { keys: vec![] }).await;
+    assert_invalid(r, "keys: must hold at least one key");
+    let r = f
+        .client
+        .m_get(MGetRequest {
+            keys: vec!["ok".into(), String::new()],
+        })
+        .await;
+    assert_invalid(r, "keys[1]: must not be empty");
+}
+
+async fn bad_ttls_are_rejected_and_nothing_written(f: &mut Fixture) {
+    let cases = [
+        (prost_types::Duration { seconds: 0, nanos: 0 }, "at least 1ms"),
+        (prost_types::Duration { seconds: -5, nanos: 0 }, "positive"),
+        (prost_types::Duration { seconds: 0, nanos: 10 }, "at least 1ms"),
+        (prost_types::Duration { seconds: i64::MAX, nanos: 0 }, "at most 365 days"),
+    ];
+    for (bad, needle) in cases {
+        let r = f
+            .client
+            .set(SetRequest {
+                key: "t".into(),
+                value: b"v".to_vec().into(),
+                ttl: Some(bad),
+            })
+            .await;
+        assert_invalid(r, needle);
+        let r = f
+            .client
+            .expire(ExpireRequest {
+                key: "t".into(),
+                ttl: Some(bad),
+            })
+            .await;
+        assert_invalid(r, needle);
+    }
+    let r = f
+        .client
+        .expire(ExpireRequest {
+            key: "t".into(),
+            ttl: None,
+        })
+        .await;
+    assert_invalid(r, "ttl: required");
+    assert_eq!(f.get("t").await, None, "nothing written");
+}
+
+async fn prefixes_isolate_tenants(f: &mut Fixture) {
+    // A second plugin on the same backend with another prefix sees nothing
+    // of the first (memory backends are per process, so isolation is given).
+    if f.server.is_none() {
+        return;
+    }
+    f.set("shared", b"mine", None).await;
+    let server = f.server.as_ref().expect("checked above");
+    let mut other = redis_config(server, &format!("{}other:", f.prefix));
+    other.backend.key_prefix = format!("{}other:", f.prefix);
+    let plugin = Plugin::start(other).await;
+    assert!(plugin.wait_health(common::SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    let r = client
+        .get(GetRequest { key: "shared".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!r.found);
+    plugin.stop().await;
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test] async fn $name() {
+                let mut f = super::Fixture::new("redis", stringify!($name)).await;
+                super::$name(&mut f).await;
+                f.plugin.stop().await;
+            })*
+        }
+        mod valkey {
+            $(#[tokio::test] async fn $name() {
+                let mut f = super::Fixture::new("valkey", stringify!($name)).await;
+                super::$name(&mut f).await;
+                f.plugin.stop().await;
+            })*
+        }
+        mod memory {
+            $(#[tokio::test] async fn $name() {
+                let mut f = super::Fixture::new("memory", stringify!($name)).await;
+                super::$name(&mut f).await;
+                f.plugin.stop().await;
+            })*
+        }
+    };
+}
+
+contract!(
+    get_returns_what_set_stored,
+    get_miss_is_found_false,
+    set_overwrites,
+    set_applies_prefix_and_ttl,
+    ttl_expiry_is_observed,
+    mget_returns_only_hits_keyed_by_caller_keys,
+    delete_counts_keys_that_existed,
+    expire_reports_whether_key_existed,
+    expire_then_key_disappears,
+    invalid_keys_are_rejected_and_nothing_written,
+    batch_limits_are_enforced,
+    bad_ttls_are_rejected_and_nothing_written,
+    prefixes_isolate_tenants,
+);
