@@ -22,6 +22,26 @@ pub const CONFIG_ENV: &str = "PRISM_PLUGIN_CONFIG";
 /// The last resort path.
 pub const DEFAULT_PATH: &str = "config.yaml";
 
+/// Every variable the environment overlay reads, with the field it sets.
+/// `--help` prints this list and the deploy tests check examples against it,
+/// so keep it in step with [`Config::load`]'s overlay.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("REDIS_ADDRESS", "backend.address"),
+    ("REDIS_USERNAME", "backend.username"),
+    ("REDIS_PASSWORD", "backend.password"),
+    ("REDIS_DATABASE", "backend.database"),
+    ("REDIS_POOL_SIZE", "backend.pool_size"),
+    ("REDIS_KEY_PREFIX", "backend.key_prefix"),
+    ("REDIS_VAULT_ENABLED", "backend.vault_enabled"),
+    ("REDIS_VAULT_PATH", "backend.vault_path"),
+    ("PRISM_LOG_LEVEL", "log.level"),
+    ("PRISM_PLUGIN_PORT", "control_plane.port"),
+    ("VAULT_ADDR", "vault.address"),
+    ("VAULT_TOKEN", "vault.auth.token"),
+    ("VAULT_CACERT", "vault.ca_file"),
+    ("VAULT_NAMESPACE", "vault.namespace"),
+];
+
 /// A bad config, reported as one line naming the field.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config: {field}: {reason}")]
@@ -295,6 +315,7 @@ impl Config {
         })
     }
 
+    /// Overlays the variables listed in [`ENV_VARS`].
     fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let b = &mut self.backend;
         overlay_str(env, "REDIS_ADDRESS", &mut b.address);

@@ -9,7 +9,8 @@
 //!   implementations.
 //! - [`credentials`]: who the plugin is to Redis, and how a new identity
 //!   reaches the pool without dropping a request.
-//! - [`health`], [`metrics`], [`telemetry`]: what operators watch.
+//! - [`health`], [`metrics`], [`telemetry`]: what operators watch;
+//!   [`probe`] is the client side of health, for `redis-cache-plugin health`.
 //! - [`config`]: the YAML schema, environment overlay and validation.
 //! - [`error`]: the one error type and its gRPC mapping.
 
@@ -21,6 +22,7 @@ pub mod credentials;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -1,14 +1,16 @@
 //! The binary: parse the command line, load and validate config, set up
 //! logging, bind, serve until SIGTERM/SIGINT, drain, exit.
 //!
-//! A bad config prints one line naming the field and exits 64 (EX_USAGE)
-//! before any socket opens.
+//! A bad config or command line prints one line naming the field and exits
+//! 64 (EX_USAGE) before any socket opens. `health` loads no config: it is a
+//! client of a running plugin (see [`redis_cache_plugin::probe`]).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use redis_cache_plugin::{
-    config::{Config, ConfigError},
+    config::{self, Config, ConfigError},
+    probe::Probe,
     serve, telemetry,
 };
 use tokio::net::TcpListener;
@@ -17,16 +19,11 @@ use tokio::net::TcpListener;
 const EX_USAGE: u8 = 64;
 
 /// gRPC cache sidecar over Redis/Valkey with Vault-issued ACL credentials.
-///
-/// Environment (overrides the file): REDIS_ADDRESS, REDIS_USERNAME,
-/// REDIS_PASSWORD, REDIS_DATABASE, REDIS_POOL_SIZE, REDIS_KEY_PREFIX,
-/// REDIS_VAULT_ENABLED, REDIS_VAULT_PATH, PRISM_LOG_LEVEL, PRISM_PLUGIN_PORT,
-/// VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, VAULT_NAMESPACE.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about)]
 struct Cli {
     /// Config file [default: $PRISM_PLUGIN_CONFIG, else ./config.yaml]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -38,28 +35,124 @@ enum Command {
     Serve,
     /// Validate the config and print it with secrets redacted.
     CheckConfig,
+    /// Ask a running plugin's grpc.health.v1 Check; exit 0 only on SERVING.
+    ///
+    /// For Docker HEALTHCHECK and Kubernetes exec probes in images without a
+    /// shell. Exit codes as grpc_health_probe: 2 cannot connect, 3 the RPC
+    /// failed or timed out, 4 not SERVING, 64 bad arguments.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// Plugin address, host:port [default: 127.0.0.1:$PRISM_PLUGIN_PORT, else 127.0.0.1:9092]
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Health service name: "" (overall), cache.v1.Cache, or the plugin name
+    #[arg(long, value_name = "NAME", default_value = "")]
+    service: String,
+    /// Deadline for connecting and the check together (250ms, 1s, ...)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
+    timeout: Duration,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let env = std::env::vars().collect();
-    let path = Config::resolve_path(cli.config.clone(), &env);
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => return usage_error(&e),
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            print!("{}", config.redacted_yaml());
+        Command::Health(args) => health(args),
+        Command::CheckConfig => match load_config(cli.config) {
+            Ok(config) => {
+                print!("{}", config.redacted_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => match load_config(cli.config) {
+            Ok(config) => run(config),
+            Err(code) => code,
+        },
+    }
+}
+
+/// Parses argv; `--help`/`--version` exit 0, a usage error exits 64.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let command = Cli::command().after_help(env_help());
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    parsed.map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EX_USAGE)
+        } else {
             ExitCode::SUCCESS
         }
-        Command::Serve => run(config),
+    })
+}
+
+/// The environment section of `--help`, from the overlay's own list.
+fn env_help() -> String {
+    let mut out = String::from("Environment (overrides the config file):\n");
+    out.push_str(&format!(
+        "  {:<22}config file path (when --config is not given)\n",
+        config::CONFIG_ENV
+    ));
+    for (var, field) in config::ENV_VARS {
+        out.push_str(&format!("  {var:<22}{field}\n"));
     }
+    out
+}
+
+fn load_config(flag: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let env = std::env::vars().collect();
+    let path = Config::resolve_path(flag, &env);
+    Config::load(&path).map_err(|e| usage_error(&e))
 }
 
 fn usage_error(e: &ConfigError) -> ExitCode {
     eprintln!("redis-cache-plugin: {e}");
     ExitCode::from(EX_USAGE)
+}
+
+fn health(args: HealthArgs) -> ExitCode {
+    let addr = args.addr.unwrap_or_else(default_probe_addr);
+    let probe = Probe {
+        addr,
+        service: args.service,
+        timeout: args.timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-cache-plugin health: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(probe.check()) {
+        Ok(()) => {
+            eprintln!("status: SERVING");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("redis-cache-plugin health: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Loopback on the port the plugin in the same container listens on.
+fn default_probe_addr() -> String {
+    let port = std::env::var("PRISM_PLUGIN_PORT")
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(9092);
+    format!("127.0.0.1:{port}")
 }
 
 fn run(config: Config) -> ExitCode {
