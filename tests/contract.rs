@@ -25,7 +25,11 @@ impl Fixture {
         let (server, mut config) = match backend {
             "memory" => (None, memory_config(&prefix)),
             flavor => {
-                let f = if flavor == "redis" { Flavor::Redis } else { Flavor::Valkey };
+                let f = if flavor == "redis" {
+                    Flavor::Redis
+                } else {
+                    Flavor::Valkey
+                };
                 let server = RedisServer::start(f);
                 let config = redis_config(&server, &prefix);
                 (Some(server), config)
@@ -35,7 +39,11 @@ impl Fixture {
         config.backend.max_value_bytes = 1024;
         config.backend.max_batch_keys = 5;
         let plugin = Plugin::start(config).await;
-        assert!(plugin.wait_health(common::SERVING, Duration::from_secs(10)).await);
+        assert!(
+            plugin
+                .wait_health(common::SERVING, Duration::from_secs(10))
+                .await
+        );
         let client = plugin.client().await;
         Self {
             plugin,
@@ -87,7 +95,11 @@ async fn get_returns_what_set_stored(f: &mut Fixture) {
     f.set("a", b"hello", None).await;
     assert_eq!(f.get("a").await.as_deref(), Some(&b"hello"[..]));
     f.set("a", b"", None).await;
-    assert_eq!(f.get("a").await.as_deref(), Some(&b""[..]), "empty value is a hit");
+    assert_eq!(
+        f.get("a").await.as_deref(),
+        Some(&b""[..]),
+        "empty value is a hit"
+    );
     let binary: Vec<u8> = (0..=255).collect();
     f.set("bin", &binary, None).await;
     assert_eq!(f.get("bin").await, Some(binary));
@@ -210,7 +222,11 @@ async fn expire_then_key_disappears(f: &mut Fixture) {
 fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, needle: &str) {
     let status = result.expect_err("must be rejected");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        status.message()
+    );
 }
 
 async fn invalid_keys_are_rejected_and_nothing_written(f: &mut Fixture) {
@@ -260,10 +276,34 @@ async fn batch_limits_are_enforced(f: &mut Fixture) {
 
 async fn bad_ttls_are_rejected_and_nothing_written(f: &mut Fixture) {
     let cases = [
-        (prost_types::Duration { seconds: 0, nanos: 0 }, "at least 1ms"),
-        (prost_types::Duration { seconds: -5, nanos: 0 }, "positive"),
-        (prost_types::Duration { seconds: 0, nanos: 10 }, "at least 1ms"),
-        (prost_types::Duration { seconds: i64::MAX, nanos: 0 }, "at most 365 days"),
+        (
+            prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            },
+            "at least 1ms",
+        ),
+        (
+            prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            },
+            "positive",
+        ),
+        (
+            prost_types::Duration {
+                seconds: 0,
+                nanos: 10,
+            },
+            "at least 1ms",
+        ),
+        (
+            prost_types::Duration {
+                seconds: i64::MAX,
+                nanos: 0,
+            },
+            "at most 365 days",
+        ),
     ];
     for (bad, needle) in cases {
         let r = f
@@ -306,10 +346,16 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
     let mut other = redis_config(server, &format!("{}other:", f.prefix));
     other.backend.key_prefix = format!("{}other:", f.prefix);
     let plugin = Plugin::start(other).await;
-    assert!(plugin.wait_health(common::SERVING, Duration::from_secs(10)).await);
+    assert!(
+        plugin
+            .wait_health(common::SERVING, Duration::from_secs(10))
+            .await
+    );
     let mut client = plugin.client().await;
     let r = client
-        .get(GetRequest { key: "shared".into() })
+        .get(GetRequest {
+            key: "shared".into(),
+        })
         .await
         .expect("get")
         .into_inner();

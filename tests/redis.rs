@@ -1,0 +1,229 @@
+//! Behaviour that needs a real Redis behind the plugin: ACL enforcement,
+//! outages and recovery, health following Redis, database selection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, redis_config, test_prefix};
+use redis_cache_plugin::{
+    config::Secret,
+    pb::{GetRequest, MGetRequest, SetRequest},
+};
+use tonic::Code;
+
+fn set_req(key: &str, value: &[u8]) -> SetRequest {
+    SetRequest {
+        key: key.into(),
+        value: value.to_vec().into(),
+        ttl: None,
+    }
+}
+
+#[tokio::test]
+async fn key_outside_acl_pattern_is_permission_denied() {
+    let server = RedisServer::start(Flavor::Redis);
+    // The cache user may only touch `cache:*`; this prefix is outside it.
+    let config = redis_config(&server, "forbidden:");
+    let plugin = Plugin::start(config).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    let err = client.set(set_req("k", b"v")).await.expect_err("NOPERM");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = client
+        .get(GetRequest { key: "k".into() })
+        .await
+        .expect_err("NOPERM");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(server.dbsize(), 0, "nothing written");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_never_serves() {
+    let server = RedisServer::start(Flavor::Valkey);
+    let mut config = redis_config(&server, &test_prefix("wrongpass"));
+    config.backend.password = Secret::new("not-the-password");
+    let plugin = Plugin::start(config).await;
+    assert!(
+        !plugin
+            .wait_health(SERVING, Duration::from_millis(800))
+            .await
+    );
+    let err = plugin
+        .client()
+        .await
+        .get(GetRequest { key: "k".into() })
+        .await
+        .expect_err("no connection");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(!err.message().contains("not-the-password"));
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_within_timeout_and_recovers() {
+    let mut server = RedisServer::start(Flavor::Redis);
+    let prefix = test_prefix("down");
+    let plugin = Plugin::start(redis_config(&server, &prefix)).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    client
+        .set(set_req("before", b"1"))
+        .await
+        .expect("set while up");
+
+    server.kill();
+    // Every call fails fast with UNAVAILABLE (or the deadline), never hangs.
+    for _ in 0..20 {
+        let started = Instant::now();
+        let err = client
+            .get(GetRequest {
+                key: "before".into(),
+            })
+            .await
+            .expect_err("redis is down");
+        assert!(
+            matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        plugin
+            .wait_health(NOT_SERVING, Duration::from_secs(3))
+            .await
+    );
+
+    server.restart();
+    let answered = Instant::now();
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    let mut ok = false;
+    while answered.elapsed() < Duration::from_secs(5) {
+        if client.set(set_req("after", b"2")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "plugin recovered after Redis came back");
+    let r = client
+        .get(GetRequest {
+            key: "after".into(),
+        })
+        .await
+        .expect("get after recovery")
+        .into_inner();
+    assert!(r.found);
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn health_tracks_redis_for_every_service_name() {
+    let mut server = RedisServer::start(Flavor::Valkey);
+    let plugin = Plugin::start(redis_config(&server, &test_prefix("health"))).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    for name in ["", "cache.v1.Cache", "redis"] {
+        assert_eq!(plugin.health(name).await, SERVING, "service {name:?}");
+    }
+    server.kill();
+    assert!(
+        plugin
+            .wait_health(NOT_SERVING, Duration::from_secs(3))
+            .await
+    );
+    for name in ["cache.v1.Cache", "redis"] {
+        assert_eq!(plugin.health(name).await, NOT_SERVING, "service {name:?}");
+    }
+    server.restart();
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn killed_connections_are_replaced_without_errors_for_reads() {
+    let server = RedisServer::start(Flavor::Redis);
+    let plugin = Plugin::start(redis_config(&server, &test_prefix("clientkill"))).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    client.set(set_req("k", b"v")).await.expect("set");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg(common::CACHE_USER)
+        .query(&mut server.admin())
+        .expect("CLIENT KILL");
+    assert!(killed >= 1);
+    // Dropped connections are retried on another one and repaired.
+    let mut failures = 0;
+    for _ in 0..50 {
+        if client.get(GetRequest { key: "k".into() }).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 1, "{failures} failures after CLIENT KILL");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn database_selection_is_honoured() {
+    let server = RedisServer::start(Flavor::Redis);
+    let mut admin = server.admin();
+    // The restricted user may SELECT for this test.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(common::CACHE_USER)
+        .arg("+select")
+        .query::<()>(&mut admin)
+        .expect("ACL SETUSER");
+    let prefix = test_prefix("db");
+    let mut config = redis_config(&server, &prefix);
+    config.backend.database = 3;
+    let plugin = Plugin::start(config).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    plugin
+        .client()
+        .await
+        .set(set_req("k", b"v"))
+        .await
+        .expect("set");
+    redis::cmd("SELECT")
+        .arg(3)
+        .query::<()>(&mut admin)
+        .expect("SELECT");
+    let v: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{prefix}k"))
+        .query(&mut admin)
+        .expect("GET");
+    assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    assert_eq!(server.dbsize(), 0, "database 0 untouched");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn mget_of_many_keys_is_one_consistent_answer() {
+    let server = RedisServer::start(Flavor::Valkey);
+    let plugin = Plugin::start(redis_config(&server, &test_prefix("mgetmany"))).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    for i in 0..100 {
+        client
+            .set(set_req(&format!("k{i}"), format!("v{i}").as_bytes()))
+            .await
+            .expect("set");
+    }
+    let keys = (0..200).map(|i| format!("k{i}")).collect();
+    let hits = client
+        .m_get(MGetRequest { keys })
+        .await
+        .expect("mget")
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 100);
+    assert_eq!(hits["k42"].as_ref(), b"v42");
+    plugin.stop().await;
+}
