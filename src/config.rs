@@ -149,7 +149,11 @@ pub struct VaultConfig {
     pub ca_file: String,
     pub namespace: String,
     pub renew_fraction: f64,
+    /// Static credentials from this KV v2 secret (`<mount>/<path>`, keys
+    /// `username` and `password`) instead of the database engine.
     pub kv_path: String,
+    /// Bound on each Vault call.
+    pub request_timeout: Dur,
 }
 
 /// Vault login method and its inputs. Secrets may come inline or from files.
@@ -244,6 +248,7 @@ impl Default for VaultConfig {
             namespace: String::new(),
             renew_fraction: 0.67,
             kv_path: String::new(),
+            request_timeout: Dur::secs(5),
         }
     }
 }
@@ -337,6 +342,10 @@ impl Config {
         if let Some(t) = env.get("VAULT_TOKEN") {
             v.auth.token = Secret::new(t.clone());
         }
+        overlay_str(env, "VAULT_ROLE_ID", &mut v.auth.role_id);
+        if let Some(t) = env.get("VAULT_SECRET_ID") {
+            v.auth.secret_id = Secret::new(t.clone());
+        }
         Ok(())
     }
 
@@ -423,6 +432,13 @@ impl Config {
                 "must look like <mount>/creds/<role>",
             ));
         }
+        if !v.kv_path.is_empty() && crate::credentials::vault::split_kv_path(&v.kv_path).is_none() {
+            return Err(ConfigError::new(
+                "vault.kv_path",
+                "must look like <mount>/<path> (KV v2)",
+            ));
+        }
+        nonzero(v.request_timeout, "vault.request_timeout")?;
         let a = &v.auth;
         match a.method {
             VaultAuthMethod::Token if a.token.is_empty() && a.token_file.is_empty() => {
@@ -750,6 +766,32 @@ mod tests {
     fn vault_token_required_when_enabled() {
         let err = load("backend:\n  vault_enabled: true\n").unwrap_err();
         assert_eq!(err.field, "vault.auth.token");
+    }
+
+    #[test]
+    fn vault_approle_and_kv_are_validated() {
+        let base = "backend:\n  vault_enabled: true\nvault:\n";
+        let err = load(&format!(
+            "{base}  auth: {{ method: approle, role_id: r }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "vault.auth.secret_id");
+        let env = HashMap::from([
+            ("VAULT_ROLE_ID".to_string(), "r".to_string()),
+            ("VAULT_SECRET_ID".to_string(), "s-secret".to_string()),
+        ]);
+        let c = Config::from_yaml_and_env(&format!("{base}  auth: {{ method: approle }}\n"), &env)
+            .expect("role and secret id from env");
+        assert_eq!(c.vault.auth.secret_id.expose(), "s-secret");
+        let yaml = format!("{base}  kv_path: secret\n  auth: {{ token: t }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.kv_path");
+        let yaml = format!(
+            "{base}  kv_path: secret/redis\n  request_timeout: 2s\n  auth: {{ token: t }}\n"
+        );
+        let c = load(&yaml).expect("kv path");
+        assert_eq!(c.vault.request_timeout.0, Duration::from_secs(2));
+        let yaml = format!("{base}  request_timeout: 0s\n  auth: {{ token: t }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
     }
 
     #[test]

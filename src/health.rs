@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
-use crate::{backend::Backend, metrics::Metrics};
+use crate::{backend::Backend, credentials::CredentialsHandle, metrics::Metrics};
 
 /// The gRPC name of the cache service, as health clients ask for it.
 pub const CACHE_SERVICE: &str = "cache.v1.Cache";
@@ -25,6 +25,9 @@ pub struct Prober {
     /// Wakes the prober before its next tick (a request saw Redis fail).
     pub wake: Arc<Notify>,
     serving: watch::Sender<bool>,
+    /// When set, expired credentials (a lease Vault could not replace) mean
+    /// NOT_SERVING even if Redis still answers.
+    creds: Option<CredentialsHandle>,
 }
 
 impl Prober {
@@ -38,7 +41,21 @@ impl Prober {
             metrics,
             wake: Arc::new(Notify::new()),
             serving,
+            creds: None,
         }
+    }
+
+    /// Also requires the credentials in `creds` to be valid.
+    pub fn with_credentials(mut self, creds: CredentialsHandle) -> Self {
+        self.creds = Some(creds);
+        self
+    }
+
+    fn credentials_valid(&self) -> bool {
+        let now = std::time::Instant::now();
+        self.creds
+            .as_ref()
+            .is_none_or(|c| c.current().is_valid(now))
     }
 
     /// Follows the serving state (tests and start-up logs use it).
@@ -77,10 +94,11 @@ impl Prober {
     ) {
         self.set(false).await;
         loop {
-            let ok = matches!(
-                tokio::time::timeout(timeout, backend.ping()).await,
-                Ok(Ok(()))
-            );
+            let ok = self.credentials_valid()
+                && matches!(
+                    tokio::time::timeout(timeout, backend.ping()).await,
+                    Ok(Ok(()))
+                );
             if *stop.borrow() {
                 break;
             }

@@ -22,7 +22,7 @@ use crate::{
         redis::{RedisBackend, RedisSettings},
     },
     config::{BackendKind, Config},
-    credentials,
+    credentials::{self, CredentialsHandle},
     error::Error,
     health::Prober,
     metrics::Metrics,
@@ -39,6 +39,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("vault: {0}")]
+    Vault(#[from] credentials::vault::VaultError),
 }
 
 /// Builds the backend named by the config and serves until `shutdown`.
@@ -51,12 +53,24 @@ pub async fn serve(
     match config.backend.kind {
         BackendKind::Memory => {
             let backend = Arc::new(MemoryBackend::new());
-            serve_backend(config, backend, metrics, listener, shutdown).await
+            serve_backend(config, backend, None, metrics, listener, shutdown).await
         }
         BackendKind::Redis => {
-            let creds = credentials::fixed(&config.backend.username, &config.backend.password);
-            let backend = Arc::new(RedisBackend::start(redis_settings(&config), creds)?);
-            serve_backend(config, backend, metrics, listener, shutdown).await
+            let (creds, vault) = if config.backend.vault_enabled {
+                let (handle, task) = credentials::vault::start(&config, metrics.clone())?;
+                (handle, Some(task))
+            } else {
+                let b = &config.backend;
+                (credentials::fixed(&b.username, &b.password), None)
+            };
+            let backend = Arc::new(RedisBackend::start(redis_settings(&config), creds.clone())?);
+            let result =
+                serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await;
+            // After the drain: revoke the lease so no Vault user outlives us.
+            if let Some(vault) = vault {
+                vault.shutdown().await;
+            }
+            result
         }
     }
 }
@@ -98,12 +112,16 @@ fn max_request_bytes(l: &Limits) -> usize {
 async fn serve_backend<B: Backend>(
     config: Config,
     backend: Arc<B>,
+    creds: Option<CredentialsHandle>,
     metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
+    let mut prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
+    if let Some(creds) = creds {
+        prober = prober.with_credentials(creds);
+    }
     let limits = limits(&config);
     let max_request = max_request_bytes(&limits);
     let cache = CacheService::new(

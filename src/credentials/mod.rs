@@ -18,6 +18,10 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Secret;
 
+pub mod lease;
+pub mod rotation;
+pub mod vault;
+
 /// One Redis identity. `generation` grows by one with every new identity, so
 /// the pool can tell which connections were opened with stale credentials.
 #[derive(Clone)]
@@ -100,6 +104,15 @@ pub fn channel(initial: Credentials, refreshable: bool) -> (Publisher, Credentia
             shared,
         },
     )
+}
+
+/// An identity that is already expired: what a refreshable source starts
+/// from until its first credentials arrive (health stays NOT_SERVING).
+pub fn placeholder() -> Credentials {
+    Credentials {
+        valid_until: Some(Instant::now()),
+        ..Credentials::anonymous()
+    }
 }
 
 /// Credentials that never change: from config, or none.

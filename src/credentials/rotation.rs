@@ -1,0 +1,598 @@
+//! The credential loop: fetch, renew, rotate and finally revoke, for any
+//! [`Source`] of leased credentials (Vault's database engine or KV v2).
+//!
+//! It owns the order of a rotation — fetch new → publish → wait until the
+//! pool has switched → brief drain → revoke the old lease — and the retry
+//! policy (backoff with jitter; old credentials are kept while they are
+//! valid). When to act comes from the pure functions in [`super::lease`].
+//! It does not talk HTTP (the source does) nor Redis (the pool does).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{debug, info, warn};
+
+use super::{
+    Credentials, Publisher,
+    lease::{self, Grant, Plan, Renewal, Step},
+    vault::VaultError,
+};
+use crate::{
+    backend::redis::Backoff,
+    config::Secret,
+    metrics::{Metrics, Op, Outcome},
+};
+
+/// A Redis identity as a source hands it out.
+pub struct Issued {
+    pub username: String,
+    pub password: Secret,
+    /// `None` for credentials without a lease (KV v2).
+    pub lease: Option<Lease>,
+}
+
+/// A lease on issued credentials.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub id: String,
+    pub grant: Grant,
+}
+
+/// Where credentials come from. One owner (the loop) calls it, one call at a
+/// time.
+pub trait Source: Send + 'static {
+    /// Reads new credentials.
+    fn fetch(&mut self) -> impl Future<Output = Result<Issued, VaultError>> + Send;
+    /// Extends `lease_id` by `increment`.
+    fn renew(
+        &mut self,
+        lease_id: &str,
+        increment: Duration,
+    ) -> impl Future<Output = Result<Grant, VaultError>> + Send;
+    /// Ends `lease_id` now.
+    fn revoke(&mut self, lease_id: &str) -> impl Future<Output = Result<(), VaultError>> + Send;
+    /// When the source's own session (its Vault token) next needs upkeep.
+    fn session_due(&self) -> Option<Instant>;
+    /// Renews or replaces the session. `Ok(true)` when it logged in anew:
+    /// credentials read with the old token die with it, so fetch new ones.
+    fn upkeep(&mut self) -> impl Future<Output = Result<bool, VaultError>> + Send;
+}
+
+/// Timing knobs of the loop.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Renew at this fraction of a lease (`vault.renew_fraction`).
+    pub fraction: f64,
+    /// How long to wait for the pool to switch before revoking the old lease.
+    pub switch_wait: Duration,
+    /// Time for requests still running on old connections to finish.
+    pub drain: Duration,
+    /// Bound on a revocation (at rotation and at shutdown).
+    pub revoke_wait: Duration,
+}
+
+/// Pause after publishing during which a rejection does not trigger another
+/// fetch at once (the pool may still be opening connections).
+const REFRESH_GUARD: Duration = Duration::from_millis(500);
+
+/// What is held now and what comes next.
+struct Held {
+    lease: Option<Lease>,
+    username: String,
+    expires: Option<Instant>,
+    plan: Plan,
+    /// Past this, failed renewals give way to a rotation.
+    deadline: Instant,
+    /// No fetch before this (backoff after a failure, guard after a publish).
+    not_before: Instant,
+    /// Set once expiry was reported, so it is logged once.
+    expired_logged: bool,
+}
+
+impl Held {
+    /// Nothing yet: fetch at once.
+    fn empty(now: Instant) -> Self {
+        Self {
+            lease: None,
+            username: String::new(),
+            expires: None,
+            plan: Plan {
+                step: Step::Rotate,
+                at: now,
+            },
+            deadline: now,
+            not_before: now,
+            expired_logged: false,
+        }
+    }
+}
+
+/// Runs until `stop` turns true, then revokes the current lease (bounded).
+pub async fn run<S: Source>(
+    source: S,
+    publisher: Publisher,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut l = Loop {
+        source,
+        publisher,
+        settings,
+        metrics,
+        held: Held::empty(Instant::now()),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+    };
+    let mut gauge = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let wake = l.next_wake();
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => l.act().await,
+            () = l.publisher.refresh_requested() => {
+                l.on_refresh();
+                l.act().await;
+            }
+            _ = gauge.tick() => l.watch_expiry(),
+            _ = stop.changed() => break,
+        }
+    }
+    l.release().await;
+}
+
+struct Loop<S> {
+    source: S,
+    publisher: Publisher,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    held: Held,
+    backoff: Backoff,
+}
+
+// === impl Loop ===
+
+impl<S: Source> Loop<S> {
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let lease = match self.held.plan.step {
+            Step::Hold => far,
+            _ => self.held.plan.at,
+        };
+        lease.min(self.source.session_due().unwrap_or(far))
+    }
+
+    /// Redis rejected the credentials: fetch new ones as soon as allowed.
+    fn on_refresh(&mut self) {
+        let at = Instant::now().max(self.held.not_before);
+        debug!("credential refresh requested by the pool");
+        self.held.plan = Plan {
+            step: Step::Rotate,
+            at,
+        };
+    }
+
+    /// Does whatever is due: session upkeep first, then the lease.
+    async fn act(&mut self) {
+        let now = Instant::now();
+        if self.source.session_due().is_some_and(|t| t <= now) {
+            self.upkeep(now).await;
+        }
+        if self.held.plan.at <= Instant::now() {
+            match self.held.plan.step {
+                Step::Renew => self.renew().await,
+                Step::Rotate => self.rotate().await,
+                Step::Hold => {}
+            }
+        }
+        self.watch_expiry();
+    }
+
+    async fn upkeep(&mut self, now: Instant) {
+        match self.source.upkeep().await {
+            Ok(true) => {
+                info!("vault session replaced; fetching credentials under the new token");
+                self.held.plan = Plan {
+                    step: Step::Rotate,
+                    at: now,
+                };
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.vault_error("token", &e);
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        let Some(lease) = self.held.lease.clone() else {
+            self.held.plan.step = Step::Rotate;
+            return;
+        };
+        let asked = lease.grant.ttl;
+        let now = Instant::now();
+        match self.source.renew(&lease.id, asked).await {
+            Ok(grant) => self.renewed(&lease, &grant),
+            Err(e) => {
+                self.count_renewal("error");
+                self.vault_error("renew", &e);
+                self.held.plan = if e.is_permanent() || now >= self.held.deadline {
+                    Plan {
+                        step: Step::Rotate,
+                        at: now,
+                    }
+                } else {
+                    let retry = (now + self.backoff.next_delay()).min(self.held.deadline);
+                    Plan {
+                        step: Step::Renew,
+                        at: retry,
+                    }
+                };
+            }
+        }
+    }
+
+    fn renewed(&mut self, lease: &Lease, grant: &Grant) {
+        let now = Instant::now();
+        let expires = now + grant.ttl;
+        self.held.expires = Some(expires);
+        self.publisher.extend(Some(expires.into_std()));
+        self.backoff.reset();
+        match lease::renewal(lease.grant.ttl, grant) {
+            Renewal::Extended => {
+                self.count_renewal("ok");
+                let f = self.settings.fraction;
+                self.held.plan = lease::plan(now, Some(&lease.grant), f);
+                self.held.deadline = lease::renew_deadline(expires, lease.grant.ttl, f);
+                debug!(user = %self.held.username, ttl = ?grant.ttl, "lease renewed");
+            }
+            Renewal::Exhausted => {
+                self.count_renewal("exhausted");
+                info!(user = %self.held.username, left = ?grant.ttl, "lease cannot be extended further; rotating");
+                self.held.plan = Plan {
+                    step: Step::Rotate,
+                    at: now,
+                };
+            }
+        }
+    }
+
+    /// Fetches new credentials, switches the pool to them and retires the
+    /// old lease. On failure keeps the old credentials and retries later.
+    async fn rotate(&mut self) {
+        let issued = match self.source.fetch().await {
+            Ok(i) => i,
+            Err(e) => {
+                self.vault_error("fetch", &e);
+                let at = Instant::now() + self.backoff.next_delay();
+                self.held.not_before = at;
+                self.held.plan = Plan {
+                    step: Step::Rotate,
+                    at,
+                };
+                return;
+            }
+        };
+        self.backoff.reset();
+        let old = self.held.lease.take();
+        let first = self.held.username.is_empty();
+        let generation = self.publish(issued);
+        if !first {
+            self.metrics.rotations.inc();
+        }
+        if let Some(old) = old {
+            self.retire(old, generation).await;
+        }
+    }
+
+    /// Publishes `issued` as the next generation and plans its renewal.
+    fn publish(&mut self, issued: Issued) -> u64 {
+        let now = Instant::now();
+        let f = self.settings.fraction;
+        let grant = issued.lease.as_ref().map(|l| l.grant.clone());
+        let expires = grant.as_ref().map(|g| now + g.ttl);
+        let generation = self.publisher.publish(Credentials {
+            username: Some(issued.username.clone()),
+            password: issued.password,
+            generation: 0,
+            valid_until: expires.map(Instant::into_std),
+        });
+        info!(
+            user = %issued.username,
+            lease = issued.lease.as_ref().map(|l| short_lease(&l.id)),
+            ttl = ?grant.as_ref().map(|g| g.ttl),
+            generation,
+            "new redis credentials published"
+        );
+        self.held = Held {
+            plan: lease::plan(now, grant.as_ref(), f),
+            deadline: match (expires, &grant) {
+                (Some(e), Some(g)) => lease::renew_deadline(e, g.ttl, f),
+                _ => now,
+            },
+            lease: issued.lease,
+            username: issued.username,
+            expires,
+            not_before: now + REFRESH_GUARD,
+            expired_logged: false,
+        };
+        generation
+    }
+
+    /// Waits for the pool to use `generation`, lets old requests finish,
+    /// then revokes `old`. If the pool does not switch in time, the old
+    /// lease is left to expire rather than cutting connections in use.
+    async fn retire(&mut self, old: Lease, generation: u64) {
+        let s = &self.settings;
+        if !self.publisher.wait_applied(generation, s.switch_wait).await {
+            warn!(
+                lease = short_lease(&old.id),
+                "pool has not switched to new credentials; old lease left to expire"
+            );
+            return;
+        }
+        tokio::time::sleep(s.drain).await;
+        self.revoke(&old.id).await;
+    }
+
+    async fn revoke(&mut self, lease_id: &str) {
+        let wait = self.settings.revoke_wait;
+        match tokio::time::timeout(wait, self.source.revoke(lease_id)).await {
+            Ok(Ok(())) => debug!(lease = short_lease(lease_id), "old lease revoked"),
+            Ok(Err(e)) => self.vault_error("revoke", &e),
+            Err(_) => {
+                let e = VaultError::Timeout {
+                    operation: "revoke",
+                };
+                self.vault_error("revoke", &e);
+            }
+        }
+    }
+
+    /// Updates the expiry gauge; logs once when credentials have expired
+    /// without a replacement (health is NOT_SERVING from then on).
+    fn watch_expiry(&mut self) {
+        let now = Instant::now();
+        let left = lease::seconds_left(now, self.held.expires);
+        self.metrics.lease_expiry_seconds.set(left);
+        let expired = self.held.expires.is_some_and(|e| e <= now);
+        if expired && !self.held.expired_logged {
+            self.held.expired_logged = true;
+            warn!(
+                user = %self.held.username,
+                "redis credentials expired and could not be replaced; not serving until Vault answers"
+            );
+        }
+    }
+
+    /// At shutdown: revokes the current lease so no Vault user outlives us.
+    async fn release(&mut self) {
+        if let Some(lease) = self.held.lease.take() {
+            self.revoke(&lease.id).await;
+            info!(user = %self.held.username, "credential lease revoked at shutdown");
+        }
+    }
+
+    fn count_renewal(&self, result: &'static str) {
+        self.metrics
+            .renewals
+            .get_or_create(&Outcome { result })
+            .inc();
+    }
+
+    fn vault_error(&self, operation: &'static str, e: &VaultError) {
+        self.metrics
+            .vault_errors
+            .get_or_create(&Op { operation })
+            .inc();
+        warn!(error = %e, "vault {operation} failed");
+    }
+}
+
+/// The non-secret tail of a lease id (`<path>/<id>`): enough to find it in
+/// Vault's audit log, short enough for a log line.
+pub fn short_lease(id: &str) -> &str {
+    let tail = id.rsplit('/').next().unwrap_or(id);
+    tail.get(..8).unwrap_or(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::credentials::channel;
+
+    /// A scripted source: leases of `ttl`, renewals granted up to `max`.
+    struct Fake {
+        log: Arc<Mutex<Vec<String>>>,
+        ttl: Duration,
+        renewable: bool,
+        fail_fetch: Arc<Mutex<bool>>,
+        issued: u32,
+    }
+
+    impl Source for Fake {
+        async fn fetch(&mut self) -> Result<Issued, VaultError> {
+            if *self.fail_fetch.lock().expect("lock") {
+                self.log.lock().expect("lock").push("fetch-failed".into());
+                return Err(VaultError::Timeout { operation: "fetch" });
+            }
+            self.issued += 1;
+            let id = format!("redis/creds/r/{}", self.issued);
+            self.log.lock().expect("lock").push(format!("fetch {id}"));
+            Ok(Issued {
+                username: format!("u{}", self.issued),
+                password: Secret::new("pw"),
+                lease: Some(Lease {
+                    id,
+                    grant: Grant {
+                        ttl: self.ttl,
+                        renewable: self.renewable,
+                    },
+                }),
+            })
+        }
+
+        async fn renew(&mut self, id: &str, increment: Duration) -> Result<Grant, VaultError> {
+            self.log.lock().expect("lock").push(format!("renew {id}"));
+            Ok(Grant {
+                ttl: increment,
+                renewable: true,
+            })
+        }
+
+        async fn revoke(&mut self, id: &str) -> Result<(), VaultError> {
+            self.log.lock().expect("lock").push(format!("revoke {id}"));
+            Ok(())
+        }
+
+        fn session_due(&self) -> Option<Instant> {
+            None
+        }
+
+        async fn upkeep(&mut self) -> Result<bool, VaultError> {
+            Ok(false)
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            fraction: 0.5,
+            switch_wait: Duration::from_secs(1),
+            drain: Duration::from_millis(100),
+            revoke_wait: Duration::from_secs(1),
+        }
+    }
+
+    struct Harness {
+        log: Arc<Mutex<Vec<String>>>,
+        fail_fetch: Arc<Mutex<bool>>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        handle: crate::credentials::CredentialsHandle,
+        metrics: Arc<Metrics>,
+    }
+
+    /// Starts the loop over a fake source, with a pool stand-in that
+    /// applies every generation at once.
+    fn start(ttl: Duration, renewable: bool) -> Harness {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let fail_fetch = Arc::new(Mutex::new(false));
+        let fake = Fake {
+            log: log.clone(),
+            ttl,
+            renewable,
+            fail_fetch: fail_fetch.clone(),
+            issued: 0,
+        };
+        let (publisher, handle) = channel(super::super::placeholder(), true);
+        let mut pool = handle.clone();
+        tokio::spawn(async move {
+            while pool.changed().await {
+                pool.mark_applied(pool.current().generation);
+            }
+        });
+        let metrics = Metrics::new();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(fake, publisher, settings(), metrics.clone(), rx));
+        Harness {
+            log,
+            fail_fetch,
+            stop,
+            task,
+            handle,
+            metrics,
+        }
+    }
+
+    fn entries(log: &Mutex<Vec<String>>) -> Vec<String> {
+        log.lock().expect("lock").clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_the_fraction_and_revokes_at_shutdown() {
+        let h = start(Duration::from_secs(10), true);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        h.stop.send_replace(true);
+        h.task.await.expect("loop");
+        let log = entries(&h.log);
+        assert_eq!(
+            log,
+            [
+                "fetch redis/creds/r/1",
+                "renew redis/creds/r/1",
+                "renew redis/creds/r/1",
+                "revoke redis/creds/r/1"
+            ]
+        );
+        assert_eq!(h.metrics.rotations.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_renewable_leases_rotate_then_revoke_the_old_one() {
+        let h = start(Duration::from_secs(4), false);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let log = entries(&h.log);
+        assert_eq!(
+            log,
+            [
+                "fetch redis/creds/r/1",
+                "fetch redis/creds/r/2",
+                "revoke redis/creds/r/1"
+            ]
+        );
+        assert_eq!(h.handle.current().username.as_deref(), Some("u2"));
+        assert_eq!(h.metrics.rotations.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn vault_down_keeps_old_credentials_until_they_expire() {
+        let h = start(Duration::from_secs(4), false);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        *h.fail_fetch.lock().expect("lock") = true;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let creds = h.handle.current();
+        assert_eq!(creds.username.as_deref(), Some("u1"));
+        assert!(creds.is_valid(Instant::now().into_std()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!h.handle.current().is_valid(Instant::now().into_std()));
+        *h.fail_fetch.lock().expect("lock") = false;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let creds = h.handle.current();
+        assert_ne!(
+            creds.username.as_deref(),
+            Some("u1"),
+            "{:?}",
+            entries(&h.log)
+        );
+        assert!(creds.is_valid(Instant::now().into_std()));
+        let failed = entries(&h.log)
+            .iter()
+            .filter(|e| *e == "fetch-failed")
+            .count();
+        assert!(failed >= 3, "{failed} failed fetches");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejection_triggers_one_fetch() {
+        let h = start(Duration::from_secs(60), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let generation = h.handle.current().generation;
+        let wait = Duration::from_secs(2);
+        let (a, b) = tokio::join!(
+            h.handle.refresh_after_rejection(generation, wait),
+            h.handle.refresh_after_rejection(generation, wait)
+        );
+        assert!(a && b);
+        let fetches = entries(&h.log)
+            .iter()
+            .filter(|e| e.starts_with("fetch "))
+            .count();
+        assert_eq!(fetches, 2);
+    }
+
+    #[test]
+    fn lease_ids_are_shortened() {
+        assert_eq!(short_lease("redis/creds/cache-rw/AbCdEfGhIjKl"), "AbCdEfGh");
+        assert_eq!(short_lease("abc"), "abc");
+    }
+}
