@@ -40,6 +40,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VAULT_TOKEN", "vault.auth.token"),
     ("VAULT_CACERT", "vault.ca_file"),
     ("VAULT_NAMESPACE", "vault.namespace"),
+    ("VAULT_ROLE_ID", "vault.auth.role_id"),
+    ("VAULT_SECRET_ID", "vault.auth.secret_id"),
 ];
 
 /// A bad config, reported as one line naming the field.

@@ -1,0 +1,226 @@
+//! The command line as operators meet it: `--help` names every flag and
+//! environment variable, `--version`, `check-config` never prints a secret,
+//! and a bad config or argument is one line and exit 64.
+
+use std::{collections::HashMap, process::Command};
+
+use redis_cache_plugin::config::{self, Config};
+
+const EX_USAGE: i32 = 64;
+
+fn plugin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
+    // Only what each test sets: the overlay must not pick up the runner's env.
+    cmd.env_clear();
+    cmd
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write config");
+    file
+}
+
+fn random_secret() -> String {
+    format!("s{:032x}", rand::random::<u128>())
+}
+
+#[test]
+fn help_lists_every_flag_and_env_var() {
+    let out = plugin().arg("--help").output().expect("run --help");
+    assert!(out.status.success(), "{out:?}");
+    let help = stdout(&out);
+    for (var, field) in config::ENV_VARS {
+        assert!(help.contains(var), "--help lacks {var}:\n{help}");
+        assert!(help.contains(field), "--help lacks {field}:\n{help}");
+    }
+    for word in [
+        config::CONFIG_ENV,
+        "--config",
+        "--version",
+        "serve",
+        "check-config",
+        "health",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = plugin().args(["health", "--help"]).output().expect("run");
+    let help = stdout(&out);
+    for flag in ["--addr", "--service", "--timeout", "SERVING"] {
+        assert!(help.contains(flag), "health --help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = plugin().arg("--version").output().expect("run --version");
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("redis-cache-plugin {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_redacts_secrets_from_file_and_env() {
+    let (file_secret, env_password, env_token) =
+        (random_secret(), random_secret(), random_secret());
+    let file = config_file(&format!(
+        "backend:\n  username: cache\n  password: {file_secret}\n"
+    ));
+    let out = plugin()
+        .arg("check-config")
+        .env(config::CONFIG_ENV, file.path())
+        .env("REDIS_PASSWORD", &env_password)
+        .env("VAULT_TOKEN", &env_token)
+        .env("VAULT_SECRET_ID", random_secret())
+        .output()
+        .expect("run check-config");
+    assert!(out.status.success(), "{out:?}");
+    let (text, err) = (stdout(&out), stderr(&out));
+    for secret in [&file_secret, &env_password, &env_token] {
+        assert!(!text.contains(secret.as_str()) && !err.contains(secret.as_str()));
+    }
+    let effective: serde_norway::Value = serde_norway::from_str(&text).expect("YAML out");
+    assert_eq!(
+        effective["backend"]["password"].as_str(),
+        Some("[redacted]")
+    );
+    assert_eq!(
+        effective["vault"]["auth"]["token"].as_str(),
+        Some("[redacted]")
+    );
+    assert_eq!(effective["backend"]["username"].as_str(), Some("cache"));
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_field_and_exit_64() {
+    let cases = [
+        ("backend:\n  pool_size: many\n", vec![], "backend.pool_size"),
+        ("backend:\n  adress: x\n", vec![], "adress"),
+        (
+            "control_plane:\n  drain_timeout: soon\n",
+            vec![],
+            "control_plane.drain_timeout",
+        ),
+        ("", vec![("REDIS_DATABASE", "x")], "REDIS_DATABASE"),
+    ];
+    for (yaml, env, field) in cases {
+        let file = config_file(yaml);
+        for sub in ["check-config", "serve"] {
+            let out = plugin()
+                .args(["--config", file.path().to_str().expect("utf-8")])
+                .arg(sub)
+                .envs(env.iter().copied())
+                .output()
+                .expect("run");
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(EX_USAGE), "{sub} {yaml:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.contains(field), "{sub}: {err} should name {field}");
+            assert!(stdout(&out).is_empty());
+        }
+    }
+}
+
+#[test]
+fn missing_config_file_and_bad_arguments_exit_64() {
+    let out = plugin()
+        .args(["--config", "/nonexistent/plugin.yaml", "check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(EX_USAGE), "{out:?}");
+    assert!(stderr(&out).contains("/nonexistent/plugin.yaml"));
+    for args in [&["--bogus"][..], &["health", "--timeout", "soon"]] {
+        let out = plugin().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(EX_USAGE), "{args:?}: {out:?}");
+    }
+}
+
+// === ENV_VARS is the overlay ===
+
+/// A valid value for each overlay variable, different from its default.
+/// A new variable needs a line here, which keeps `--help` and the deploy
+/// checks honest.
+fn sample(var: &str) -> Option<&'static str> {
+    Some(match var {
+        "REDIS_ADDRESS" => "127.0.0.1:7001",
+        "REDIS_USERNAME" => "someone",
+        "REDIS_PASSWORD" | "VAULT_TOKEN" | "VAULT_SECRET_ID" => "not-empty",
+        "REDIS_DATABASE" => "3",
+        "REDIS_POOL_SIZE" => "7",
+        "REDIS_KEY_PREFIX" => "other:",
+        "REDIS_VAULT_ENABLED" => "true",
+        "REDIS_VAULT_PATH" => "db/creds/other",
+        "PRISM_LOG_LEVEL" => "debug",
+        "PRISM_PLUGIN_PORT" => "9191",
+        "VAULT_ADDR" => "http://127.0.0.1:8299",
+        "VAULT_CACERT" => "/etc/ca.pem",
+        "VAULT_NAMESPACE" => "team-a",
+        "VAULT_ROLE_ID" => "role-1",
+        _ => return None,
+    })
+}
+
+fn field<'a>(value: &'a serde_norway::Value, dotted: &str) -> &'a serde_norway::Value {
+    dotted.split('.').fold(value, |v, key| &v[key])
+}
+
+#[test]
+fn every_listed_env_var_sets_its_field() {
+    // token_file keeps validation happy when REDIS_VAULT_ENABLED turns Vault on.
+    let base_yaml = "vault:\n  auth:\n    token_file: /run/token\n";
+    let base = Config::from_yaml_and_env(base_yaml, &HashMap::new()).expect("base");
+    let base = serde_norway::to_value(&base).expect("to value");
+    for (var, dotted) in config::ENV_VARS {
+        let value = sample(var).unwrap_or_else(|| panic!("add a sample value for {var}"));
+        let env = HashMap::from([(var.to_string(), value.to_string())]);
+        let config = Config::from_yaml_and_env(base_yaml, &env)
+            .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+        let after = serde_norway::to_value(&config).expect("to value");
+        assert!(
+            !field(&after, dotted).is_null(),
+            "{var}: no field {dotted} in the schema"
+        );
+        assert_ne!(
+            field(&after, dotted),
+            field(&base, dotted),
+            "{var} does not set {dotted}"
+        );
+    }
+}
+
+#[test]
+fn env_vars_lists_every_variable_the_overlay_reads() {
+    let source = include_str!("../src/config.rs");
+    let start = source.find("fn apply_env").expect("apply_env in config.rs");
+    let body = &source[start..];
+    let body = &body[..body.find("\n    }\n").expect("end of apply_env")];
+    let read: Vec<&str> = body
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.len() > 3 && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
+    let listed: Vec<&str> = config::ENV_VARS.iter().map(|(v, _)| *v).collect();
+    for var in &read {
+        assert!(
+            listed.contains(var),
+            "apply_env reads {var} but config::ENV_VARS does not list it"
+        );
+    }
+    for var in &listed {
+        assert!(
+            read.contains(var),
+            "ENV_VARS lists {var} that apply_env does not read"
+        );
+    }
+}
