@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("cache_descriptor.bin"))
         .bytes(".cache.v1")
+        // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::codec::CacheCodec")
         .compile_with_config(
             prost,
             &[PathBuf::from("proto/cache/v1/cache.proto")],

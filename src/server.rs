@@ -11,8 +11,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{http::header::CONTENT_TYPE, routing::get};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{service::Routes, transport::Server};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -153,10 +155,18 @@ async fn serve_backend<B: Backend>(
     };
     let server = Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming(listener), signal);
     drain_bounded(server, stop_rx, config.control_plane.drain_timeout.0).await
+}
+
+/// Accepted connections with Nagle off: a gRPC response is several small
+/// writes, and Nagle would hold the last one for the peer's delayed ACK.
+/// (tonic sets this only on listeners it binds itself.)
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Runs the server; once shutdown starts, waits at most `drain` for it.

@@ -37,7 +37,7 @@ use futures_util::future::join_all;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
     IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind,
-    aio::MultiplexedConnection,
+    aio::MultiplexedConnection, io::tcp::TcpSettings,
 };
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -199,8 +199,12 @@ fn connection_info(s: &RedisSettings) -> Result<ConnectionInfo> {
     } else {
         ConnectionAddr::Tcp(host, port)
     };
-    addr.into_connection_info()
-        .map_err(|e| Error::Internal(format!("redis address: {e}")))
+    let info = addr
+        .into_connection_info()
+        .map_err(|e| Error::Internal(format!("redis address: {e}")))?;
+    // redis-rs leaves Nagle on; with small pipelined commands that adds the
+    // peer's delayed-ACK (tens of ms) to many requests.
+    Ok(info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
 }
 
 impl Backend for RedisBackend {

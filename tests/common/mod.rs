@@ -8,6 +8,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod load;
+pub mod openbao;
+
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},

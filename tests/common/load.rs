@@ -1,0 +1,140 @@
+//! A steady mixed load against the plugin, recording every call's start,
+//! latency and status code, for fault and overload tests.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redis_cache_plugin::pb::{GetRequest, MGetRequest, SetRequest, cache_client::CacheClient};
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+/// One finished call.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub start: Instant,
+    pub latency: Duration,
+    pub code: Code,
+}
+
+impl Sample {
+    pub fn end(&self) -> Instant {
+        self.start + self.latency
+    }
+}
+
+/// Options for [`run`].
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub workers: usize,
+    /// Pause between a worker's calls (zero = closed loop, as fast as it can).
+    pub pause: Duration,
+    /// Per-call gRPC deadline sent to the plugin.
+    pub deadline: Duration,
+}
+
+/// Runs `load` until `stop` is set, returning every sample. Each worker
+/// cycles Set, Get, MGet over its own keys; the channel is shared (HTTP/2).
+pub async fn run(channel: Channel, load: Load, stop: Arc<AtomicBool>) -> Vec<Sample> {
+    let mut set = JoinSet::new();
+    for w in 0..load.workers {
+        let client = CacheClient::new(channel.clone());
+        let stop = stop.clone();
+        set.spawn(worker(client, w, load, stop));
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.expect("load worker"));
+    }
+    all.sort_by_key(|s| s.start);
+    all
+}
+
+async fn worker(
+    mut client: CacheClient<Channel>,
+    w: usize,
+    load: Load,
+    stop: Arc<AtomicBool>,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut i: u64 = 0;
+    // Bounded: the caller sets `stop`; the cap is a backstop.
+    while !stop.load(Ordering::Relaxed) && i < 5_000_000 {
+        let key = format!("w{w}:k{}", i % 50);
+        let start = Instant::now();
+        let code = match i % 3 {
+            0 => {
+                let mut req = tonic::Request::new(SetRequest {
+                    key,
+                    value: vec![b'x'; 100].into(),
+                    ttl: None,
+                });
+                req.set_timeout(load.deadline);
+                code_of(client.set(req).await)
+            }
+            1 => {
+                let mut req = tonic::Request::new(GetRequest { key });
+                req.set_timeout(load.deadline);
+                code_of(client.get(req).await)
+            }
+            _ => {
+                let keys = (0..10).map(|j| format!("w{w}:k{j}")).collect();
+                let mut req = tonic::Request::new(MGetRequest { keys });
+                req.set_timeout(load.deadline);
+                code_of(client.m_get(req).await)
+            }
+        };
+        samples.push(Sample {
+            start,
+            latency: start.elapsed(),
+            code,
+        });
+        i += 1;
+        if !load.pause.is_zero() {
+            tokio::time::sleep(load.pause).await;
+        }
+    }
+    samples
+}
+
+fn code_of<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// The `q` quantile (0..=1) of the latencies of `samples`.
+pub fn quantile(samples: &[Sample], q: f64) -> Duration {
+    let mut v: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let idx = ((v.len() - 1) as f64 * q).round() as usize;
+    v[idx]
+}
+
+/// Counts of samples per status code, for messages.
+pub fn by_code(samples: &[Sample]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for s in samples {
+        *m.entry(format!("{:?}", s.code)).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Resident set size of this process in KiB (the in-process plugin included).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
