@@ -166,6 +166,8 @@ fn sample(var: &str) -> Option<&'static str> {
         "VAULT_CACERT" => "/etc/ca.pem",
         "VAULT_NAMESPACE" => "team-a",
         "VAULT_ROLE_ID" => "role-1",
+        "VAULT_CLIENT_CERT" => "/etc/prism/vault-client.pem",
+        "VAULT_CLIENT_KEY" => "/etc/prism/vault-client.key",
         _ => return None,
     })
 }
