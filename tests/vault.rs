@@ -1,0 +1,492 @@
+//! Vault/OpenBao credentials end to end: a real OpenBao issues Redis ACL
+//! users to the plugin, which logs in (token, AppRole, Kubernetes), reads
+//! KV v2, renews its token, renews and rotates leases under load, recovers
+//! from a revocation behind its back and rides out Vault outages.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    Flavor, NOT_SERVING, Plugin, RedisServer, SERVING,
+    openbao::{OpenBao, vault_users},
+    redis_config, test_prefix,
+};
+use redis_cache_plugin::{
+    config::{Config, Dur, Secret, VaultAuthMethod},
+    pb::{GetRequest, MGetRequest, SetRequest, cache_client::CacheClient},
+};
+use tonic::{Code, transport::Channel};
+
+/// Redis, OpenBao with the database engine on it, and a role.
+struct World {
+    redis: RedisServer,
+    bao: OpenBao,
+}
+
+impl World {
+    fn dev(default_ttl: &str, max_ttl: &str) -> Self {
+        Self::with(OpenBao::dev(), default_ttl, max_ttl)
+    }
+
+    fn with(bao: OpenBao, default_ttl: &str, max_ttl: &str) -> Self {
+        let redis = RedisServer::start(Flavor::Redis);
+        bao.setup_database(&redis);
+        bao.role("cache-rw", default_ttl, max_ttl);
+        Self { redis, bao }
+    }
+
+    /// A plugin config reading `redis/creds/cache-rw` with `token`.
+    fn config(&self, name: &str, token: &str) -> Config {
+        let mut c = redis_config(&self.redis, &test_prefix(name));
+        c.backend.username = String::new();
+        c.backend.password = Secret::default();
+        c.backend.vault_enabled = true;
+        c.backend.vault_path = "redis/creds/cache-rw".into();
+        c.vault.address = self.bao.address();
+        c.vault.request_timeout = Dur(Duration::from_secs(1));
+        c.vault.auth.method = VaultAuthMethod::Token;
+        c.vault.auth.token = Secret::new(token);
+        c
+    }
+}
+
+async fn start_serving(config: Config) -> Plugin {
+    let plugin = Plugin::start(config).await;
+    assert!(
+        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
+        "plugin did not become SERVING on Vault credentials"
+    );
+    plugin
+}
+
+/// Set then Get one key through the plugin.
+async fn round_trip(client: &mut CacheClient<Channel>, key: &str) {
+    client
+        .set(SetRequest {
+            key: key.into(),
+            value: b"v".to_vec().into(),
+            ttl: None,
+        })
+        .await
+        .expect("set");
+    let got = client
+        .get(GetRequest { key: key.into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(got.found && got.value.as_ref() == b"v");
+}
+
+/// A metric's value from `/metrics` (0 when absent).
+async fn metric(plugin: &Plugin, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", plugin.url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+// === load ===
+
+/// A steady mix of Set/Get/MGet from a few workers, every call recorded.
+struct Load {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<(Instant, Code)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(channel: Channel, workers: usize, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|w| {
+                let client = CacheClient::new(channel.clone());
+                tokio::spawn(worker(client, w, pause, stop.clone(), samples.clone()))
+            })
+            .collect();
+        Self {
+            stop,
+            samples,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> Vec<(Instant, Code)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("load worker");
+        }
+        let mut v = self.samples.lock().expect("lock").clone();
+        v.sort_by_key(|s| s.0);
+        v
+    }
+
+    fn failures_so_far(&self) -> usize {
+        let s = self.samples.lock().expect("lock");
+        s.iter().filter(|(_, c)| *c != Code::Ok).count()
+    }
+}
+
+async fn worker(
+    mut client: CacheClient<Channel>,
+    w: usize,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<(Instant, Code)>>>,
+) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{w}:k{}", i % 20);
+        let start = Instant::now();
+        let code = match i % 3 {
+            0 => code_of(
+                client
+                    .set(SetRequest {
+                        key,
+                        value: vec![b'x'; 64].into(),
+                        ttl: None,
+                    })
+                    .await,
+            ),
+            1 => code_of(client.get(GetRequest { key }).await),
+            _ => {
+                let keys = (0..5).map(|j| format!("w{w}:k{j}")).collect();
+                code_of(client.m_get(MGetRequest { keys }).await)
+            }
+        };
+        samples.lock().expect("lock").push((start, code));
+        i += 1;
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn code_of<T>(r: Result<T, tonic::Status>) -> Code {
+    r.map_or_else(|s| s.code(), |_| Code::Ok)
+}
+
+fn failures(samples: &[(Instant, Code)]) -> Vec<(Instant, Code)> {
+    samples
+        .iter()
+        .copied()
+        .filter(|(_, c)| *c != Code::Ok)
+        .collect()
+}
+
+// === logins ===
+
+#[tokio::test]
+async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
+    let w = World::dev("30s", "2m");
+    let token = w.bao.plugin_token("1h", "2h");
+    let plugin = start_serving(w.config("vault_token", &token)).await;
+    let mut client = plugin.client().await;
+    round_trip(&mut client, "a").await;
+    let users = vault_users(&w.redis);
+    assert_eq!(users.len(), 1, "one Vault-issued user: {users:?}");
+    let lease_left = metric(&plugin, "redis_plugin_credential_lease_expiry_seconds").await;
+    assert!(lease_left > 20.0 && lease_left <= 30.0, "{lease_left}");
+    plugin.stop().await;
+    assert!(
+        vault_users(&w.redis).is_empty(),
+        "the lease is revoked at shutdown, deleting the user"
+    );
+}
+
+#[tokio::test]
+async fn approle_login_works() {
+    let w = World::dev("30s", "2m");
+    let (role_id, secret_id) = w.bao.approle("1h", "2h");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret-id");
+    std::fs::write(&secret_file, &secret_id).expect("write secret id");
+    let mut c = w.config("vault_approle", "");
+    c.vault.auth.method = VaultAuthMethod::Approle;
+    c.vault.auth.role_id = role_id;
+    c.vault.auth.secret_id_file = secret_file.display().to_string();
+    let plugin = start_serving(c).await;
+    round_trip(&mut plugin.client().await, "a").await;
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn kubernetes_login_works() {
+    let w = World::dev("30s", "2m");
+    let jwt = service_account_jwt("default", "cache-plugin");
+    let host = token_review::serve(jwt.clone()).await;
+    w.bao.kubernetes(&host, "default", "cache-plugin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &jwt).expect("write jwt");
+    let mut c = w.config("vault_k8s", "");
+    c.vault.auth.method = VaultAuthMethod::Kubernetes;
+    c.vault.auth.role = "cache-plugin".into();
+    c.vault.auth.jwt_file = jwt_file.display().to_string();
+    let plugin = start_serving(c).await;
+    round_trip(&mut plugin.client().await, "a").await;
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn kv_v2_static_credentials_work() {
+    let w = World::dev("30s", "2m");
+    w.bao
+        .kv_creds("cache", common::CACHE_USER, &w.redis.cache_password);
+    let token = w.bao.plugin_token("1h", "2h");
+    let mut c = w.config("vault_kv", &token);
+    c.vault.kv_path = "secret/redis/cache".into();
+    let plugin = start_serving(c).await;
+    round_trip(&mut plugin.client().await, "a").await;
+    assert!(vault_users(&w.redis).is_empty(), "KV creds create no user");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn own_token_is_renewed_past_its_first_ttl() {
+    // Leases of 3 s make the plugin read new credentials (with its token)
+    // throughout; the token itself lives 4 s unless renewed.
+    let w = World::dev("3s", "5s");
+    let token = w.bao.plugin_token("4s", "2m");
+    let plugin = start_serving(w.config("vault_token_renew", &token)).await;
+    let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed",
+        failed.len(),
+        samples.len()
+    );
+    let info = w.bao.bao_json(&["token", "lookup", &token]);
+    let ttl = info["data"]["ttl"].as_u64().expect("ttl");
+    assert!(ttl > 0, "token still alive after 10 s");
+    assert!(metric(&plugin, "redis_plugin_credential_rotations_total").await >= 2.0);
+    plugin.stop().await;
+}
+
+// === lifecycle under load ===
+
+#[tokio::test]
+async fn rotation_under_load_drops_nothing() {
+    let w = World::dev("4s", "10s");
+    let token = w.bao.plugin_token("1h", "2h");
+    let plugin = start_serving(w.config("vault_rotation", &token)).await;
+    let load = Load::start(plugin.channel().await, 4, Duration::from_millis(5));
+    let mut max_users = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        max_users = max_users.max(vault_users(&w.redis).len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
+    let renewals = metric(
+        &plugin,
+        "redis_plugin_credential_renewals_total{result=\"ok\"}",
+    )
+    .await;
+    let users = vault_users(&w.redis).len();
+    eprintln!(
+        "rotation under load: {} calls, {} failed, {rotations} rotations, {renewals} renewals, \
+         {users} Vault users at the end (max {max_users} seen)",
+        samples.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed calls: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    assert!(rotations >= 4.0, "{rotations} rotations");
+    assert!(renewals >= 4.0, "{renewals} renewals");
+    assert!(users <= 2, "{users} Vault users left");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn external_revocation_recovers_within_two_seconds() {
+    let w = World::dev("1m", "5m");
+    let token = w.bao.plugin_token("1h", "2h");
+    let plugin = start_serving(w.config("vault_revoke", &token)).await;
+    let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leases = w.bao.leases("cache-rw");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let revoked_at = Instant::now();
+    w.bao.revoke(&leases[0]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    let last_failure = failed.last().map(|(t, _)| *t - revoked_at);
+    eprintln!(
+        "external revocation: {} calls, {} failed ({:?}), last failure {:?} after revoke",
+        samples.len(),
+        failed.len(),
+        failed.iter().map(|f| f.1).collect::<Vec<_>>(),
+        last_failure
+    );
+    assert!(
+        failed.iter().all(|(_, c)| *c == Code::Unavailable),
+        "failures must be UNAVAILABLE: {failed:?}"
+    );
+    assert!(
+        last_failure.is_none_or(|d| d < Duration::from_secs(2)),
+        "recovered in {last_failure:?}"
+    );
+    assert!(failed.len() <= 10, "{} failures", failed.len());
+    let after: Vec<_> = samples.iter().filter(|(t, _)| *t > revoked_at).collect();
+    assert!(after.iter().rev().take(20).all(|(_, c)| *c == Code::Ok));
+    assert_eq!(w.bao.leases("cache-rw").len(), 1, "one live lease again");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn vault_outages_short_and_past_expiry() {
+    let mut w = World::with(OpenBao::persistent(), "6s", "10m");
+    let token = w.bao.plugin_token("1h", "2h");
+    let plugin = start_serving(w.config("vault_outage", &token)).await;
+    let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
+
+    // Shorter than the lease: nothing fails.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.bao.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.bao.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        load.failures_so_far(),
+        0,
+        "a short Vault outage fails no call"
+    );
+    assert_eq!(plugin.health("").await, SERVING);
+
+    // Past expiry: NOT_SERVING, then recovery once Vault is back.
+    w.bao.stop();
+    assert!(
+        plugin
+            .wait_health(NOT_SERVING, Duration::from_secs(10))
+            .await,
+        "health must drop when the lease has expired"
+    );
+    assert!(
+        metric(
+            &plugin,
+            "redis_plugin_vault_errors_total{operation=\"renew\"}"
+        )
+        .await
+            >= 1.0
+    );
+    let back = Instant::now();
+    w.bao.restart();
+    assert!(
+        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
+        "recovery after Vault returns"
+    );
+    eprintln!(
+        "vault outage: SERVING again {:?} after Vault restarted",
+        back.elapsed()
+    );
+    let samples = load.finish().await;
+    let ok_after = samples.iter().rev().take(10).all(|(_, c)| *c == Code::Ok);
+    assert!(ok_after, "calls succeed after recovery");
+    plugin.stop().await;
+}
+
+// === Kubernetes stand-ins ===
+
+/// A service-account JWT as Kubernetes issues it (legacy claims). OpenBao
+/// reads its claims and asks the TokenReview API whether it is valid; the
+/// signature is not checked without `pem_keys`.
+fn service_account_jwt(namespace: &str, name: &str) -> String {
+    let header = r#"{"alg":"RS256","kid":"test"}"#;
+    let claims = serde_json::json!({
+        "iss": "kubernetes/serviceaccount",
+        "kubernetes.io/serviceaccount/namespace": namespace,
+        "kubernetes.io/serviceaccount/secret.name": format!("{name}-token"),
+        "kubernetes.io/serviceaccount/service-account.name": name,
+        "kubernetes.io/serviceaccount/service-account.uid": "0b7a5b0c-1111-4222-8333-444455556666",
+        "sub": format!("system:serviceaccount:{namespace}:{name}"),
+    });
+    format!(
+        "{}.{}.{}",
+        b64url(header.as_bytes()),
+        b64url(claims.to_string().as_bytes()),
+        b64url(b"not-a-real-signature")
+    )
+}
+
+fn b64url(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A loopback TokenReview endpoint that accepts exactly one token.
+mod token_review {
+    use axum::{Router, http::StatusCode, routing::post};
+    use serde_json::{Value, json};
+
+    /// Serves until the test ends; returns `http://127.0.0.1:<port>`.
+    pub(crate) async fn serve(valid: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(move |body: String| review(valid.clone(), body)),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    async fn review(valid: String, body: String) -> (StatusCode, String) {
+        let req: Value = serde_json::from_str(&body).unwrap_or_default();
+        let ok = req["spec"]["token"].as_str() == Some(valid.as_str());
+        let status = if ok {
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": "system:serviceaccount:default:cache-plugin",
+                    "uid": "0b7a5b0c-1111-4222-8333-444455556666",
+                    "groups": ["system:serviceaccounts"]
+                }
+            })
+        } else {
+            json!({ "authenticated": false, "error": "invalid token" })
+        };
+        let answer = json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "status": status,
+        });
+        (StatusCode::CREATED, answer.to_string())
+    }
+}
