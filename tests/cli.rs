@@ -163,13 +163,17 @@ fn sample(var: &str) -> Option<&'static str> {
         "PRISM_LOG_LEVEL" => "debug",
         "PRISM_PLUGIN_PORT" => "9191",
         "VAULT_ADDR" => "http://127.0.0.1:8299",
-        "VAULT_CACERT" => "/etc/ca.pem",
         "VAULT_NAMESPACE" => "team-a",
         "VAULT_ROLE_ID" => "role-1",
-        "VAULT_CLIENT_CERT" => "/etc/prism/vault-client.pem",
-        "VAULT_CLIENT_KEY" => "/etc/prism/vault-client.key",
         _ => return None,
     })
+}
+
+/// Variables naming a file (CA bundles, client certificates and keys).
+fn file_valued(var: &str) -> bool {
+    ["CACERT", "_CERT", "_KEY", "_FILE"]
+        .iter()
+        .any(|s| var.ends_with(s))
 }
 
 fn field<'a>(value: &'a serde_norway::Value, dotted: &str) -> &'a serde_norway::Value {
@@ -182,9 +186,25 @@ fn every_listed_env_var_sets_its_field() {
     let base_yaml = "vault:\n  auth:\n    token_file: /run/token\n";
     let base = Config::from_yaml_and_env(base_yaml, &HashMap::new()).expect("base");
     let base = serde_norway::to_value(&base).expect("to value");
+    // File-valued variables get a real (empty) file: validation may read it.
+    let files = tempfile::tempdir().expect("tempdir");
+    let mut sample_files = Vec::new();
+    for (var, _) in config::ENV_VARS.iter().filter(|(v, _)| file_valued(v)) {
+        let path = files.path().join(var);
+        std::fs::write(&path, "").expect("write sample file");
+        sample_files.push((var.to_string(), path.to_str().expect("utf-8").to_string()));
+    }
     for (var, dotted) in config::ENV_VARS {
-        let value = sample(var).unwrap_or_else(|| panic!("add a sample value for {var}"));
-        let env = HashMap::from([(var.to_string(), value.to_string())]);
+        let value = match sample(var) {
+            Some(v) => v.to_string(),
+            None if file_valued(var) => files.path().join(var).to_str().expect("utf-8").into(),
+            None => panic!("add a sample value for {var}"),
+        };
+        let mut env = HashMap::from([(var.to_string(), value.clone())]);
+        if file_valued(var) {
+            // Files may come in pairs (certificate and key): give them all.
+            env.extend(sample_files.iter().cloned());
+        }
         let config = Config::from_yaml_and_env(base_yaml, &env)
             .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
         let after = serde_norway::to_value(&config).expect("to value");
