@@ -220,6 +220,81 @@ fn builder_rust_can_build_the_locked_dependencies() {
     );
 }
 
+/// The builder's context is only what its `COPY` lines bring in: with stub
+/// sources first (the cached dependency layer), then the real ones, cargo
+/// must resolve the locked manifest offline, and `.dockerignore` must not
+/// hide any of it.
+#[test]
+fn builder_copies_everything_cargo_needs() {
+    let stages = stages(&dockerfile_text());
+    let copies: Vec<Vec<String>> = stages[0]
+        .all("COPY")
+        .iter()
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .collect();
+    let ignored = fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    let ignored: Vec<&str> = ignored
+        .lines()
+        .map(|l| l.trim().trim_end_matches('/'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let ctx = tempfile::tempdir().expect("tempdir");
+    let (deps, rest) = copies.split_at(copies.len() - 1);
+    for copy in deps {
+        copy_sources(ctx.path(), copy, &ignored);
+    }
+    fs::create_dir_all(ctx.path().join("src")).expect("mkdir");
+    fs::write(ctx.path().join("src/main.rs"), "fn main() {}\n").expect("stub");
+    fs::write(ctx.path().join("src/lib.rs"), "").expect("stub");
+    cargo_metadata_offline(ctx.path());
+    fs::remove_dir_all(ctx.path().join("src")).expect("rm stubs");
+    for copy in rest {
+        copy_sources(ctx.path(), copy, &ignored);
+    }
+    assert!(
+        ctx.path().join("src/lib.rs").is_file(),
+        "the last COPY brings src/"
+    );
+    cargo_metadata_offline(ctx.path());
+}
+
+/// `COPY a b ./` or `COPY dir ./dir`, from the repository into `ctx`.
+fn copy_sources(ctx: &Path, copy: &[String], ignored: &[&str]) {
+    let (dest, sources) = copy.split_last().expect("COPY args");
+    for source in sources {
+        assert!(
+            !ignored.contains(&source.as_str()),
+            ".dockerignore hides {source}"
+        );
+        let from = repo().join(source);
+        let to = if dest.ends_with('/') {
+            ctx.join(dest).join(source)
+        } else {
+            ctx.join(dest)
+        };
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&from)
+            .arg(&to)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "COPY {source}: not in the repository");
+    }
+}
+
+fn cargo_metadata_offline(dir: &Path) {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(dir)
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo cannot load the builder's context: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn version(v: &str) -> Vec<u32> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
