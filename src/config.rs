@@ -42,6 +42,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VAULT_NAMESPACE", "vault.namespace"),
     ("VAULT_ROLE_ID", "vault.auth.role_id"),
     ("VAULT_SECRET_ID", "vault.auth.secret_id"),
+    ("VAULT_CLIENT_CERT", "vault.client_cert_file"),
+    ("VAULT_CLIENT_KEY", "vault.client_key_file"),
 ];
 
 /// A bad config, reported as one line naming the field.
@@ -92,6 +94,37 @@ pub struct ControlPlaneConfig {
     pub max_concurrent_requests: usize,
     /// How often the health prober PINGs Redis.
     pub health_interval: Dur,
+    /// TLS (and mTLS) on the plugin's own port.
+    pub tls: ServerTls,
+}
+
+/// TLS on the gRPC port. With `client_ca_file`, clients must present a
+/// certificate that CA signed (mTLS). Files are re-read when they change.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTls {
+    pub enabled: bool,
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_ca_file: String,
+    /// How often the files are checked for changes.
+    pub reload_interval: Dur,
+}
+
+/// TLS to Redis. `rediss://` addresses turn it on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTls {
+    pub enabled: bool,
+    /// CA bundle that signed Redis' certificate; empty = system roots.
+    pub ca_file: String,
+    /// Client certificate and key, for Redis `tls-auth-clients yes`.
+    pub cert_file: String,
+    pub key_file: String,
+    /// Name to verify in Redis' certificate when it differs from the host.
+    pub server_name: String,
+    /// Accept any certificate. Never in production; logged loudly.
+    pub insecure_skip_verify: bool,
 }
 
 /// Log level and format.
@@ -140,6 +173,7 @@ pub struct BackendConfig {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_keys: usize,
+    pub tls: RedisTls,
 }
 
 /// How the plugin reaches Vault/OpenBao and logs in.
@@ -156,6 +190,10 @@ pub struct VaultConfig {
     pub kv_path: String,
     /// Bound on each Vault call.
     pub request_timeout: Dur,
+    /// Client certificate and key presented to Vault (mTLS listeners and
+    /// the `cert` auth method).
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 /// Vault login method and its inputs. Secrets may come inline or from files.
@@ -203,6 +241,10 @@ impl Default for ControlPlaneConfig {
             drain_timeout: Dur::secs(10),
             max_concurrent_requests: 1024,
             health_interval: Dur::secs(5),
+            tls: ServerTls {
+                reload_interval: Dur::secs(5),
+                ..ServerTls::default()
+            },
         }
     }
 }
@@ -237,6 +279,7 @@ impl Default for BackendConfig {
             max_key_bytes: 1024,
             max_value_bytes: 4 * 1024 * 1024,
             max_batch_keys: 1000,
+            tls: RedisTls::default(),
         }
     }
 }
@@ -251,6 +294,8 @@ impl Default for VaultConfig {
             renew_fraction: 0.67,
             kv_path: String::new(),
             request_timeout: Dur::secs(5),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -341,6 +386,8 @@ impl Config {
         overlay_str(env, "VAULT_ADDR", &mut v.address);
         overlay_str(env, "VAULT_CACERT", &mut v.ca_file);
         overlay_str(env, "VAULT_NAMESPACE", &mut v.namespace);
+        overlay_str(env, "VAULT_CLIENT_CERT", &mut v.client_cert_file);
+        overlay_str(env, "VAULT_CLIENT_KEY", &mut v.client_key_file);
         if let Some(t) = env.get("VAULT_TOKEN") {
             v.auth.token = Secret::new(t.clone());
         }
@@ -355,11 +402,42 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_control_plane()?;
         self.validate_backend()?;
+        self.validate_tls()?;
         if self.backend.kind == BackendKind::Redis && self.backend.vault_enabled {
             self.validate_vault()?;
         }
         crate::telemetry::parse_level(&self.log.level)
             .map_err(|reason| ConfigError::new("log.level", reason))?;
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.control_plane.tls;
+        if t.enabled {
+            readable("control_plane.tls.cert_file", &t.cert_file, true)?;
+            readable("control_plane.tls.key_file", &t.key_file, true)?;
+            readable("control_plane.tls.client_ca_file", &t.client_ca_file, false)?;
+            nonzero(t.reload_interval, "control_plane.tls.reload_interval")?;
+        }
+        let r = &self.backend.tls;
+        readable("backend.tls.ca_file", &r.ca_file, false)?;
+        readable("backend.tls.cert_file", &r.cert_file, false)?;
+        readable("backend.tls.key_file", &r.key_file, false)?;
+        if r.cert_file.is_empty() != r.key_file.is_empty() {
+            return Err(ConfigError::new(
+                "backend.tls.key_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        let v = &self.vault;
+        readable("vault.client_cert_file", &v.client_cert_file, false)?;
+        readable("vault.client_key_file", &v.client_key_file, false)?;
+        if v.client_cert_file.is_empty() != v.client_key_file.is_empty() {
+            return Err(ConfigError::new(
+                "vault.client_key_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
         Ok(())
     }
 
@@ -490,6 +568,20 @@ fn overlay_parse<T: std::str::FromStr>(
             .map_err(|_| ConfigError::new(var, format!("cannot parse {v:?}")))?;
     }
     Ok(())
+}
+
+/// A file named by `field` must be readable (when given, or always when
+/// `required`); read errors name the field, never the content.
+fn readable(field: &str, path: &str, required: bool) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return match required {
+            true => Err(ConfigError::new(field, "required when TLS is enabled")),
+            false => Ok(()),
+        };
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| ConfigError::new(field, format!("{path}: {e}")))
 }
 
 fn positive(n: usize, field: &str) -> Result<(), ConfigError> {

@@ -27,6 +27,7 @@ pub mod probe;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated `cache.v1` messages, client and server.
 pub mod pb {

@@ -21,7 +21,7 @@ use crate::{
     backend::{
         Backend,
         memory::MemoryBackend,
-        redis::{RedisBackend, RedisSettings},
+        redis::{RedisBackend, RedisSettings, RedisTlsSettings},
     },
     config::{BackendKind, Config},
     credentials::{self, CredentialsHandle},
@@ -30,6 +30,7 @@ use crate::{
     metrics::Metrics,
     pb::{self, cache_server::CacheServer},
     service::{CacheService, Limits},
+    tls::{self, ReloadingAcceptor, TlsError},
 };
 
 /// Why the server could not start or stopped with an error.
@@ -43,6 +44,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("vault: {0}")]
     Vault(#[from] credentials::vault::VaultError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Builds the backend named by the config and serves until `shutdown`.
@@ -51,6 +54,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    tls::install_crypto_provider();
     let metrics = Metrics::new();
     match config.backend.kind {
         BackendKind::Memory => {
@@ -65,7 +69,9 @@ pub async fn serve(
                 let b = &config.backend;
                 (credentials::fixed(&b.username, &b.password), None)
             };
-            let backend = Arc::new(RedisBackend::start(redis_settings(&config), creds.clone())?);
+            let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
+            backend.check_tls().await?;
+            let backend = Arc::new(backend);
             let result =
                 serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await;
             // After the drain: revoke the lease so no Vault user outlives us.
@@ -77,19 +83,33 @@ pub async fn serve(
     }
 }
 
-/// Redis connection settings from config.
-pub fn redis_settings(config: &Config) -> RedisSettings {
+/// Redis connection settings from config (reads the TLS files).
+pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
     let b = &config.backend;
-    RedisSettings {
+    let t = &b.tls;
+    let tls = if t.enabled {
+        if t.insecure_skip_verify {
+            warn!(
+                "backend.tls.insecure_skip_verify is ON: Redis' certificate is NOT verified; anyone on the path can impersonate Redis. Never use this in production."
+            );
+        }
+        Some(RedisTlsSettings {
+            certs: tls::redis_certificates(t)?,
+            insecure: t.insecure_skip_verify,
+            server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
+        })
+    } else {
+        None
+    };
+    Ok(RedisSettings {
         address: b.address.clone(),
         database: b.database,
         pool_size: b.pool_size,
         connect_timeout: b.pool_timeout.0,
         operation_timeout: b.operation_timeout.0,
         max_retries: b.max_retries,
-        tls: None,
-        tls_insecure: false,
-    }
+        tls,
+    })
 }
 
 fn limits(config: &Config) -> Limits {
@@ -119,6 +139,10 @@ async fn serve_backend<B: Backend>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let acceptor = match &config.control_plane.tls {
+        t if t.enabled => Some(ReloadingAcceptor::new(t.clone(), metrics.clone())?),
+        _ => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
     if let Some(creds) = creds {
@@ -153,11 +177,16 @@ async fn serve_backend<B: Backend>(
         // Give the prober a moment to publish NOT_SERVING before GOAWAY.
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let server = Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), signal);
-    drain_bounded(server, stop_rx, config.control_plane.drain_timeout.0).await
+    let drain = config.control_plane.drain_timeout.0;
+    let builder = Server::builder().accept_http1(true).add_routes(routes);
+    if let Some(acceptor) = acceptor {
+        tokio::spawn(acceptor.clone().watch());
+        let server = builder.serve_with_incoming_shutdown(acceptor.incoming(listener), signal);
+        drain_bounded(server, stop_rx, drain).await
+    } else {
+        let server = builder.serve_with_incoming_shutdown(incoming(listener), signal);
+        drain_bounded(server, stop_rx, drain).await
+    }
 }
 
 /// Accepted connections with Nagle off: a gRPC response is several small
@@ -232,6 +261,9 @@ fn log_start(config: &Config, listener: &TcpListener) {
         pool_size = b.pool_size,
         acl = !b.username.is_empty() || b.vault_enabled,
         vault = b.vault_enabled,
+        redis_tls = b.tls.enabled || b.address.starts_with("rediss://"),
+        grpc_tls = config.control_plane.tls.enabled,
+        mtls = !config.control_plane.tls.client_ca_file.is_empty(),
         key_prefix = %b.key_prefix,
         version = env!("CARGO_PKG_VERSION"),
         "redis-cache-plugin starting"

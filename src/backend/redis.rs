@@ -58,10 +58,28 @@ pub struct RedisSettings {
     pub operation_timeout: Duration,
     /// Extra attempts on another connection after a dropped connection.
     pub max_retries: u32,
-    /// TLS settings when the address is `rediss://` or TLS is enabled.
-    pub tls: Option<redis::TlsCertificates>,
+    /// TLS settings; `rediss://` addresses imply TLS with system roots.
+    pub tls: Option<RedisTlsSettings>,
+}
+
+/// TLS towards Redis.
+#[derive(Clone)]
+pub struct RedisTlsSettings {
+    /// CA and optional client certificate, PEM.
+    pub certs: redis::TlsCertificates,
     /// Skip certificate verification (never in production).
-    pub tls_insecure: bool,
+    pub insecure: bool,
+    /// Name to verify instead of the address' host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for RedisTlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTlsSettings")
+            .field("insecure", &self.insecure)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A host, port and whether TLS is implied, from `host:port`,
@@ -152,10 +170,15 @@ impl RedisBackend {
     /// Builds the pool and starts its repair task. Does not wait for Redis:
     /// the first connections open in the background (health shows when).
     pub fn start(settings: RedisSettings, creds: CredentialsHandle) -> Result<Self> {
+        let settings = with_implied_tls(settings)?;
         let info = connection_info(&settings)?;
-        let conn_config = AsyncConnectionConfig::new()
+        let mut conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.operation_timeout));
+        if let Some(name) = settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            let (host, port, _) = parse_address(&settings.address).map_err(Error::Internal)?;
+            conn_config = conn_config.set_dns_resolver(PinnedResolver { name, host, port });
+        }
         let slots = (0..settings.pool_size).map(|_| Slot::default()).collect();
         let pool = Arc::new(Pool {
             settings,
@@ -168,6 +191,24 @@ impl RedisBackend {
         });
         tokio::spawn(maintain(Arc::downgrade(&pool), pool.creds.clone()));
         Ok(Self { pool })
+    }
+
+    /// With TLS on, opens one connection now so that a certificate Redis
+    /// does not accept, or one we do not trust, stops start-up with a clear
+    /// error instead of a plugin that never becomes healthy. Redis not
+    /// answering yet is not an error here.
+    pub async fn check_tls(&self) -> Result<()> {
+        if self.pool.settings.tls.is_none() {
+            return Ok(());
+        }
+        let creds = self.pool.creds.current();
+        match self.pool.open(&creds).await {
+            Err(e) if is_tls_failure(&e) => Err(Error::Unavailable(format!(
+                "TLS to Redis at {} failed: {e}",
+                self.pool.settings.address
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until at least one connection is open, up to `wait`.
@@ -187,17 +228,34 @@ impl RedisBackend {
     }
 }
 
+/// Fills in TLS for `rediss://` addresses given without TLS settings.
+fn with_implied_tls(mut s: RedisSettings) -> Result<RedisSettings> {
+    let (_, _, tls_implied) = parse_address(&s.address).map_err(Error::Internal)?;
+    if tls_implied && s.tls.is_none() {
+        s.tls = Some(RedisTlsSettings {
+            certs: redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            },
+            insecure: false,
+            server_name: None,
+        });
+    }
+    Ok(s)
+}
+
 fn connection_info(s: &RedisSettings) -> Result<ConnectionInfo> {
-    let (host, port, tls_implied) = parse_address(&s.address).map_err(Error::Internal)?;
-    let addr = if tls_implied || s.tls.is_some() {
-        ConnectionAddr::TcpTls {
-            host,
+    let (host, port, _) = parse_address(&s.address).map_err(Error::Internal)?;
+    let addr = match &s.tls {
+        Some(tls) => ConnectionAddr::TcpTls {
+            // The certificate is checked against this name; the resolver
+            // below maps it back to the configured address.
+            host: tls.server_name.clone().unwrap_or(host),
             port,
-            insecure: s.tls_insecure,
+            insecure: tls.insecure,
             tls_params: None,
-        }
-    } else {
-        ConnectionAddr::Tcp(host, port)
+        },
+        None => ConnectionAddr::Tcp(host, port),
     };
     let info = addr
         .into_connection_info()
@@ -352,7 +410,10 @@ impl Pool {
             redis = redis.set_password(creds.password.expose());
         }
         let info = self.info.clone().set_redis_settings(redis);
-        let client = Client::open(info)?;
+        let client = match &self.settings.tls {
+            Some(tls) => Client::build_with_tls(info, tls.certs.clone())?,
+            None => Client::open(info)?,
+        };
         let open = client.get_multiplexed_async_connection_with_config(&self.conn_config);
         match tokio::time::timeout(self.settings.connect_timeout, open).await {
             Ok(result) => result,
@@ -443,6 +504,47 @@ async fn maintain(pool: std::sync::Weak<Pool>, mut creds: CredentialsHandle) {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.repair.notify_one();
+    }
+}
+
+/// True when a connect failed in the TLS handshake (untrusted or rejected
+/// certificate), as opposed to Redis being unreachable.
+fn is_tls_failure(e: &RedisError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    let text = e.to_string();
+    text.contains("certificate") || text.contains("InvalidCertificate") || text.contains("tls")
+}
+
+/// Resolves the TLS server name to the configured host, so the certificate
+/// can be verified against a name that DNS does not know.
+struct PinnedResolver {
+    name: String,
+    host: String,
+    port: u16,
+}
+
+impl redis::io::AsyncDNSResolver for PinnedResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        let target = if host == self.name {
+            (self.host.clone(), self.port)
+        } else {
+            (host.to_string(), port)
+        };
+        Box::pin(async move {
+            let addrs = tokio::net::lookup_host(target).await?;
+            let addrs: Vec<_> = addrs.collect();
+            Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = _> + Send>)
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod load;
 pub mod openbao;
+pub mod pki;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -93,6 +94,8 @@ pub struct RedisServer {
     dir: TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Certificates the admin connection uses when the server speaks TLS.
+    admin_tls: Option<redis::TlsCertificates>,
 }
 
 impl RedisServer {
@@ -113,6 +116,49 @@ impl RedisServer {
             dir,
             child: None,
             extra_args,
+            admin_tls: None,
+        };
+        server.write_config();
+        server.spawn();
+        server
+    }
+
+    /// A server speaking only TLS on its port, with `pki`'s server
+    /// certificate; `auth_clients` requires client certificates.
+    pub fn start_tls(flavor: Flavor, pki: &pki::Pki, auth_clients: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let extra_args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&pki.server.cert),
+            "--tls-key-file".into(),
+            path(&pki.server.key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca_file),
+            "--tls-auth-clients".into(),
+            if auth_clients { "yes" } else { "no" }.into(),
+        ];
+        let client_tls = auth_clients.then(|| redis::ClientTlsConfig {
+            client_cert: std::fs::read(&pki.client.cert).expect("client cert"),
+            client_key: std::fs::read(&pki.client.key).expect("client key"),
+        });
+        let mut server = Self {
+            flavor,
+            port,
+            admin_password: random_secret(),
+            cache_password: random_secret(),
+            dir,
+            child: None,
+            extra_args,
+            admin_tls: Some(redis::TlsCertificates {
+                client_tls,
+                root_cert: Some(pki.ca.cert_pem.clone().into_bytes()),
+            }),
         };
         server.write_config();
         server.spawn();
@@ -171,11 +217,19 @@ impl RedisServer {
     }
 
     fn try_admin(&self) -> Option<redis::Connection> {
+        let scheme = if self.admin_tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         let url = format!(
-            "redis://{ADMIN_USER}:{}@127.0.0.1:{}/",
+            "{scheme}://{ADMIN_USER}:{}@127.0.0.1:{}/",
             self.admin_password, self.port
         );
-        let client = redis::Client::open(url).ok()?;
+        let client = match &self.admin_tls {
+            Some(certs) => redis::Client::build_with_tls(url, certs.clone()).ok()?,
+            None => redis::Client::open(url).ok()?,
+        };
         let mut conn = client
             .get_connection_with_timeout(Duration::from_millis(200))
             .ok()?;

@@ -1,0 +1,259 @@
+//! TLS material: the plugin's own port (TLS or mTLS, reloaded when the files
+//! change) and the client side towards Redis.
+//!
+//! For the port, [`ReloadingAcceptor`] holds the current rustls server
+//! config behind an `ArcSwap`; a watcher re-reads the PEM files when their
+//! modification time or size changes, and swaps in the new config only if it
+//! loads — a bad file keeps the old certificates and is logged and counted.
+//! New connections use the new config; connections already open keep theirs,
+//! so a rotation drops no call. This module does not serve gRPC.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{RedisTls, ServerTls},
+    metrics::{Metrics, Outcome},
+};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS material could not be loaded. Names files, never their content.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls client verifier: {0}")]
+    Verifier(String),
+}
+
+fn file_err(path: &str, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Installs ring as rustls' process-wide crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    // Err means one is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads a PEM certificate chain.
+pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+fn load_roots(path: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| file_err(path, e))?;
+    }
+    Ok(roots)
+}
+
+/// Builds the server config: HTTP/2 for gRPC and HTTP/1.1 for `/metrics`.
+pub fn server_config(t: &ServerTls) -> Result<ServerConfig, TlsError> {
+    install_crypto_provider();
+    let certs = load_certs(&t.cert_file)?;
+    let key = load_key(&t.key_file)?;
+    let builder = ServerConfig::builder();
+    let builder = if t.client_ca_file.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let roots = Arc::new(load_roots(&t.client_ca_file)?);
+        let verifier = WebPkiClientVerifier::builder(roots)
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client certificate set for Redis, as redis-rs takes it.
+pub fn redis_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, TlsError> {
+    let read = |path: &str| std::fs::read(path).map_err(|e| file_err(path, e));
+    let root_cert = match t.ca_file.as_str() {
+        "" => None,
+        path => {
+            load_certs(path)?;
+            Some(read(path)?)
+        }
+    };
+    let client_tls = match (t.cert_file.as_str(), t.key_file.as_str()) {
+        ("", _) | (_, "") => None,
+        (cert, key) => {
+            load_certs(cert)?;
+            load_key(key)?;
+            Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            })
+        }
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+// === impl ReloadingAcceptor ===
+
+/// Accepts TLS connections with the current config and reloads it when the
+/// files change.
+pub struct ReloadingAcceptor {
+    settings: ServerTls,
+    current: ArcSwap<ServerConfig>,
+    metrics: Arc<Metrics>,
+}
+
+/// A file's identity for change detection.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+impl ReloadingAcceptor {
+    /// Loads the files once; a failure here stops start-up.
+    pub fn new(settings: ServerTls, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
+        let config = server_config(&settings)?;
+        Ok(Arc::new(Self {
+            settings,
+            current: ArcSwap::from_pointee(config),
+            metrics,
+        }))
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        let t = &self.settings;
+        [&t.cert_file, &t.key_file, &t.client_ca_file]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    fn stamp(&self) -> Stamp {
+        self.paths().iter().map(|p| file_stamp(p)).collect()
+    }
+
+    /// Re-reads the files; keeps the old config when the new one is bad.
+    pub fn reload(&self) -> bool {
+        match server_config(&self.settings) {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                self.count("ok");
+                info!(cert = %self.settings.cert_file, "tls certificates reloaded");
+                true
+            }
+            Err(e) => {
+                self.count("error");
+                warn!(error = %e, "tls reload failed; keeping the previous certificates");
+                false
+            }
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .tls_reloads
+            .get_or_create(&Outcome { result })
+            .inc();
+    }
+
+    /// Polls the files every `reload_interval` and reloads on change. Ends
+    /// when the acceptor is dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let interval = self.settings.reload_interval.0;
+        let mut seen = self.stamp();
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(this) = weak.upgrade() else { return };
+            let now = this.stamp();
+            if now != seen {
+                // Writers replace cert and key one after the other; a short
+                // pause lets both land before reading.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                seen = this.stamp();
+                this.reload();
+            }
+        }
+    }
+
+    /// TLS connections accepted from `listener`, handshaken in their own
+    /// tasks so a slow client cannot hold up others.
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(self.current.load_full());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake refused"),
+                        Err(_) => debug!(%peer, "tls handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
