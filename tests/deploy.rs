@@ -19,6 +19,8 @@ use redis_cache_plugin::{
     pb::{GetRequest, SetRequest, cache_client::CacheClient},
 };
 use serde::Deserialize;
+
+mod common;
 use serde_norway::Value;
 
 const PLUGIN_CONTAINER: &str = "redis-cache-plugin";
@@ -226,7 +228,7 @@ fn compose_role_grants_what_the_plugin_sends() {
     let prefix = load_config(&yaml, &HashMap::new(), "plugin.yaml")
         .backend
         .key_prefix;
-    let tested: Vec<String> = TESTED_ACL
+    let tested: Vec<String> = common::CACHE_ACL
         .split_whitespace()
         .map(|r| {
             if r.starts_with('~') {
@@ -238,9 +240,6 @@ fn compose_role_grants_what_the_plugin_sends() {
         .collect();
     assert_eq!(rules, tested);
 }
-
-/// Same as `tests/common`'s `CACHE_ACL`, the user the contract suite runs as.
-const TESTED_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping";
 
 // === Kubernetes ===
 
