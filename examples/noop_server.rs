@@ -1,0 +1,126 @@
+//! The gRPC ceiling for `bench/run`: the `cache.v1.Cache` API answered
+//! without any backend, behind the same tonic server setup as the plugin
+//! (multi-thread runtime, `tcp_nodelay`, HTTP/1 accepted, the service mounted
+//! on tonic's axum router next to a `GET /metrics` route). Whatever the plugin
+//! adds on top of this is validation, metrics and the Redis round trip.
+//!
+//! Not part of the product: `cargo build --release --example noop_server`,
+//! then `noop_server PORT [VALUE_BYTES]`. Get answers a hit of VALUE_BYTES
+//! (default 100), MGet a hit for every key, the rest an empty success.
+//! `GET /metrics` counts the answered RPCs, so the harness can check that
+//! h2load's "succeeded" were gRPC successes and not just HTTP 200s.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::routing::get;
+use bytes::Bytes;
+use redis_cache_plugin::pb::{
+    DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
+    MGetRequest, MGetResponse, SetRequest, SetResponse,
+    cache_server::{Cache, CacheServer},
+};
+use tokio::net::TcpListener;
+use tonic::{
+    Request, Response, Status,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+
+/// Answers every RPC at once; counts what it answered.
+struct Noop {
+    value: Bytes,
+    answered: Arc<AtomicU64>,
+}
+
+impl Noop {
+    fn ok<T>(&self, reply: T) -> Result<Response<T>, Status> {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl Cache for Noop {
+    async fn get(&self, _req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.ok(GetResponse {
+            found: true,
+            value: self.value.clone(),
+        })
+    }
+
+    async fn set(&self, _req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        self.ok(SetResponse {})
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let deleted = req.into_inner().keys.len() as u64;
+        self.ok(DeleteResponse { deleted })
+    }
+
+    async fn m_get(&self, req: Request<MGetRequest>) -> Result<Response<MGetResponse>, Status> {
+        let hits: HashMap<String, Bytes> = req
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|k| (k, self.value.clone()))
+            .collect();
+        self.ok(MGetResponse { hits })
+    }
+
+    async fn expire(
+        &self,
+        _req: Request<ExpireRequest>,
+    ) -> Result<Response<ExpireResponse>, Status> {
+        self.ok(ExpireResponse { found: true })
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args
+        .next()
+        .ok_or("usage: noop_server PORT [VALUE_BYTES]")?
+        .parse()?;
+    let value_bytes: usize = args.next().map_or(Ok(100), |v| v.parse())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(port, value_bytes))
+}
+
+async fn serve(port: u16, value_bytes: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let answered = Arc::new(AtomicU64::new(0));
+    let noop = Noop {
+        value: Bytes::from(vec![b'v'; value_bytes]),
+        answered: answered.clone(),
+    };
+    let scrape = move || {
+        let n = answered.load(Ordering::Relaxed);
+        async move { format!("noop_answered_total {n}\n") }
+    };
+    // Same shape as the plugin's router: the gRPC routes turned into an axum
+    // router with /metrics beside them, and a decoding limit as large.
+    let grpc = Routes::new(CacheServer::new(noop).max_decoding_message_size(8 << 20));
+    let router = grpc.into_axum_router().route("/metrics", get(scrape));
+    println!("noop_server listening on {}", listener.local_addr()?);
+    // As the plugin: nodelay on the stream (the builder's flag is ignored for
+    // an incoming stream).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
