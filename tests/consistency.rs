@@ -1,0 +1,243 @@
+//! Consistency: a seeded random sequence of Set/Get/MGet/Delete/Expire, with
+//! TTLs that run out during the run, from several concurrent clients on
+//! disjoint keys, checked call by call against an in-test model. At least
+//! 100k operations per backend; zero mismatches allowed.
+//!
+//! TTL boundaries are handled honestly: a write's expiry lies between
+//! (send + ttl) and (reply + ttl), so an observation inside that window may
+//! see the key or not; outside it, only one answer is right.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use common::{Flavor, Plugin, RedisServer, SERVING, memory_config, redis_config, test_prefix};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use redis_cache_plugin::pb::{
+    DeleteRequest, ExpireRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient,
+};
+use tonic::transport::Channel;
+
+const CLIENTS: u64 = 8;
+const OPS_PER_CLIENT: u64 = 12_600;
+const KEYS_PER_CLIENT: usize = 24;
+/// Clock slack between this process and the server's expiry checks.
+const SLACK: Duration = Duration::from_millis(3);
+
+/// What the model knows of one key.
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Vec<u8>,
+    /// Expiry window: gone for sure after `.1`, there for sure before `.0`.
+    expiry: Option<(Instant, Instant)>,
+}
+
+/// The model's answer to "is it there during [start, end]?".
+#[derive(Debug, PartialEq)]
+enum Presence<'a> {
+    Yes(&'a [u8]),
+    No,
+    Either(&'a [u8]),
+}
+
+#[derive(Default)]
+struct Model {
+    keys: HashMap<String, Entry>,
+}
+
+impl Model {
+    fn presence(&self, key: &str, start: Instant, end: Instant) -> Presence<'_> {
+        let Some(e) = self.keys.get(key) else {
+            return Presence::No;
+        };
+        match e.expiry {
+            None => Presence::Yes(&e.value),
+            Some((lo, _)) if end + SLACK < lo => Presence::Yes(&e.value),
+            Some((_, hi)) if start > hi + SLACK => Presence::No,
+            Some(_) => Presence::Either(&e.value),
+        }
+    }
+
+    /// Checks an observed value against the model and learns from it.
+    fn observe(&mut self, key: &str, got: Option<&[u8]>, start: Instant, end: Instant) -> bool {
+        let ok = match (self.presence(key, start, end), got) {
+            (Presence::Yes(v), Some(g)) | (Presence::Either(v), Some(g)) => v == g,
+            (Presence::No, None) | (Presence::Either(_), None) => true,
+            _ => false,
+        };
+        if got.is_none() {
+            self.keys.remove(key);
+        }
+        ok
+    }
+
+    fn window(ttl: Option<Duration>, start: Instant, end: Instant) -> Option<(Instant, Instant)> {
+        ttl.map(|t| (start + t, end + t))
+    }
+}
+
+fn ttl_choice(rng: &mut StdRng) -> Option<Duration> {
+    match rng.random_range(0..4) {
+        0 | 1 => None,
+        2 => Some(Duration::from_millis(rng.random_range(20..300))),
+        _ => Some(Duration::from_secs(60)),
+    }
+}
+
+/// One client's run; returns (operations, mismatches).
+async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration) -> (u64, u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (id * 0x9E37_79B9));
+    let mut client = CacheClient::new(channel);
+    let mut model = Model::default();
+    let key = |i: usize| format!("c{id}:k{i}");
+    let mut mismatches = 0;
+    for n in 0..OPS_PER_CLIENT {
+        let k = key(rng.random_range(0..KEYS_PER_CLIENT));
+        let start = Instant::now();
+        let ok = match rng.random_range(0..10) {
+            0..=2 => {
+                let value = format!("{id}:{n}:{}", rng.random::<u32>()).into_bytes();
+                let ttl = ttl_choice(&mut rng);
+                client
+                    .set(SetRequest {
+                        key: k.clone(),
+                        value: value.clone().into(),
+                        ttl: ttl.map(|t| t.try_into().expect("ttl")),
+                    })
+                    .await
+                    .expect("set");
+                let end = Instant::now();
+                let expiry = Model::window(Some(ttl.unwrap_or(default_ttl)), start, end);
+                model.keys.insert(k, Entry { value, expiry });
+                true
+            }
+            3..=5 => {
+                let r = client
+                    .get(GetRequest { key: k.clone() })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let got = r.found.then_some(r.value.as_ref());
+                model.observe(&k, got, start, Instant::now())
+            }
+            6 | 7 => {
+                let keys: Vec<String> = (0..rng.random_range(1..6))
+                    .map(|_| key(rng.random_range(0..KEYS_PER_CLIENT)))
+                    .collect();
+                let hits = client
+                    .m_get(MGetRequest { keys: keys.clone() })
+                    .await
+                    .expect("mget")
+                    .into_inner()
+                    .hits;
+                let end = Instant::now();
+                let mut all = true;
+                let mut seen = std::collections::HashSet::new();
+                for k in keys.iter().filter(|k| seen.insert(k.to_string())) {
+                    all &= model.observe(k, hits.get(k).map(|v| v.as_ref()), start, end);
+                }
+                all && hits.keys().all(|h| keys.contains(h))
+            }
+            8 => {
+                let keys: Vec<String> = (0..rng.random_range(1..4))
+                    .map(|_| key(rng.random_range(0..KEYS_PER_CLIENT)))
+                    .collect();
+                let deleted = client
+                    .delete(DeleteRequest { keys: keys.clone() })
+                    .await
+                    .expect("delete")
+                    .into_inner()
+                    .deleted;
+                let end = Instant::now();
+                let mut distinct: Vec<&String> = keys.iter().collect();
+                distinct.sort();
+                distinct.dedup();
+                let (mut sure, mut maybe) = (0, 0);
+                for k in &distinct {
+                    match model.presence(k, start, end) {
+                        Presence::Yes(_) => sure += 1,
+                        Presence::Either(_) => maybe += 1,
+                        Presence::No => {}
+                    }
+                }
+                for k in &distinct {
+                    model.keys.remove(*k);
+                }
+                (sure..=sure + maybe).contains(&deleted)
+            }
+            _ => {
+                let ttl = ttl_choice(&mut rng).unwrap_or(Duration::from_secs(30));
+                let found = client
+                    .expire(ExpireRequest {
+                        key: k.clone(),
+                        ttl: Some(ttl.try_into().expect("ttl")),
+                    })
+                    .await
+                    .expect("expire")
+                    .into_inner()
+                    .found;
+                let end = Instant::now();
+                let ok = match model.presence(&k, start, end) {
+                    Presence::Yes(_) => found,
+                    Presence::No => !found,
+                    Presence::Either(_) => true,
+                };
+                match (found, model.keys.get_mut(&k)) {
+                    (true, Some(e)) => e.expiry = Model::window(Some(ttl), start, end),
+                    _ => {
+                        model.keys.remove(&k);
+                    }
+                }
+                ok
+            }
+        };
+        if !ok {
+            mismatches += 1;
+        }
+    }
+    (OPS_PER_CLIENT, mismatches)
+}
+
+async fn run_model(plugin: &Plugin, default_ttl: Duration) {
+    let seed: u64 = std::env::var("CONSISTENCY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED);
+    let channel = plugin.channel().await;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client_run(channel.clone(), id, seed, default_ttl)))
+        .collect();
+    let (mut ops, mut mismatches) = (0, 0);
+    for t in tasks {
+        let (o, m) = t.await.expect("client");
+        ops += o;
+        mismatches += m;
+    }
+    eprintln!("[consistency] seed={seed:#x} ops={ops} mismatches={mismatches}");
+    assert!(ops >= 100_000);
+    assert_eq!(mismatches, 0, "seed {seed:#x}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_matches_the_model_over_100k_operations() {
+    let server = RedisServer::start(Flavor::Redis);
+    let config = redis_config(&server, &test_prefix("model"));
+    let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
+    let plugin = Plugin::start(config).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    run_model(&plugin, default_ttl).await;
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_backend_matches_the_model_over_100k_operations() {
+    let config = memory_config("model:");
+    let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
+    let plugin = Plugin::start(config).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    run_model(&plugin, default_ttl).await;
+    plugin.stop().await;
+}
