@@ -313,6 +313,90 @@ impl<B: Backend> Cache for CacheService<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{PoolStats, memory::MemoryBackend};
+    use bytes::Bytes;
+
+    /// A backend whose reads panic, to prove a panic stays one request's.
+    struct PanickingGet(MemoryBackend);
+
+    impl Backend for PanickingGet {
+        async fn get(&self, _key: String) -> Result<Option<Bytes>> {
+            panic!("injected panic")
+        }
+        async fn set(&self, k: String, v: Bytes, t: Option<Duration>) -> Result<()> {
+            self.0.set(k, v, t).await
+        }
+        async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+            self.0.delete(keys).await
+        }
+        async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+            self.0.mget(keys).await
+        }
+        async fn expire(&self, k: String, t: Duration) -> Result<bool> {
+            self.0.expire(k, t).await
+        }
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+        fn pool_stats(&self) -> PoolStats {
+            PoolStats::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            key_prefix: "p:".into(),
+            max_key_bytes: 16,
+            max_value_bytes: 16,
+            max_batch_keys: 4,
+            default_ttl: None,
+            operation_timeout: Duration::from_secs(1),
+            max_concurrent_requests: 8,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_and_is_counted() {
+        let metrics = Metrics::new();
+        let backend = Arc::new(PanickingGet(MemoryBackend::new()));
+        let svc = CacheService::new(backend, limits(), metrics.clone(), Arc::new(Notify::new()));
+        let req = Request::new(GetRequest { key: "k".into() });
+        let status = svc.get(req).await.expect_err("panic becomes an error");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(status.message().contains("request id"), "{status:?}");
+        assert!(
+            metrics
+                .encode()
+                .contains("redis_plugin_operations_total{operation=\"get\",status=\"internal\"} 1")
+        );
+        // The service keeps working for other calls.
+        let set = Request::new(SetRequest {
+            key: "k".into(),
+            value: Bytes::from_static(b"v"),
+            ttl: None,
+        });
+        assert!(svc.set(set).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_limit_are_rejected_at_once() {
+        let metrics = Metrics::new();
+        let mut l = limits();
+        l.max_concurrent_requests = 1;
+        let backend = Arc::new(MemoryBackend::new());
+        let svc = CacheService::new(backend, l, metrics.clone(), Arc::new(Notify::new()));
+        let _held = svc.permits.try_acquire().expect("one permit");
+        let status = svc
+            .get(Request::new(GetRequest { key: "k".into() }))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            metrics
+                .encode()
+                .contains("redis_plugin_requests_rejected_total")
+        );
+    }
 
     fn pd(seconds: i64, nanos: i32) -> prost_types::Duration {
         prost_types::Duration { seconds, nanos }
