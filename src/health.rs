@@ -2,6 +2,10 @@
 //! and moves the `grpc.health.v1` statuses of `""`, `cache.v1.Cache` and the
 //! plugin's name together.
 //!
+//! One more name, `liveness`, is SERVING from start-up until shutdown
+//! whatever Redis does: a liveness probe pointed at it restarts a stuck
+//! process, not a healthy sidecar whose Redis is down.
+//!
 //! The service wakes the prober at once on a connection failure, so health
 //! follows reality faster than `health_interval`. This module does not serve
 //! gRPC; tonic-health does, from the reporter it drives.
@@ -16,6 +20,8 @@ use crate::{backend::Backend, credentials::CredentialsHandle, metrics::Metrics};
 
 /// The gRPC name of the cache service, as health clients ask for it.
 pub const CACHE_SERVICE: &str = "cache.v1.Cache";
+/// SERVING while the process runs and is not shutting down.
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// Drives the health statuses.
 pub struct Prober {
@@ -93,6 +99,7 @@ impl Prober {
         mut stop: watch::Receiver<bool>,
     ) {
         self.set(false).await;
+        self.set_liveness(ServingStatus::Serving).await;
         loop {
             let ok = self.credentials_valid()
                 && matches!(
@@ -116,5 +123,12 @@ impl Prober {
             }
         }
         self.set(false).await;
+        self.set_liveness(ServingStatus::NotServing).await;
+    }
+
+    async fn set_liveness(&self, status: ServingStatus) {
+        self.reporter
+            .set_service_status(LIVENESS_SERVICE, status)
+            .await;
     }
 }
