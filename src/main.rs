@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use redis_cache_plugin::{
     config::{self, Config, ConfigError},
-    probe::Probe,
+    probe::{Probe, ProbeTls},
     serve, telemetry,
 };
 use tokio::net::TcpListener;
@@ -54,6 +54,21 @@ struct HealthArgs {
     /// Deadline for connecting and the check together (250ms, 1s, ...)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
     timeout: Duration,
+    /// Dial with TLS (the plugin's control_plane.tls); needs --ca
+    #[arg(long, requires = "ca")]
+    tls: bool,
+    /// CA certificate (PEM) that signed the plugin's certificate
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<String>,
+    /// Client certificate (PEM) for mTLS; with --key
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    cert: Option<String>,
+    /// Client private key (PEM) for mTLS; with --cert
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<String>,
+    /// Name to verify in the plugin's certificate [default: the address' host]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -119,10 +134,17 @@ fn usage_error(e: &ConfigError) -> ExitCode {
 
 fn health(args: HealthArgs) -> ExitCode {
     let addr = args.addr.unwrap_or_else(default_probe_addr);
+    let tls = args.tls.then(|| ProbeTls {
+        ca_file: args.ca.unwrap_or_default(),
+        cert_file: args.cert,
+        key_file: args.key,
+        server_name: args.server_name,
+    });
     let probe = Probe {
         addr,
         service: args.service,
         timeout: args.timeout,
+        tls,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

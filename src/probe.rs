@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout_at};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -24,6 +24,19 @@ pub struct Probe {
     pub service: String,
     /// Budget for connecting and the RPC together.
     pub timeout: Duration,
+    /// Dial with TLS (and a client certificate for mTLS).
+    pub tls: Option<ProbeTls>,
+}
+
+/// TLS settings of the probe: the CA that signed the plugin's certificate,
+/// an optional client certificate and key (mTLS), and the name to verify.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTls {
+    pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Name in the plugin's certificate when it is not the address' host.
+    pub server_name: Option<String>,
 }
 
 /// Why a probe did not report SERVING.
@@ -110,23 +123,56 @@ impl Probe {
             addr: self.addr.clone(),
             reason,
         })?;
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| ProbeError::Address {
+        let bad = |reason: String| ProbeError::Address {
             addr: self.addr.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let uri = match &self.tls {
+            Some(_) => uri.replacen("http://", "https://", 1),
+            None => uri,
+        };
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| bad(e.to_string()))?;
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.client_config().map_err(bad)?)
+                .map_err(|e| bad(e.to_string()))?,
+            None => endpoint,
+        };
         Ok(endpoint.connect_timeout(self.timeout))
     }
 }
 
+impl ProbeTls {
+    fn client_config(&self) -> Result<ClientTlsConfig, String> {
+        crate::tls::install_crypto_provider();
+        let read =
+            |flag: &str, path: &str| std::fs::read(path).map_err(|e| format!("{flag} {path}: {e}"));
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("--ca", &self.ca_file)?));
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let identity = Identity::from_pem(read("--cert", cert)?, read("--key", key)?);
+                config = config.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err("--cert and --key go together".into()),
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
+}
+
 /// `host:port` → `http://host:port`; a plain-text `http://` URI passes
-/// through. TLS (`https://`) is not supported by the probe yet.
+/// through. TLS is chosen with `--tls`, not by the scheme.
 fn dial_uri(addr: &str) -> Result<String, String> {
     let addr = addr.trim();
     if addr.is_empty() {
         return Err("must not be empty".into());
     }
     if addr.starts_with("https://") {
-        return Err("TLS is not supported by the probe yet; use host:port".into());
+        return Err("give host:port and --tls for TLS".into());
     }
     let uri = if addr.starts_with("http://") {
         addr.to_string()
@@ -205,6 +251,7 @@ mod tests {
             addr: format!("127.0.0.1:{port}"),
             service: String::new(),
             timeout: Duration::from_secs(1),
+            tls: None,
         };
         let err = probe.check().await.expect_err("nothing listens");
         assert_eq!(err.exit_code(), 2, "{err}");

@@ -286,3 +286,34 @@ async fn certificates_swapped_on_disk_are_picked_up_without_dropping_calls() {
     );
     plugin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_health_probe_speaks_mtls() {
+    let pki = Pki::new();
+    let plugin = Plugin::start(mtls_config(&pki, true)).await;
+    let addr = plugin.addr.to_string();
+    let probe = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
+        cmd.args(["health", "--addr", &addr, "--timeout", "3s"])
+            .args(extra);
+        cmd.output().expect("run probe")
+    };
+    let (ca, cert, key) = (
+        path(&pki.ca_file),
+        path(&pki.client.cert),
+        path(&pki.client.key),
+    );
+    let out = tokio::task::block_in_place(|| {
+        probe(&["--tls", "--ca", &ca, "--cert", &cert, "--key", &key])
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| probe(&["--tls", "--ca", &ca]));
+    assert!(!out.status.success(), "no client certificate must fail");
+    let out = tokio::task::block_in_place(|| probe(&[]));
+    assert!(!out.status.success(), "plaintext must fail");
+    plugin.stop().await;
+}
