@@ -7,6 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// The Vault client crates log every failed call at ERROR (and Vault's own
+/// messages with it); the credentials module already logs each failure once,
+/// with context, at WARN. Quiet unless the filter names them.
+const QUIET: &[&str] = &["vaultrs", "rustify"];
+
 /// Accepts `trace`, `debug`, `info`, `warn`, `error`, or a full tracing
 /// filter such as `info,redis_cache_plugin=debug`.
 pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
@@ -14,7 +19,11 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
     if level.is_empty() {
         return Err("must not be empty (trace, debug, info, warn, error)".into());
     }
-    EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))
+    let mut filter = level.to_string();
+    for target in QUIET.iter().filter(|t| !level.contains(*t)) {
+        filter.push_str(&format!(",{target}=off"));
+    }
+    EnvFilter::try_new(&filter).map_err(|e| format!("{level:?}: {e}"))
 }
 
 /// Installs the global subscriber. Call once, before anything logs.
@@ -44,6 +53,15 @@ mod tests {
             assert!(parse_level(ok).is_ok(), "{ok}");
         }
         assert!(parse_level("").is_err());
+        let quiet = parse_level("info").expect("valid").to_string();
+        assert!(
+            quiet.contains("vaultrs=off") && quiet.contains("rustify=off"),
+            "{quiet}"
+        );
+        let loud = parse_level("info,vaultrs=debug")
+            .expect("valid")
+            .to_string();
+        assert!(!loud.contains("vaultrs=off"), "{loud}");
         assert!(parse_level("loud=verbose=x").is_err());
     }
 }

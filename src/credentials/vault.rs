@@ -248,7 +248,9 @@ async fn secret_from(inline: &Secret, file: Option<&Path>) -> Result<Secret, Vau
 #[derive(Clone, Copy, Debug)]
 struct TokenTimes {
     ttl: Duration,
-    /// Next renew-self (`None`: the token never expires or cannot renew).
+    /// False when Vault will not extend it: log in again instead.
+    renewable: bool,
+    /// Next renewal or new login (`None`: the token never expires).
     next: Option<Instant>,
     /// Past this, failing renewals give way to a new login.
     deadline: Instant,
@@ -258,9 +260,10 @@ impl TokenTimes {
     fn new(now: Instant, ttl: Duration, renewable: bool, fraction: f64) -> Self {
         let grant = Grant { ttl, renewable };
         let plan = lease::plan(now, Some(&grant), fraction);
-        let next = (plan.step == lease::Step::Renew).then_some(plan.at);
+        let next = (plan.step != lease::Step::Hold).then_some(plan.at);
         Self {
             ttl,
+            renewable,
             next,
             deadline: lease::renew_deadline(now + ttl, ttl, fraction),
         }
@@ -320,6 +323,7 @@ impl VaultSource {
             // Unknown until the first login, which the first fetch does.
             token: TokenTimes {
                 ttl: Duration::ZERO,
+                renewable: false,
                 next: None,
                 deadline: Instant::now(),
             },
@@ -395,6 +399,9 @@ impl VaultSource {
     /// Renews the plugin's token; re-logs in when it cannot be extended.
     /// Returns true after a new login.
     async fn renew_token(&mut self) -> Result<bool, VaultError> {
+        if !self.token.renewable {
+            return self.relogin_or_give_up().await;
+        }
         let now = Instant::now();
         let asked = self.token.ttl;
         let increment = format!("{}s", asked.as_secs());
@@ -441,13 +448,22 @@ impl VaultSource {
     }
 
     async fn relogin_or_give_up(&mut self) -> Result<bool, VaultError> {
-        if self.login.can_relogin() {
-            self.login().await?;
-            return Ok(true);
+        if let Login::Token { .. } = self.login {
+            // A token cannot log in by itself; a new one may appear in its file.
+            if self.poll_token_file().await? {
+                return Ok(true);
+            }
+            warn!("vault token cannot be extended; it expires unless a new one is provided");
+            self.token.next = None;
+            return Ok(false);
         }
-        warn!("vault token cannot be extended and there is no way to log in again; it will expire");
-        self.token.next = None;
-        Ok(false)
+        match self.login().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.token.next = Some(Instant::now() + self.backoff.next_delay());
+                Err(e)
+            }
+        }
     }
 
     /// With a token file: adopts a new token when the file changes.
@@ -759,12 +775,15 @@ mod tests {
     }
 
     #[test]
-    fn token_times_plan_renewal_only_for_renewable_tokens() {
+    fn token_times_plan_renewal_or_a_new_login() {
         let now = Instant::now();
         let t = TokenTimes::new(now, Duration::from_secs(30), true, 0.5);
         assert_eq!(t.next, Some(now + Duration::from_secs(15)));
+        assert_eq!(t.deadline, now + Duration::from_millis(22_500));
+        // Not renewable: the same point is when to log in again.
         let t = TokenTimes::new(now, Duration::from_secs(30), false, 0.5);
-        assert_eq!(t.next, None);
+        assert_eq!(t.next, Some(now + Duration::from_secs(15)));
+        assert!(!t.renewable);
         // A root token (TTL 0) never needs renewal.
         let t = TokenTimes::new(now, Duration::ZERO, true, 0.5);
         assert_eq!(t.next, None);
