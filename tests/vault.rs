@@ -270,6 +270,34 @@ async fn approle_login_works() {
 }
 
 #[tokio::test]
+async fn approle_logs_in_again_at_the_tokens_max_ttl() {
+    // The token lives at most 7 s; the credentials it read die with it, so
+    // the plugin must log in again and switch to credentials read with the
+    // new token before that, without failing a call.
+    let w = World::dev("1m", "5m");
+    let (role_id, secret_id) = w.bao.approle("3s", "7s");
+    let mut c = w.config("vault_approle_relogin", "");
+    c.vault.auth.method = VaultAuthMethod::Approle;
+    c.vault.auth.role_id = role_id;
+    c.vault.auth.secret_id = Secret::new(secret_id);
+    let plugin = start_serving(c).await;
+    let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
+    eprintln!(
+        "approle re-login: {} calls, {} failed, {rotations} rotations",
+        samples.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(rotations >= 1.0, "new credentials after each new login");
+    assert!(vault_users(&w.redis).len() <= 2);
+    plugin.stop().await;
+}
+
+#[tokio::test]
 async fn kubernetes_login_works() {
     let w = World::dev("30s", "2m");
     let jwt = service_account_jwt("default", "cache-plugin");

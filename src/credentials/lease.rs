@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Vault rounds TTLs to whole seconds; a grant this close to the request
-/// still counts as a full extension.
+/// Vault rounds TTLs to whole seconds; a grant within this (or a tenth of
+/// the request, for short leases) of the request counts as a full extension.
 const GRANT_SLACK: Duration = Duration::from_secs(1);
 
 /// Never plan an action sooner than this after the last one, so a lease of
@@ -73,7 +73,8 @@ pub fn plan(now: Instant, grant: Option<&Grant>, fraction: f64) -> Plan {
 
 /// Classifies a renewal that asked for `requested` and got `granted`.
 pub fn renewal(requested: Duration, granted: &Grant) -> Renewal {
-    if granted.renewable && granted.ttl + GRANT_SLACK >= requested {
+    let slack = GRANT_SLACK.min(requested / 10);
+    if granted.renewable && !granted.ttl.is_zero() && granted.ttl + slack >= requested {
         Renewal::Extended
     } else {
         Renewal::Exhausted
@@ -143,6 +144,11 @@ mod tests {
         assert_eq!(renewal(asked, &grant(30, true)), Renewal::Extended);
         // Rounding down by Vault is not a cap.
         assert_eq!(renewal(asked, &grant(29, true)), Renewal::Extended);
+        // For short leases a lost second is.
+        assert_eq!(
+            renewal(Duration::from_secs(3), &grant(2, true)),
+            Renewal::Exhausted
+        );
     }
 
     #[test]

@@ -240,8 +240,14 @@ impl<S: Source> Loop<S> {
             Renewal::Extended => {
                 self.count_renewal("ok");
                 let f = self.settings.fraction;
-                self.held.plan = lease::plan(now, Some(&lease.grant), f);
-                self.held.deadline = lease::renew_deadline(expires, lease.grant.ttl, f);
+                // Time the next renewal by what was granted (it may be a
+                // little less than asked); keep asking for the full TTL.
+                let granted = Grant {
+                    ttl: grant.ttl.min(lease.grant.ttl),
+                    renewable: true,
+                };
+                self.held.plan = lease::plan(now, Some(&granted), f);
+                self.held.deadline = lease::renew_deadline(expires, granted.ttl, f);
                 debug!(user = %self.held.username, ttl = ?grant.ttl, "lease renewed");
             }
             Renewal::Exhausted => {
@@ -322,7 +328,10 @@ impl<S: Source> Loop<S> {
     /// lease is left to expire rather than cutting connections in use.
     async fn retire(&mut self, old: Lease, generation: u64) {
         let s = &self.settings;
-        if !self.publisher.wait_applied(generation, s.switch_wait).await {
+        // Never wait past the new lease's own renewal.
+        let until_renewal = self.held.plan.at.saturating_duration_since(Instant::now());
+        let wait = s.switch_wait.min(until_renewal);
+        if !self.publisher.wait_applied(generation, wait).await {
             warn!(
                 lease = short_lease(&old.id),
                 "pool has not switched to new credentials; old lease left to expire"

@@ -433,11 +433,11 @@ impl VaultSource {
         };
         match lease::renewal(asked, &grant) {
             Renewal::Extended => {
-                let ttl = asked;
-                self.token = TokenTimes::new(now, ttl, true, self.fraction);
-                // Keep the renewal cadence of the original TTL; the token
-                // itself now lives `grant.ttl`.
-                self.token.deadline = lease::renew_deadline(now + grant.ttl, ttl, self.fraction);
+                // Time the next renewal by what was granted; keep asking
+                // for the original TTL.
+                let granted = grant.ttl.min(asked);
+                self.token = TokenTimes::new(now, granted, true, self.fraction);
+                self.token.ttl = asked;
                 Ok(false)
             }
             Renewal::Exhausted => {
