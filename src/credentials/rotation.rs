@@ -113,7 +113,7 @@ pub async fn run<S: Source>(
     publisher: Publisher,
     settings: Settings,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut l = Loop {
         source,
@@ -122,21 +122,35 @@ pub async fn run<S: Source>(
         metrics,
         held: Held::empty(Instant::now()),
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+        stop,
+        lingering: Vec::new(),
     };
     let mut gauge = tokio::time::interval(Duration::from_secs(1));
     loop {
         let wake = l.next_wake();
+        // Biased: once shutdown is asked for, nothing new starts.
         tokio::select! {
-            () = tokio::time::sleep_until(wake) => l.act().await,
+            biased;
+            () = stopped(&mut l.stop) => break,
             () = l.publisher.refresh_requested() => {
                 l.on_refresh();
                 l.act().await;
             }
+            () = tokio::time::sleep_until(wake) => l.act().await,
             _ = gauge.tick() => l.watch_expiry(),
-            _ = stop.changed() => break,
         }
     }
     l.release().await;
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        let now = *stop.borrow_and_update();
+        if now || stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 struct Loop<S> {
@@ -146,6 +160,11 @@ struct Loop<S> {
     metrics: Arc<Metrics>,
     held: Held,
     backoff: Backoff,
+    /// Shutdown: cuts waits short so the current lease is revoked promptly.
+    stop: watch::Receiver<bool>,
+    /// Old leases left to expire because the pool did not switch in time;
+    /// revoked at shutdown if still alive.
+    lingering: Vec<(Lease, Instant)>,
 }
 
 // === impl Loop ===
@@ -162,16 +181,26 @@ impl<S: Source> Loop<S> {
 
     /// Redis rejected the credentials: fetch new ones as soon as allowed.
     fn on_refresh(&mut self) {
-        let at = Instant::now().max(self.held.not_before);
+        let now = Instant::now();
+        if now < self.held.not_before {
+            // Just published (the pool may still hold rejections of the old
+            // user), or backing off after a failed fetch: the pool asks
+            // again if it still needs to.
+            debug!("credential refresh request ignored: too soon");
+            return;
+        }
         debug!("credential refresh requested by the pool");
         self.held.plan = Plan {
             step: Step::Rotate,
-            at,
+            at: now,
         };
     }
 
     /// Does whatever is due: session upkeep first, then the lease.
     async fn act(&mut self) {
+        if *self.stop.borrow() {
+            return;
+        }
         let now = Instant::now();
         if self.source.session_due().is_some_and(|t| t <= now) {
             self.upkeep(now).await;
@@ -279,13 +308,14 @@ impl<S: Source> Loop<S> {
         };
         self.backoff.reset();
         let old = self.held.lease.take();
+        let old_expiry = self.held.expires;
         let first = self.held.username.is_empty();
         let generation = self.publish(issued);
         if !first {
             self.metrics.rotations.inc();
         }
-        if let Some(old) = old {
-            self.retire(old, generation).await;
+        if let (Some(old), Some(expires)) = (old, old_expiry) {
+            self.retire(old, expires, generation).await;
         }
     }
 
@@ -326,19 +356,31 @@ impl<S: Source> Loop<S> {
     /// Waits for the pool to use `generation`, lets old requests finish,
     /// then revokes `old`. If the pool does not switch in time, the old
     /// lease is left to expire rather than cutting connections in use.
-    async fn retire(&mut self, old: Lease, generation: u64) {
+    async fn retire(&mut self, old: Lease, expires: Instant, generation: u64) {
         let s = &self.settings;
         // Never wait past the new lease's own renewal.
         let until_renewal = self.held.plan.at.saturating_duration_since(Instant::now());
         let wait = s.switch_wait.min(until_renewal);
-        if !self.publisher.wait_applied(generation, wait).await {
-            warn!(
-                lease = short_lease(&old.id),
-                "pool has not switched to new credentials; old lease left to expire"
-            );
-            return;
+        // At shutdown the server has drained already: revoke at once.
+        tokio::select! {
+            applied = self.publisher.wait_applied(generation, wait) => {
+                if !applied {
+                    warn!(
+                        lease = short_lease(&old.id),
+                        "pool has not switched to new credentials; old lease left to expire"
+                    );
+                    let now = Instant::now();
+                    self.lingering.retain(|(_, e)| *e > now);
+                    self.lingering.push((old, expires));
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(s.drain) => {}
+                    () = stopped(&mut self.stop) => {}
+                }
+            }
+            () = stopped(&mut self.stop) => {}
         }
-        tokio::time::sleep(s.drain).await;
         self.revoke(&old.id).await;
     }
 
@@ -374,6 +416,13 @@ impl<S: Source> Loop<S> {
 
     /// At shutdown: revokes the current lease so no Vault user outlives us.
     async fn release(&mut self) {
+        let now = Instant::now();
+        for (lease, _) in std::mem::take(&mut self.lingering)
+            .into_iter()
+            .filter(|(_, e)| *e > now)
+        {
+            self.revoke(&lease.id).await;
+        }
         if let Some(lease) = self.held.lease.take() {
             self.revoke(&lease.id).await;
             info!(user = %self.held.username, "credential lease revoked at shutdown");
@@ -484,6 +533,10 @@ mod tests {
     /// Starts the loop over a fake source, with a pool stand-in that
     /// applies every generation at once.
     fn start(ttl: Duration, renewable: bool) -> Harness {
+        start_with(ttl, renewable, true)
+    }
+
+    fn start_with(ttl: Duration, renewable: bool, pool_applies: bool) -> Harness {
         let log = Arc::new(Mutex::new(Vec::new()));
         let fail_fetch = Arc::new(Mutex::new(false));
         let fake = Fake {
@@ -497,7 +550,11 @@ mod tests {
         let mut pool = handle.clone();
         tokio::spawn(async move {
             while pool.changed().await {
-                pool.mark_applied(pool.current().generation);
+                let generation = pool.current().generation;
+                // A stuck pool switches to the first identity only.
+                if pool_applies || generation == 1 {
+                    pool.mark_applied(generation);
+                }
             }
         });
         let metrics = Metrics::new();
@@ -597,6 +654,45 @@ mod tests {
             .filter(|e| e.starts_with("fetch "))
             .count();
         assert_eq!(fetches, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_a_rotation_short_and_revokes_both_leases() {
+        let h = start_with(Duration::from_secs(60), false, false);
+        // Rotation at 30 s; the pool never switches, so it waits (1 s).
+        tokio::time::sleep(Duration::from_millis(30_500)).await;
+        let asked = Instant::now();
+        h.stop.send_replace(true);
+        h.task.await.expect("loop");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        let log = entries(&h.log);
+        assert_eq!(
+            log,
+            [
+                "fetch redis/creds/r/1",
+                "fetch redis/creds/r/2",
+                "revoke redis/creds/r/1",
+                "revoke redis/creds/r/2"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_left_to_expire_are_revoked_at_shutdown() {
+        let h = start_with(Duration::from_secs(60), false, false);
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(entries(&h.log).len(), 2, "old lease not revoked yet");
+        h.stop.send_replace(true);
+        h.task.await.expect("loop");
+        let log = entries(&h.log);
+        assert_eq!(
+            &log[2..],
+            ["revoke redis/creds/r/1", "revoke redis/creds/r/2"]
+        );
     }
 
     #[test]

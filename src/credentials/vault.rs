@@ -732,7 +732,8 @@ pub fn start(
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(rotation::run(source, publisher, settings, metrics, rx));
-    let bound = revoke_wait + Duration::from_millis(500);
+    // Room for revoking a lease being retired and the current one.
+    let bound = revoke_wait * 2 + Duration::from_millis(500);
     Ok((handle, VaultTask { stop, task, bound }))
 }
 
