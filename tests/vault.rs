@@ -424,6 +424,30 @@ impl std::io::Write for LogWriter {
     }
 }
 
+#[tokio::test]
+async fn https_vault_with_ca_file_and_client_certificate() {
+    let pki = common::pki::Pki::new();
+    let (bao, tls_port) = OpenBao::dev_with_mtls(&pki.server.cert, &pki.server.key, &pki.ca_file);
+    let w = World::with(bao, "30s", "2m");
+    let token = w.bao.plugin_token("1h", "2h");
+    let mut c = w.config("vault_mtls", &token);
+    c.vault.address = format!("https://127.0.0.1:{tls_port}");
+    c.vault.ca_file = pki.ca_file.display().to_string();
+    // Without a client certificate the listener refuses the plugin.
+    let refused = Plugin::start(c.clone()).await;
+    assert!(
+        !refused.wait_health(SERVING, Duration::from_secs(2)).await,
+        "no client certificate, no credentials"
+    );
+    refused.stop().await;
+    c.vault.client_cert_file = pki.client.cert.display().to_string();
+    c.vault.client_key_file = pki.client.key.display().to_string();
+    let plugin = start_serving(c).await;
+    round_trip(&mut plugin.client().await, "a").await;
+    plugin.stop().await;
+    assert!(vault_users(&w.redis).is_empty(), "revoked over mTLS too");
+}
+
 // === lifecycle under load ===
 
 #[tokio::test]

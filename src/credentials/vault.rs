@@ -689,8 +689,28 @@ fn build_client(v: &VaultConfig) -> Result<VaultClient, VaultError> {
     if !v.namespace.is_empty() {
         b.set_namespace(v.namespace.clone());
     }
+    if !v.client_cert_file.is_empty() {
+        b.identity(Some(client_identity(v)?));
+    }
     let settings = b.build().map_err(|e| VaultError::Setup(e.to_string()))?;
     VaultClient::new(settings).map_err(|e| VaultError::Setup(e.to_string()))
+}
+
+/// The client certificate and key for Vault listeners that require one
+/// (and the `cert` auth method), from PEM files.
+fn client_identity(v: &VaultConfig) -> Result<vaultrs::client::Identity, VaultError> {
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| VaultError::File {
+            path: path.to_string(),
+            reason: e.kind().to_string(),
+        })
+    };
+    let mut pem = read(&v.client_cert_file)?;
+    pem.push(b'\n');
+    pem.extend(read(&v.client_key_file)?);
+    // reqwest's message names the PEM problem, never the key's bytes.
+    vaultrs::client::Identity::from_pem(&pem)
+        .map_err(|e| VaultError::Setup(format!("vault.client_cert_file/client_key_file: {e}")))
 }
 
 // === wiring ===

@@ -5,7 +5,7 @@
 //! user. Killed on drop. Loopback only; secrets never printed.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -50,6 +50,34 @@ impl OpenBao {
         bao.spawn_dev();
         bao.wait_ready();
         bao
+    }
+
+    /// A dev-mode server with a second listener on TLS that requires a
+    /// client certificate signed by `client_ca`. Returns it and the TLS
+    /// listener's port; the CLI keeps using the plain dev listener.
+    pub fn dev_with_mtls(cert: &Path, key: &Path, client_ca: &Path) -> (Self, u16) {
+        let mut bao = Self::new();
+        bao.root_token = random_secret();
+        let tls_port = free_port();
+        let hcl = format!(
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  \
+             tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  \
+             tls_client_ca_file = \"{}\"\n  tls_require_and_verify_client_cert = true\n}}\n",
+            cert.display(),
+            key.display(),
+            client_ca.display(),
+        );
+        let extra = bao.dir.path().join("mtls.hcl");
+        std::fs::write(&extra, hcl).expect("write mtls.hcl");
+        bao.spawn(vec![
+            "server".into(),
+            "-dev".into(),
+            format!("-dev-root-token-id={}", bao.root_token),
+            format!("-dev-listen-address=127.0.0.1:{}", bao.port),
+            format!("-config={}", extra.display()),
+        ]);
+        bao.wait_ready();
+        (bao, tls_port)
     }
 
     /// A server on raft storage: initialised and unsealed, restartable.
