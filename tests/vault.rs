@@ -448,6 +448,42 @@ async fn https_vault_with_ca_file_and_client_certificate() {
     assert!(vault_users(&w.redis).is_empty(), "revoked over mTLS too");
 }
 
+#[tokio::test]
+async fn token_file_is_reread_when_the_token_changes() {
+    // The first token dies at 6 s whatever the plugin does; an operator (or
+    // Vault Agent) writes a new one into the file at 2 s.
+    let w = World::dev("1m", "5m");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, w.bao.plugin_token("6s", "6s")).expect("write token");
+    let mut c = w.config("vault_token_file", "");
+    c.vault.auth.token_file = file.display().to_string();
+    let plugin = start_serving(c).await;
+    let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&file, w.bao.plugin_token("1h", "2h")).expect("write token");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed",
+        failed.len(),
+        samples.len()
+    );
+    assert!(
+        rotations >= 1.0,
+        "credentials read again with the new token"
+    );
+    assert_eq!(
+        vault_users(&w.redis).len(),
+        1,
+        "the old token's user is gone"
+    );
+    plugin.stop().await;
+}
+
 // === lifecycle under load ===
 
 #[tokio::test]
