@@ -392,6 +392,8 @@ impl VaultSource {
         let ttl = Duration::from_secs(me.ttl);
         let renewable = me.renewable.unwrap_or(false);
         self.token = TokenTimes::new(now, ttl, renewable, self.fraction);
+        // Renew by the TTL the token was created with, not what is left.
+        self.token.ttl = Duration::from_secs(me.creation_ttl.max(me.ttl));
         info!(method = "token", ttl = ?ttl, renewable, "using vault token");
         Ok(())
     }
