@@ -220,6 +220,9 @@ pub enum VaultAuthMethod {
     Token,
     Approle,
     Kubernetes,
+    /// TLS certificate auth: `client_cert_file`/`client_key_file`, and
+    /// `role` naming the cert role (empty = any that matches).
+    Cert,
 }
 
 // === defaults ===
@@ -539,6 +542,10 @@ impl Config {
             VaultAuthMethod::Kubernetes if a.role.is_empty() => Err(ConfigError::new(
                 "vault.auth.role",
                 "required for kubernetes login",
+            )),
+            VaultAuthMethod::Cert if v.client_cert_file.is_empty() => Err(ConfigError::new(
+                "vault.client_cert_file",
+                "required for cert login (with client_key_file)",
             )),
             _ => Ok(()),
         }
@@ -884,6 +891,8 @@ mod tests {
         );
         let c = load(&yaml).expect("kv path");
         assert_eq!(c.vault.request_timeout.0, Duration::from_secs(2));
+        let yaml = format!("{base}  auth: {{ method: cert }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.client_cert_file");
         let yaml = format!("{base}  request_timeout: 0s\n  auth: {{ token: t }}\n");
         assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
     }

@@ -484,6 +484,24 @@ async fn token_file_is_reread_when_the_token_changes() {
     plugin.stop().await;
 }
 
+#[tokio::test]
+async fn cert_login_works_over_mtls() {
+    let pki = common::pki::Pki::new();
+    let (bao, tls_port) = OpenBao::dev_with_mtls(&pki.server.cert, &pki.server.key, &pki.ca_file);
+    let w = World::with(bao, "30s", "2m");
+    w.bao.cert_auth(&pki.ca_file);
+    let mut c = w.config("vault_cert", "");
+    c.vault.address = format!("https://127.0.0.1:{tls_port}");
+    c.vault.ca_file = pki.ca_file.display().to_string();
+    c.vault.client_cert_file = pki.client.cert.display().to_string();
+    c.vault.client_key_file = pki.client.key.display().to_string();
+    c.vault.auth.method = VaultAuthMethod::Cert;
+    c.vault.auth.role = "cache-plugin".into();
+    let plugin = start_serving(c).await;
+    round_trip(&mut plugin.client().await, "a").await;
+    plugin.stop().await;
+}
+
 // === lifecycle under load ===
 
 #[tokio::test]

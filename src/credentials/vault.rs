@@ -178,6 +178,8 @@ enum Login {
         role: String,
         jwt_file: PathBuf,
     },
+    /// TLS certificate auth with the client certificate the client presents.
+    Cert { mount: String, role: String },
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -211,6 +213,10 @@ impl Login {
                 role: a.role.clone(),
                 jwt_file: opt_path(&a.jwt_file).unwrap_or_else(|| DEFAULT_JWT_FILE.into()),
             },
+            VaultAuthMethod::Cert => Login::Cert {
+                mount: mount("cert"),
+                role: a.role.clone(),
+            },
         }
     }
 
@@ -219,6 +225,7 @@ impl Login {
             Login::Token { .. } => "token",
             Login::AppRole { .. } => "approle",
             Login::Kubernetes { .. } => "kubernetes",
+            Login::Cert { .. } => "cert",
         }
     }
 
@@ -369,6 +376,9 @@ impl VaultSource {
             } => {
                 let jwt = secret_from(&Secret::default(), Some(jwt_file)).await?;
                 vaultrs::auth::kubernetes::login(&self.client, mount, role, jwt.expose()).await
+            }
+            Login::Cert { mount, role } => {
+                vaultrs::auth::cert::login(&self.client, mount, role).await
             }
         }
         .map_err(|e| VaultError::from_client("login", e))?;

@@ -359,6 +359,19 @@ impl OpenBao {
         ]);
     }
 
+    /// Enables TLS certificate auth trusting client certificates signed by
+    /// `ca_file`, as cert role `cache-plugin`.
+    pub fn cert_auth(&self, ca_file: &Path) {
+        self.bao(&["auth", "enable", "cert"]);
+        self.bao(&[
+            "write",
+            "auth/cert/certs/cache-plugin",
+            &format!("certificate=@{}", ca_file.display()),
+            &format!("token_policies={PLUGIN_POLICY}"),
+            "token_ttl=1h",
+        ]);
+    }
+
     /// Writes KV v2 `secret/redis/<name>` with a username and password.
     pub fn kv_creds(&self, name: &str, username: &str, password: &str) {
         self.bao(&[
