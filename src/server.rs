@@ -167,6 +167,9 @@ async fn serve_backend<B: Backend>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval = config.control_plane.health_interval.0;
     let probe_timeout = config.backend.operation_timeout.0;
+    // tonic-health starts "" as SERVING; say NOT_SERVING before the port
+    // opens, so nobody is told SERVING before Redis has answered.
+    prober.set(false).await;
     tokio::spawn(prober.run(backend, interval, probe_timeout, stop_rx.clone()));
 
     log_start(&config, &listener);

@@ -363,25 +363,17 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
     plugin.stop().await;
 }
 
+/// Instantiates every contract test once per backend.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
-        mod redis {
+        contract!(@backend redis, "redis", $($name),*);
+        contract!(@backend valkey, "valkey", $($name),*);
+        contract!(@backend memory, "memory", $($name),*);
+    };
+    (@backend $module:ident, $kind:literal, $($name:ident),*) => {
+        mod $module {
             $(#[tokio::test] async fn $name() {
-                let mut f = super::Fixture::new("redis", stringify!($name)).await;
-                super::$name(&mut f).await;
-                f.plugin.stop().await;
-            })*
-        }
-        mod valkey {
-            $(#[tokio::test] async fn $name() {
-                let mut f = super::Fixture::new("valkey", stringify!($name)).await;
-                super::$name(&mut f).await;
-                f.plugin.stop().await;
-            })*
-        }
-        mod memory {
-            $(#[tokio::test] async fn $name() {
-                let mut f = super::Fixture::new("memory", stringify!($name)).await;
+                let mut f = super::Fixture::new($kind, stringify!($name)).await;
                 super::$name(&mut f).await;
                 f.plugin.stop().await;
             })*

@@ -165,7 +165,7 @@ async fn killed_connections_are_replaced_without_errors_for_reads() {
             failures += 1;
         }
     }
-    assert!(failures <= 1, "{failures} failures after CLIENT KILL");
+    assert_eq!(failures, 0, "{failures} failures after CLIENT KILL");
     plugin.stop().await;
 }
 
@@ -225,5 +225,20 @@ async fn mget_of_many_keys_is_one_consistent_answer() {
         .hits;
     assert_eq!(hits.len(), 100);
     assert_eq!(hits["k42"].as_ref(), b"v42");
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn health_is_not_serving_before_redis_has_answered() {
+    let mut config = common::base_config(&test_prefix("early"));
+    config.backend.kind = redis_cache_plugin::config::BackendKind::Redis;
+    // Nothing listens here: Redis never answers.
+    config.backend.address = format!("127.0.0.1:{}", common::free_port());
+    let plugin = Plugin::start(config).await;
+    // The very first answer, before the prober's first PING, already says no.
+    for name in ["", "cache.v1.Cache", "redis"] {
+        assert_eq!(plugin.health(name).await, NOT_SERVING, "service {name:?}");
+    }
+    assert_eq!(plugin.health("liveness").await, SERVING);
     plugin.stop().await;
 }

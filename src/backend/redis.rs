@@ -10,9 +10,12 @@
 //!
 //! What this module owns:
 //! - *Repair*: a connection that fails with an I/O error is dropped from its
-//!   slot and a background task reconnects it with backoff. While no slot is
-//!   connected, requests fail at once with `Unavailable` (the circuit is open)
-//!   instead of each waiting for a connect timeout.
+//!   slot and a background task reconnects it with backoff. A request that
+//!   finds no connection while that first reconnect is under way waits for
+//!   it (bounded by `pool_timeout`), so killed connections cost no errors.
+//!   Once a reconnect has failed, the circuit is open: requests fail at once
+//!   with `Unavailable` instead of each waiting for a connect timeout, until
+//!   a reconnect succeeds.
 //! - *Rotation*: when new credentials are published, the same task opens new
 //!   connections with them and swaps each slot atomically; requests in flight
 //!   finish on the old connection, which closes when its last user drops it.
@@ -26,7 +29,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -39,7 +42,7 @@ use redis::{
     IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind,
     aio::MultiplexedConnection, io::tcp::TcpSettings,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::{Backend, PoolStats};
@@ -128,6 +131,10 @@ struct Pool {
     /// Wakes the repair task when a slot was emptied (and when the pool is
     /// dropped, so the task sees that and ends).
     repair: Arc<Notify>,
+    /// Bumped after every reconnect attempt, so waiting requests look again.
+    attempts: watch::Sender<u64>,
+    /// Set when a reconnect failed and no slot is connected: fail fast.
+    circuit_open: AtomicBool,
 }
 
 #[derive(Default)]
@@ -188,6 +195,8 @@ impl RedisBackend {
             slots,
             next: AtomicUsize::new(0),
             repair: Arc::new(Notify::new()),
+            attempts: watch::channel(0).0,
+            circuit_open: AtomicBool::new(false),
         });
         tokio::spawn(maintain(Arc::downgrade(&pool), pool.creds.clone()));
         Ok(Self { pool })
@@ -329,7 +338,7 @@ impl Pool {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
-            let (idx, live) = self.checkout()?;
+            let (idx, live) = self.checkout().await?;
             let result = {
                 let _busy = Busy::new(&self.slots[idx].inflight);
                 let mut conn = live.conn.clone();
@@ -357,7 +366,11 @@ impl Pool {
                     }
                 }
                 Class::Auth => return Err(Error::Auth),
-                Class::Connection if retries < self.settings.max_retries => {
+                // Every dead connection in the pool is tried and dropped
+                // before `max_retries` counts: after CLIENT KILL or a Redis
+                // restart they all fail at once, and the next checkout then
+                // waits for the reconnect instead of failing the call.
+                Class::Connection if retries < self.retry_budget() => {
                     retries += 1;
                     debug!(error = %err, "redis connection dropped; retrying on another");
                     self.drop_conn(idx, &live);
@@ -371,19 +384,40 @@ impl Pool {
         }
     }
 
-    /// Picks the next connected slot. With none connected the circuit is
-    /// open: fail at once and let the repair task reconnect.
-    fn checkout(&self) -> Result<(usize, Arc<Live>)> {
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let idx = (start + i) % n;
-            if let Some(live) = self.slots[idx].conn.load_full() {
-                return Ok((idx, live));
-            }
+    fn retry_budget(&self) -> u32 {
+        let slots = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.settings.max_retries.saturating_add(slots)
+    }
+
+    /// Picks the next connected slot. With none connected: while a reconnect
+    /// is under way, waits for it (up to `pool_timeout`); once one has
+    /// failed, the circuit is open and this fails at once.
+    async fn checkout(&self) -> Result<(usize, Arc<Live>)> {
+        if let Some(found) = self.try_checkout() {
+            return Ok(found);
         }
         self.repair.notify_one();
+        let mut attempts = self.attempts.subscribe();
+        let deadline = tokio::time::Instant::now() + self.settings.connect_timeout;
+        while !self.circuit_open.load(Ordering::Acquire) {
+            let next = tokio::time::timeout_at(deadline, attempts.changed());
+            if !matches!(next.await, Ok(Ok(()))) {
+                break;
+            }
+            if let Some(found) = self.try_checkout() {
+                return Ok(found);
+            }
+        }
         Err(Error::Unavailable("not connected to Redis".into()))
+    }
+
+    fn try_checkout(&self) -> Option<(usize, Arc<Live>)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| (start + i) % n).find_map(|idx| {
+            let live = self.slots[idx].conn.load_full()?;
+            Some((idx, live))
+        })
     }
 
     /// Empties a slot if it still holds `dead`, and wakes the repair task.
@@ -482,7 +516,11 @@ async fn maintain(pool: std::sync::Weak<Pool>, mut creds: CredentialsHandle) {
         let Some(p) = pool.upgrade() else { return };
         let generation = p.creds.current().generation;
         let was_down = p.slots.iter().all(|s| s.conn.load().is_none());
-        if p.fill().await {
+        let filled = p.fill().await;
+        let none_connected = p.slots.iter().all(|s| s.conn.load().is_none());
+        p.circuit_open.store(none_connected, Ordering::Release);
+        p.attempts.send_modify(|n| *n += 1);
+        if filled {
             if was_down {
                 info!(address = %p.settings.address, "connected to redis");
             }

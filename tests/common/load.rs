@@ -14,11 +14,13 @@ use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
 
 /// One finished call.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Sample {
     pub start: Instant,
     pub latency: Duration,
     pub code: Code,
+    /// The status message of a failed call.
+    pub message: Option<Arc<str>>,
 }
 
 impl Sample {
@@ -66,7 +68,7 @@ async fn worker(
     while !stop.load(Ordering::Relaxed) && i < 5_000_000 {
         let key = format!("w{w}:k{}", i % 50);
         let start = Instant::now();
-        let code = match i % 3 {
+        let result = match i % 3 {
             0 => {
                 let mut req = tonic::Request::new(SetRequest {
                     key,
@@ -74,24 +76,30 @@ async fn worker(
                     ttl: None,
                 });
                 req.set_timeout(load.deadline);
-                code_of(client.set(req).await)
+                client.set(req).await.map(drop)
             }
             1 => {
                 let mut req = tonic::Request::new(GetRequest { key });
                 req.set_timeout(load.deadline);
-                code_of(client.get(req).await)
+                client.get(req).await.map(drop)
             }
             _ => {
                 let keys = (0..10).map(|j| format!("w{w}:k{j}")).collect();
                 let mut req = tonic::Request::new(MGetRequest { keys });
                 req.set_timeout(load.deadline);
-                code_of(client.m_get(req).await)
+                client.m_get(req).await.map(drop)
             }
+        };
+        let latency = start.elapsed();
+        let (code, message) = match result {
+            Ok(()) => (Code::Ok, None),
+            Err(s) => (s.code(), Some(Arc::from(s.message()))),
         };
         samples.push(Sample {
             start,
-            latency: start.elapsed(),
+            latency,
             code,
+            message,
         });
         i += 1;
         if !load.pause.is_zero() {
@@ -99,13 +107,6 @@ async fn worker(
         }
     }
     samples
-}
-
-fn code_of<T>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
 }
 
 /// The `q` quantile (0..=1) of the latencies of `samples`.
@@ -119,11 +120,15 @@ pub fn quantile(samples: &[Sample], q: f64) -> Duration {
     v[idx]
 }
 
-/// Counts of samples per status code, for messages.
+/// Counts of samples per status code and message, for reports.
 pub fn by_code(samples: &[Sample]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for s in samples {
-        *m.entry(format!("{:?}", s.code)).or_insert(0) += 1;
+        let key = match &s.message {
+            Some(msg) => format!("{:?}: {msg}", s.code),
+            None => format!("{:?}", s.code),
+        };
+        *m.entry(key).or_insert(0) += 1;
     }
     m
 }
