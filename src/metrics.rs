@@ -59,6 +59,25 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
+/// One operation's success counter and latency histogram, looked up once:
+/// recording a success is then an atomic add and one observation, with no
+/// label hashing or family lock on every request. Other outcomes go through
+/// [`Metrics::record`].
+#[derive(Clone)]
+pub struct OpMetrics {
+    pub operation: &'static str,
+    ok: Counter,
+    duration: Histogram,
+}
+
+impl OpMetrics {
+    /// Records one successful operation.
+    pub fn ok(&self, seconds: f64) {
+        self.ok.inc();
+        self.duration.observe(seconds);
+    }
+}
+
 /// Every metric the plugin exports.
 pub struct Metrics {
     registry: Registry,
@@ -170,6 +189,21 @@ impl Metrics {
         self.duration
             .get_or_create(&Op { operation })
             .observe(seconds);
+    }
+
+    /// Handles for `operation`'s success path, resolved once (see [`OpMetrics`]).
+    pub fn op(&self, operation: &'static str) -> OpMetrics {
+        OpMetrics {
+            operation,
+            ok: self
+                .operations
+                .get_or_create(&OpStatus {
+                    operation,
+                    status: "ok",
+                })
+                .clone(),
+            duration: self.duration.get_or_create(&Op { operation }).clone(),
+        }
     }
 
     /// Counts a request refused before it reached the backend.

@@ -26,7 +26,7 @@ use tracing::{debug, error};
 use crate::{
     backend::Backend,
     error::{Error, Result},
-    metrics::Metrics,
+    metrics::{Metrics, OpMetrics},
     pb::{
         DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
         MGetRequest, MGetResponse, SetRequest, SetResponse, cache_server::Cache,
@@ -58,6 +58,28 @@ pub struct CacheService<B> {
     /// Wakes the health prober when a request saw the backend fail.
     health_wake: Arc<Notify>,
     next_request_id: AtomicU64,
+    ops: Ops,
+}
+
+/// Per-RPC metric handles, resolved at start-up.
+struct Ops {
+    get: OpMetrics,
+    set: OpMetrics,
+    delete: OpMetrics,
+    mget: OpMetrics,
+    expire: OpMetrics,
+}
+
+impl Ops {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            get: m.op("get"),
+            set: m.op("set"),
+            delete: m.op("delete"),
+            mget: m.op("mget"),
+            expire: m.op("expire"),
+        }
+    }
 }
 
 impl<B: Backend> CacheService<B> {
@@ -69,7 +91,9 @@ impl<B: Backend> CacheService<B> {
         health_wake: Arc<Notify>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+        let ops = Ops::new(&metrics);
         Self {
+            ops,
             backend,
             limits,
             metrics,
@@ -82,14 +106,14 @@ impl<B: Backend> CacheService<B> {
     /// Admits, bounds, guards and accounts one RPC.
     async fn run<T>(
         &self,
-        op: &'static str,
+        op: &OpMetrics,
         deadline: Duration,
         work: impl Future<Output = Result<T>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let Ok(_permit) = self.permits.try_acquire() else {
             self.metrics.reject("max_concurrent_requests");
-            self.metrics.record(op, "resource_exhausted", 0.0);
+            self.metrics.record(op.operation, "resource_exhausted", 0.0);
             return Err(Error::ResourceExhausted(self.limits.max_concurrent_requests).into());
         };
         let bounded = tokio::time::timeout(deadline, work);
@@ -98,10 +122,17 @@ impl<B: Backend> CacheService<B> {
             Ok(Err(_elapsed)) => Err(Error::DeadlineExceeded(deadline)),
             Err(_panic) => Err(Error::Internal("handler panicked".into())),
         };
-        let status = result.as_ref().map_or_else(Error::label, |_| "ok");
-        self.metrics
-            .record(op, status, started.elapsed().as_secs_f64());
-        result.map(Response::new).map_err(|e| self.fail(op, e))
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(reply) => {
+                op.ok(seconds);
+                Ok(Response::new(reply))
+            }
+            Err(e) => {
+                self.metrics.record(op.operation, e.label(), seconds);
+                Err(self.fail(op.operation, e))
+            }
+        }
     }
 
     fn fail(&self, op: &'static str, err: Error) -> Status {
@@ -129,7 +160,7 @@ impl<B: Backend> CacheService<B> {
 
     fn key(&self, field: &str, key: &str) -> Result<String> {
         check_key(field, key, self.limits.max_key_bytes)?;
-        Ok(format!("{}{key}", self.limits.key_prefix))
+        Ok(self.with_prefix(key))
     }
 
     /// Validates a batch and returns its distinct keys in first-seen order.
@@ -144,20 +175,37 @@ impl<B: Backend> CacheService<B> {
                 keys.len()
             )));
         }
-        let mut seen = HashSet::with_capacity(keys.len());
-        let mut distinct = Vec::with_capacity(keys.len());
-        for (i, key) in keys.into_iter().enumerate() {
-            check_key(&format!("keys[{i}]"), &key, self.limits.max_key_bytes)?;
-            if seen.insert(key.clone()) {
-                distinct.push(key);
+        let max_key = self.limits.max_key_bytes;
+        for (i, key) in keys.iter().enumerate() {
+            // The field name is formatted only for an error (hot path: MGet).
+            if key.is_empty() || key.len() > max_key {
+                check_key(&format!("keys[{i}]"), key, max_key)?;
             }
         }
-        Ok(distinct)
+        // Duplicates are rare: find them by borrowing, and rebuild the list
+        // only when one has to go.
+        let mut seen = HashSet::with_capacity(keys.len());
+        let first: Vec<bool> = keys.iter().map(|k| seen.insert(k.as_str())).collect();
+        if first.iter().all(|f| *f) {
+            return Ok(keys);
+        }
+        Ok(keys
+            .into_iter()
+            .zip(first)
+            .filter_map(|(k, f)| f.then_some(k))
+            .collect())
     }
 
     fn prefixed(&self, keys: &[String]) -> Vec<String> {
+        keys.iter().map(|k| self.with_prefix(k)).collect()
+    }
+
+    fn with_prefix(&self, key: &str) -> String {
         let prefix = &self.limits.key_prefix;
-        keys.iter().map(|k| format!("{prefix}{k}")).collect()
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        full
     }
 
     fn count_lookups(&self, hits: usize, total: usize) {
@@ -223,7 +271,7 @@ impl<B: Backend> Cache for CacheService<B> {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let key = req.into_inner().key;
-        self.run("get", deadline, async {
+        self.run(&self.ops.get, deadline, async {
             let value = self.backend.get(self.key("key", &key)?).await?;
             self.count_lookups(usize::from(value.is_some()), 1);
             Ok(GetResponse {
@@ -237,7 +285,7 @@ impl<B: Backend> Cache for CacheService<B> {
     async fn set(&self, req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let SetRequest { key, value, ttl } = req.into_inner();
-        self.run("set", deadline, async {
+        self.run(&self.ops.set, deadline, async {
             let key = self.key("key", &key)?;
             let max = self.limits.max_value_bytes;
             if value.len() > max {
@@ -262,7 +310,7 @@ impl<B: Backend> Cache for CacheService<B> {
     ) -> Result<Response<DeleteResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let keys = req.into_inner().keys;
-        self.run("delete", deadline, async {
+        self.run(&self.ops.delete, deadline, async {
             let keys = self.batch(keys)?;
             let deleted = self.backend.delete(self.prefixed(&keys)).await?;
             Ok(DeleteResponse { deleted })
@@ -273,7 +321,7 @@ impl<B: Backend> Cache for CacheService<B> {
     async fn m_get(&self, req: Request<MGetRequest>) -> Result<Response<MGetResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let keys = req.into_inner().keys;
-        self.run("mget", deadline, async {
+        self.run(&self.ops.mget, deadline, async {
             let keys = self.batch(keys)?;
             let values = self.backend.mget(self.prefixed(&keys)).await?;
             if values.len() != keys.len() {
@@ -282,11 +330,12 @@ impl<B: Backend> Cache for CacheService<B> {
                 ));
             }
             let total = keys.len();
-            let hits: std::collections::HashMap<_, _> = keys
-                .into_iter()
-                .zip(values)
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect();
+            let mut hits = std::collections::HashMap::with_capacity(total);
+            hits.extend(
+                keys.into_iter()
+                    .zip(values)
+                    .filter_map(|(k, v)| v.map(|v| (k, v))),
+            );
             self.count_lookups(hits.len(), total);
             Ok(MGetResponse { hits })
         })
@@ -299,7 +348,7 @@ impl<B: Backend> Cache for CacheService<B> {
     ) -> Result<Response<ExpireResponse>, Status> {
         let deadline = self.deadline(req.metadata());
         let ExpireRequest { key, ttl } = req.into_inner();
-        self.run("expire", deadline, async {
+        self.run(&self.ops.expire, deadline, async {
             let key = self.key("key", &key)?;
             let ttl = ttl.ok_or_else(|| invalid("ttl: required"))?;
             let ttl = check_ttl("ttl", &ttl)?;
