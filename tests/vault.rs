@@ -572,9 +572,9 @@ async fn external_revocation_recovers_within_two_seconds() {
         last_failure.is_none_or(|d| d < Duration::from_secs(2)),
         "recovered in {last_failure:?}"
     );
-    // ~400 calls/s: the pool's reconnect backoff (not woken by new
-    // credentials) sets most of this; 4 when it is.
-    assert!(failed.len() <= 25, "{} failures", failed.len());
+    // "A handful": calls wait for the reconnect with new credentials, and
+    // new credentials cut the reconnect backoff short (0 seen here).
+    assert!(failed.len() <= 5, "{} failures", failed.len());
     let after: Vec<_> = samples.iter().filter(|(t, _)| *t > revoked_at).collect();
     assert!(after.iter().rev().take(20).all(|(_, c)| *c == Code::Ok));
     assert_eq!(w.bao.leases("cache-rw").len(), 1, "one live lease again");
@@ -630,9 +630,15 @@ async fn vault_outages_short_and_past_expiry() {
         "vault outage: SERVING again {:?} after Vault restarted",
         back.elapsed()
     );
+    let serving_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = load.finish().await;
-    let ok_after = samples.iter().rev().take(10).all(|(_, c)| *c == Code::Ok);
-    assert!(ok_after, "calls succeed after recovery");
+    let after: Vec<_> = samples.iter().filter(|(t, _)| *t > serving_at).collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|(_, c)| *c == Code::Ok),
+        "calls succeed once SERVING again: {after:?}"
+    );
     plugin.stop().await;
 }
 

@@ -476,6 +476,11 @@ impl Pool {
         if stale.is_empty() {
             return true;
         }
+        // Expired credentials (or the placeholder before Vault's first
+        // answer) cannot authenticate; wait for new ones instead.
+        if !creds.is_valid(std::time::Instant::now()) {
+            return false;
+        }
         let opened = join_all(stale.iter().map(|_| self.open(&creds))).await;
         let mut all_ok = true;
         for (idx, result) in stale.into_iter().zip(opened) {
@@ -534,7 +539,12 @@ async fn maintain(pool: std::sync::Weak<Pool>, mut creds: CredentialsHandle) {
             }
         } else {
             drop(p);
-            tokio::time::sleep(backoff.next_delay()).await;
+            // New credentials end the backoff: after a revocation they are
+            // what the reconnect was waiting for.
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                alive = creds.changed(), if source_alive => source_alive = alive,
+            }
         }
     }
 }
