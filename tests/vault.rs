@@ -582,6 +582,43 @@ async fn external_revocation_recovers_within_two_seconds() {
 }
 
 #[tokio::test]
+async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
+    // The user disappears from Redis while Vault still thinks its lease is
+    // fine: WRONGPASS on reconnect must make the plugin ask for a new user.
+    let w = World::dev("1m", "5m");
+    let token = w.bao.plugin_token("1h", "2h");
+    let plugin = start_serving(w.config("vault_deluser", &token)).await;
+    let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let users = vault_users(&w.redis);
+    assert_eq!(users.len(), 1, "{users:?}");
+    let deleted_at = Instant::now();
+    redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&users[0])
+        .query::<i64>(&mut w.redis.admin())
+        .expect("ACL DELUSER");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = load.finish().await;
+    let failed = failures(&samples);
+    let last_failure = failed.last().map(|(t, _)| *t - deleted_at);
+    eprintln!(
+        "acl deluser: {} calls, {} failed, last failure {:?} after the delete",
+        samples.len(),
+        failed.len(),
+        last_failure
+    );
+    assert!(
+        failed.iter().all(|(_, c)| *c == Code::Unavailable),
+        "{failed:?}"
+    );
+    assert!(last_failure.is_none_or(|d| d < Duration::from_secs(2)));
+    assert!(failed.len() <= 5, "{} failures", failed.len());
+    assert_eq!(vault_users(&w.redis).len(), 1, "a new Vault user serves");
+    plugin.stop().await;
+}
+
+#[tokio::test]
 async fn vault_outages_short_and_past_expiry() {
     // A 12 s lease: the short outage (3 s plus a restart of a few seconds on
     // a busy machine) stays well inside it.
