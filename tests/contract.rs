@@ -74,6 +74,18 @@ impl Fixture {
         r.found.then(|| r.value.to_vec())
     }
 
+    async fn expire(&mut self, key: &str, d: Duration) -> bool {
+        self.client
+            .expire(ExpireRequest {
+                key: key.into(),
+                ttl: ttl(d),
+            })
+            .await
+            .expect("expire")
+            .into_inner()
+            .found
+    }
+
     async fn mget(&mut self, keys: &[&str]) -> HashMap<String, Vec<u8>> {
         let r = self
             .client
@@ -175,43 +187,17 @@ async fn delete_counts_keys_that_existed(f: &mut Fixture) {
 
 async fn expire_reports_whether_key_existed(f: &mut Fixture) {
     f.set("e", b"v", None).await;
-    let found = f
-        .client
-        .expire(ExpireRequest {
-            key: "e".into(),
-            ttl: ttl(Duration::from_secs(5)),
-        })
-        .await
-        .expect("expire")
-        .into_inner()
-        .found;
-    assert!(found);
+    assert!(f.expire("e", Duration::from_secs(5)).await);
     if let Some(server) = &f.server {
         let pttl = server.pttl(&format!("{}e", f.prefix));
         assert!((4_000..=5_000).contains(&pttl), "pttl {pttl}");
     }
-    let found = f
-        .client
-        .expire(ExpireRequest {
-            key: "absent".into(),
-            ttl: ttl(Duration::from_secs(5)),
-        })
-        .await
-        .expect("expire absent")
-        .into_inner()
-        .found;
-    assert!(!found);
+    assert!(!f.expire("absent", Duration::from_secs(5)).await);
 }
 
 async fn expire_then_key_disappears(f: &mut Fixture) {
     f.set("gone", b"v", None).await;
-    f.client
-        .expire(ExpireRequest {
-            key: "gone".into(),
-            ttl: ttl(Duration::from_millis(100)),
-        })
-        .await
-        .expect("expire");
+    assert!(f.expire("gone", Duration::from_millis(100)).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while f.get("gone").await.is_some() {
         assert!(std::time::Instant::now() < deadline, "key never expired");

@@ -456,22 +456,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A tool on PATH or in Python's scripts directory (where pip puts `bao`).
+/// A tool the harness finds, or a clear panic.
 fn tool(name: &str) -> PathBuf {
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig;print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(scripts)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: run scripts/deps.sh"))
+    common::tool(name).unwrap_or_else(|| panic!("{name} not found: run scripts/deps.sh"))
 }
 
 /// Polls `cmd` until it succeeds or `within` passes; the last output.

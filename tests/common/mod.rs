@@ -455,13 +455,20 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
 }
 
-/// Path of a PyPI-installed tool (grpcurl, bao, hadolint) or `None` when
-/// it is not installed.
+/// Path of a tool on PATH or in Python's scripts directory (where pip puts
+/// grpcurl, bao and hadolint), or `None` when it is not installed.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig;print(sysconfig.get_path('scripts'))",
+        ])
         .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!path.is_empty()).then(|| PathBuf::from(path))
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(scripts)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
