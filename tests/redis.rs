@@ -21,8 +21,17 @@ fn set_req(key: &str, value: &[u8]) -> SetRequest {
 }
 
 #[tokio::test]
-async fn key_outside_acl_pattern_is_permission_denied() {
-    let server = RedisServer::start(Flavor::Redis);
+async fn key_outside_acl_pattern_is_permission_denied_on_redis() {
+    key_outside_acl_pattern_is_permission_denied(Flavor::Redis).await;
+}
+
+#[tokio::test]
+async fn key_outside_acl_pattern_is_permission_denied_on_valkey() {
+    key_outside_acl_pattern_is_permission_denied(Flavor::Valkey).await;
+}
+
+async fn key_outside_acl_pattern_is_permission_denied(flavor: Flavor) {
+    let server = RedisServer::start(flavor);
     // The cache user may only touch `cache:*`; this prefix is outside it.
     let config = redis_config(&server, "forbidden:");
     let plugin = Plugin::start(config).await;
@@ -63,7 +72,16 @@ async fn wrong_password_never_serves() {
 
 #[tokio::test]
 async fn redis_down_is_unavailable_within_timeout_and_recovers() {
-    let mut server = RedisServer::start(Flavor::Redis);
+    server_down_is_unavailable_within_timeout_and_recovers(Flavor::Redis).await;
+}
+
+#[tokio::test]
+async fn valkey_down_is_unavailable_within_timeout_and_recovers() {
+    server_down_is_unavailable_within_timeout_and_recovers(Flavor::Valkey).await;
+}
+
+async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) {
+    let mut server = RedisServer::start(flavor);
     let prefix = test_prefix("down");
     let plugin = Plugin::start(redis_config(&server, &prefix)).await;
     assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
