@@ -39,6 +39,31 @@ pub struct Load {
     pub deadline: Duration,
 }
 
+/// Runs `load` until `stop` is set and returns only the count of calls per
+/// status (for long runs, where keeping every sample would itself grow).
+pub async fn count(
+    channel: Channel,
+    load: Load,
+    stop: Arc<AtomicBool>,
+) -> std::collections::BTreeMap<String, usize> {
+    let chunk = Duration::from_secs(5);
+    let mut totals = std::collections::BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let inner = Arc::new(AtomicBool::new(false));
+        let run = tokio::spawn(run(channel.clone(), load, inner.clone()));
+        let deadline = Instant::now() + chunk;
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        inner.store(true, Ordering::Relaxed);
+        for (k, v) in by_code(&run.await.expect("load chunk")) {
+            let code = k.split(':').next().unwrap_or_default().to_string();
+            *totals.entry(code).or_insert(0) += v;
+        }
+    }
+    totals
+}
+
 /// Runs `load` until `stop` is set, returning every sample. Each worker
 /// cycles Set, Get, MGet over its own keys; the channel is shared (HTTP/2).
 pub async fn run(channel: Channel, load: Load, stop: Arc<AtomicBool>) -> Vec<Sample> {

@@ -438,6 +438,76 @@ impl Drop for Plugin {
     }
 }
 
+/// The plugin binary as its own process (for measurements of its own RSS).
+pub struct PluginProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl PluginProcess {
+    /// Runs the plugin against `server` as the cache user and waits until it
+    /// accepts connections.
+    pub fn start(server: &RedisServer, prefix: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let yaml = format!(
+            "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
+             log: {{ level: warn }}\n\
+             backend:\n  address: \"{addr}\"\n  username: {CACHE_USER}\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
+            addr = server.address(),
+        );
+        let path = dir.path().join("plugin.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+            .arg("--config")
+            .arg(&path)
+            .env("REDIS_PASSWORD", &server.cache_password)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn plugin");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The plugin process' resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub const SERVING: i32 = 1;
 pub const NOT_SERVING: i32 = 2;
 
