@@ -181,7 +181,9 @@ impl RedisBackend {
         let info = connection_info(&settings)?;
         let mut conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.operation_timeout));
+            // The service bounds every call by its own deadline; a second
+            // timer per command inside redis-rs would only cost CPU.
+            .set_response_timeout(None);
         if let Some(name) = settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
             let (host, port, _) = parse_address(&settings.address).map_err(Error::Internal)?;
             conn_config = conn_config.set_dns_resolver(PinnedResolver { name, host, port });
