@@ -10,7 +10,13 @@
 //! follows reality faster than `health_interval`. This module does not serve
 //! gRPC; tonic-health does, from the reporter it drives.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{Notify, watch};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -30,7 +36,8 @@ pub struct Prober {
     metrics: Arc<Metrics>,
     /// Wakes the prober before its next tick (a request saw Redis fail).
     pub wake: Arc<Notify>,
-    serving: watch::Sender<bool>,
+    /// Last status set, so transitions are logged once.
+    serving: AtomicBool,
     /// When set, expired credentials (a lease Vault could not replace) mean
     /// NOT_SERVING even if Redis still answers.
     creds: Option<CredentialsHandle>,
@@ -40,13 +47,12 @@ impl Prober {
     /// A prober for the plugin named `plugin`; every status starts NOT_SERVING.
     pub fn new(reporter: HealthReporter, plugin: &str, metrics: Arc<Metrics>) -> Self {
         let names = vec![String::new(), CACHE_SERVICE.to_string(), plugin.to_string()];
-        let (serving, _) = watch::channel(false);
         Self {
             reporter,
             names,
             metrics,
             wake: Arc::new(Notify::new()),
-            serving,
+            serving: AtomicBool::new(false),
             creds: None,
         }
     }
@@ -64,11 +70,6 @@ impl Prober {
             .is_none_or(|c| c.current().is_valid(now))
     }
 
-    /// Follows the serving state (tests and start-up logs use it).
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.serving.subscribe()
-    }
-
     /// Sets every status at once and mirrors it in the metric.
     pub async fn set(&self, serving: bool) {
         let status = if serving {
@@ -80,7 +81,7 @@ impl Prober {
             self.reporter.set_service_status(name, status).await;
         }
         self.metrics.health_status.set(i64::from(serving));
-        if self.serving.send_replace(serving) != serving {
+        if self.serving.swap(serving, Ordering::Relaxed) != serving {
             if serving {
                 info!("health: SERVING");
             } else {

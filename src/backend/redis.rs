@@ -222,18 +222,6 @@ impl RedisBackend {
         }
     }
 
-    /// Waits until at least one connection is open, up to `wait`.
-    pub async fn wait_connected(&self, wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < deadline {
-            if self.pool.slots.iter().any(|s| s.conn.load().is_some()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
-    }
-
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         self.pool.query(cmd).await
     }

@@ -160,7 +160,13 @@ pub fn by_code(samples: &[Sample]) -> std::collections::BTreeMap<String, usize> 
 
 /// Resident set size of this process in KiB (the in-process plugin included).
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_of("self")
+}
+
+/// Resident set size in KiB of process `pid` (`"self"` for this one); 0
+/// when it cannot be read.
+pub fn rss_kib_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
