@@ -118,11 +118,7 @@ impl Fixture {
         assert_eq!(self._server.dbsize(), 0, "nothing written by bad input");
         let mut client = self.plugin.client().await;
         client
-            .set(SetRequest {
-                key: "after".into(),
-                value: b"ok".to_vec().into(),
-                ttl: None,
-            })
+            .set(common::set_req("after", b"ok"))
             .await
             .expect("serves after bad input");
         let r = client

@@ -8,17 +8,9 @@ use std::time::{Duration, Instant};
 use common::{Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, redis_config, test_prefix};
 use redis_cache_plugin::{
     config::Secret,
-    pb::{GetRequest, MGetRequest, SetRequest},
+    pb::{GetRequest, MGetRequest},
 };
 use tonic::Code;
-
-fn set_req(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-    }
-}
 
 #[tokio::test]
 async fn key_outside_acl_pattern_is_permission_denied_on_redis() {
@@ -37,7 +29,10 @@ async fn key_outside_acl_pattern_is_permission_denied(flavor: Flavor) {
     let plugin = Plugin::start(config).await;
     assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
     let mut client = plugin.client().await;
-    let err = client.set(set_req("k", b"v")).await.expect_err("NOPERM");
+    let err = client
+        .set(common::set_req("k", b"v"))
+        .await
+        .expect_err("NOPERM");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let err = client
         .get(GetRequest { key: "k".into() })
@@ -87,7 +82,7 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
     assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
     let mut client = plugin.client().await;
     client
-        .set(set_req("before", b"1"))
+        .set(common::set_req("before", b"1"))
         .await
         .expect("set while up");
 
@@ -122,7 +117,7 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
     assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
     let mut ok = false;
     while answered.elapsed() < Duration::from_secs(5) {
-        if client.set(set_req("after", b"2")).await.is_ok() {
+        if client.set(common::set_req("after", b"2")).await.is_ok() {
             ok = true;
             break;
         }
@@ -168,7 +163,7 @@ async fn killed_connections_are_replaced_without_errors_for_reads() {
     let plugin = Plugin::start(redis_config(&server, &test_prefix("clientkill"))).await;
     assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
     let mut client = plugin.client().await;
-    client.set(set_req("k", b"v")).await.expect("set");
+    client.set(common::set_req("k", b"v")).await.expect("set");
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("USER")
@@ -206,7 +201,7 @@ async fn database_selection_is_honoured() {
     plugin
         .client()
         .await
-        .set(set_req("k", b"v"))
+        .set(common::set_req("k", b"v"))
         .await
         .expect("set");
     redis::cmd("SELECT")
@@ -230,7 +225,10 @@ async fn mget_of_many_keys_is_one_consistent_answer() {
     let mut client = plugin.client().await;
     for i in 0..100 {
         client
-            .set(set_req(&format!("k{i}"), format!("v{i}").as_bytes()))
+            .set(common::set_req(
+                &format!("k{i}"),
+                format!("v{i}").as_bytes(),
+            ))
             .await
             .expect("set");
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{Flavor, Plugin, RedisServer, SERVING, memory_config, redis_config, test_prefix};
-use redis_cache_plugin::pb::{GetRequest, SetRequest, cache_client::CacheClient};
+use redis_cache_plugin::pb::{GetRequest, cache_client::CacheClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_redis-cache-plugin");
 
@@ -101,14 +101,7 @@ async fn metrics_are_served_on_the_grpc_port() {
     let plugin = Plugin::start(redis_config(&server, &test_prefix("metrics"))).await;
     assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
     let mut client = plugin.client().await;
-    client
-        .set(SetRequest {
-            key: "m".into(),
-            value: b"v".to_vec().into(),
-            ttl: None,
-        })
-        .await
-        .expect("set");
+    client.set(common::set_req("m", b"v")).await.expect("set");
     client
         .get(GetRequest { key: "m".into() })
         .await
@@ -209,14 +202,7 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
         assert!(Instant::now() < deadline, "plugin did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    client
-        .set(SetRequest {
-            key: "k".into(),
-            value: b"v".to_vec().into(),
-            ttl: None,
-        })
-        .await
-        .expect("set");
+    client.set(common::set_req("k", b"v")).await.expect("set");
 
     // Freeze Redis so a call is in flight when SIGTERM arrives.
     server.signal("STOP");

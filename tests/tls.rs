@@ -21,7 +21,7 @@ use common::{
 };
 use redis_cache_plugin::{
     config::{Config, Dur},
-    pb::{GetRequest, SetRequest, cache_client::CacheClient},
+    pb::{GetRequest, cache_client::CacheClient},
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -44,11 +44,7 @@ fn redis_tls_config(server: &RedisServer, pki: &Pki, client_cert: bool) -> Confi
 async fn set_then_get(plugin: &Plugin) {
     let mut client = plugin.client().await;
     client
-        .set(SetRequest {
-            key: "k".into(),
-            value: b"over tls".to_vec().into(),
-            ttl: None,
-        })
+        .set(common::set_req("k", b"over tls"))
         .await
         .expect("set");
     let r = client

@@ -501,6 +501,15 @@ impl Drop for PluginProcess {
     }
 }
 
+/// A Set of `value` under `key` with the default TTL.
+pub fn set_req(key: &str, value: &[u8]) -> redis_cache_plugin::pb::SetRequest {
+    redis_cache_plugin::pb::SetRequest {
+        key: key.into(),
+        value: value.to_vec().into(),
+        ttl: None,
+    }
+}
+
 pub const SERVING: i32 = 1;
 pub const NOT_SERVING: i32 = 2;
 
