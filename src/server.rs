@@ -94,8 +94,7 @@ pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
             );
         }
         Some(RedisTlsSettings {
-            certs: tls::redis_certificates(t)?,
-            insecure: t.insecure_skip_verify,
+            config: Arc::new(tls::redis_client_config(t)?),
             server_name: (!t.server_name.is_empty()).then(|| t.server_name.clone()),
         })
     } else {

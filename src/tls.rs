@@ -17,8 +17,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
     server::WebPkiClientVerifier,
 };
 use tokio::{
@@ -105,31 +106,82 @@ pub fn server_config(t: &ServerTls) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
-/// A client certificate set for Redis, as redis-rs takes it.
-pub fn redis_certificates(t: &RedisTls) -> Result<redis::TlsCertificates, TlsError> {
-    let read = |path: &str| std::fs::read(path).map_err(|e| file_err(path, e));
-    let root_cert = match t.ca_file.as_str() {
-        "" => None,
-        path => {
-            load_certs(path)?;
-            Some(read(path)?)
-        }
+/// The client side towards Redis: trusted roots (the CA file, or the
+/// system's), an optional client certificate for `tls-auth-clients yes`,
+/// or no verification at all when `insecure_skip_verify` is set.
+pub fn redis_client_config(t: &RedisTls) -> Result<ClientConfig, TlsError> {
+    install_crypto_provider();
+    let builder = ClientConfig::builder();
+    let builder = if t.insecure_skip_verify {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
+    } else if t.ca_file.is_empty() {
+        builder.with_root_certificates(system_roots())
+    } else {
+        builder.with_root_certificates(load_roots(&t.ca_file)?)
     };
-    let client_tls = match (t.cert_file.as_str(), t.key_file.as_str()) {
-        ("", _) | (_, "") => None,
-        (cert, key) => {
-            load_certs(cert)?;
-            load_key(key)?;
-            Some(redis::ClientTlsConfig {
-                client_cert: read(cert)?,
-                client_key: read(key)?,
-            })
-        }
+    let config = match (t.cert_file.as_str(), t.key_file.as_str()) {
+        ("", _) | (_, "") => builder.with_no_client_auth(),
+        (cert, key) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
     };
-    Ok(redis::TlsCertificates {
-        client_tls,
-        root_cert,
-    })
+    Ok(config)
+}
+
+/// The operating system's trusted roots; unreadable ones are skipped (a
+/// server signed by them then fails verification, with that error).
+fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        warn!(error = %e, "could not load some system root certificates");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    debug!(added, ignored, "system root certificates");
+    roots
+}
+
+/// `insecure_skip_verify`: any certificate is accepted, but the handshake
+/// signatures are still checked (so the session keys are the peer's).
+#[derive(Debug)]
+struct AcceptAnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 // === impl ReloadingAcceptor ===

@@ -3,10 +3,12 @@
 //!
 //! Why not a checkout pool: a cache lookup is one small command, and an
 //! exclusive checkout (plus deadpool-redis' `UNWATCH`+`PING` recycle) costs a
-//! round trip and serialises requests. Here `pool_size` redis-rs
-//! [`MultiplexedConnection`]s are shared: each request picks the next one
-//! round-robin and pipelines its single command over it, so the hot path is
-//! one round trip with no lock.
+//! round trip and serialises requests. Here `pool_size` pipelined
+//! [`Connection`]s are shared: each request picks the next one round-robin
+//! and pipelines its single command over it, so the hot path is one round
+//! trip with no checkout. (The connection is our own rather than redis-rs'
+//! multiplexer: it batches the commands that are ready into one write, and
+//! hands values back as slices of the read buffer; see `connection`.)
 //!
 //! What this module owns:
 //! - *Repair*: a connection that fails with an I/O error is dropped from its
@@ -35,17 +37,17 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
-use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
-    IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind,
-    aio::MultiplexedConnection, io::tcp::TcpSettings,
-};
+use rustls::pki_types::ServerName;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::{Backend, PoolStats};
+use super::{
+    connection::{ConnError, Connection, Connector, Tls},
+    resp::{self, Reply},
+};
 use crate::{
     credentials::{Credentials, CredentialsHandle},
     error::{Error, Result},
@@ -68,10 +70,8 @@ pub struct RedisSettings {
 /// TLS towards Redis.
 #[derive(Clone)]
 pub struct RedisTlsSettings {
-    /// CA and optional client certificate, PEM.
-    pub certs: redis::TlsCertificates,
-    /// Skip certificate verification (never in production).
-    pub insecure: bool,
+    /// Roots, client certificate, verification (see `tls::redis_client_config`).
+    pub config: Arc<rustls::ClientConfig>,
     /// Name to verify instead of the address' host.
     pub server_name: Option<String>,
 }
@@ -79,7 +79,6 @@ pub struct RedisTlsSettings {
 impl std::fmt::Debug for RedisTlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTlsSettings")
-            .field("insecure", &self.insecure)
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
@@ -122,8 +121,7 @@ pub struct RedisBackend {
 
 struct Pool {
     settings: RedisSettings,
-    info: ConnectionInfo,
-    conn_config: AsyncConnectionConfig,
+    connector: Connector,
     creds: CredentialsHandle,
     slots: Box<[Slot]>,
     /// Round-robin cursor; relaxed ordering is enough, fairness is best effort.
@@ -145,7 +143,7 @@ struct Slot {
 }
 
 struct Live {
-    conn: MultiplexedConnection,
+    conn: Connection,
     generation: u64,
 }
 
@@ -154,21 +152,42 @@ struct Live {
 enum Class {
     NoPerm,
     Auth,
+    /// Redis is there but cannot serve now (loading after a restart, busy
+    /// script, replica without master): unavailable, not a bug.
+    NotReady,
     Connection,
-    Timeout,
     Other,
 }
 
-fn classify(e: &RedisError) -> Class {
-    match (e.kind(), e.code()) {
-        (ErrorKind::Server(ServerErrorKind::NoPerm), _) | (_, Some("NOPERM")) => Class::NoPerm,
-        (ErrorKind::AuthenticationFailed, _) | (_, Some("WRONGPASS" | "NOAUTH")) => Class::Auth,
-        _ if e.is_timeout() => Class::Timeout,
-        _ if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
-            Class::Connection
-        }
+/// Classifies an error reply by its code.
+fn classify_reply(msg: &[u8]) -> Class {
+    match Reply::error_code(msg) {
+        "NOPERM" => Class::NoPerm,
+        "WRONGPASS" | "NOAUTH" => Class::Auth,
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" => Class::NotReady,
         _ => Class::Other,
     }
+}
+
+fn classify(e: &ConnError) -> Class {
+    match e {
+        ConnError::Server(msg) => classify_reply(msg.as_bytes()),
+        _ => Class::Connection,
+    }
+}
+
+/// A reply of the wrong shape for the command: a bug or a foreign server.
+/// Names the shape only; values never reach logs.
+fn unexpected(command: &str, reply: &Reply) -> Error {
+    let shape = match reply {
+        Reply::Nil => "nil",
+        Reply::Status(_) => "status",
+        Reply::Error(_) => "error",
+        Reply::Int(_) => "integer",
+        Reply::Bulk(_) => "bulk string",
+        Reply::Array(_) => "array",
+    };
+    Error::Internal(format!("unexpected {shape} reply to {command}"))
 }
 
 // === impl RedisBackend ===
@@ -178,21 +197,11 @@ impl RedisBackend {
     /// the first connections open in the background (health shows when).
     pub fn start(settings: RedisSettings, creds: CredentialsHandle) -> Result<Self> {
         let settings = with_implied_tls(settings)?;
-        let info = connection_info(&settings)?;
-        let mut conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            // The service bounds every call by its own deadline; a second
-            // timer per command inside redis-rs would only cost CPU.
-            .set_response_timeout(None);
-        if let Some(name) = settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            let (host, port, _) = parse_address(&settings.address).map_err(Error::Internal)?;
-            conn_config = conn_config.set_dns_resolver(PinnedResolver { name, host, port });
-        }
+        let connector = connector(&settings)?;
         let slots = (0..settings.pool_size).map(|_| Slot::default()).collect();
         let pool = Arc::new(Pool {
             settings,
-            info,
-            conn_config,
+            connector,
             creds,
             slots,
             next: AtomicUsize::new(0),
@@ -213,8 +222,8 @@ impl RedisBackend {
             return Ok(());
         }
         let creds = self.pool.creds.current();
-        match self.pool.open(&creds).await {
-            Err(e) if is_tls_failure(&e) => Err(Error::Unavailable(format!(
+        match self.pool.connector.connect(&creds).await {
+            Err(e) if e.is_tls() => Err(Error::Unavailable(format!(
                 "TLS to Redis at {} failed: {e}",
                 self.pool.settings.address
             ))),
@@ -222,80 +231,138 @@ impl RedisBackend {
         }
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.pool.query(cmd).await
+    /// Runs the command `encode` writes; see [`Pool::query`].
+    async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
+        self.pool.query(encode).await
     }
 }
 
-/// Fills in TLS for `rediss://` addresses given without TLS settings.
+/// Writes a command of `name` and `args` keys, without collecting them.
+fn command<'a>(out: &mut BytesMut, name: &[u8], args: impl ExactSizeIterator<Item = &'a [u8]>) {
+    resp::command_header(out, 1 + args.len());
+    resp::arg(out, name);
+    for a in args {
+        resp::arg(out, a);
+    }
+}
+
+/// Fills in TLS for `rediss://` addresses given without TLS settings:
+/// system roots, no client certificate.
 fn with_implied_tls(mut s: RedisSettings) -> Result<RedisSettings> {
     let (_, _, tls_implied) = parse_address(&s.address).map_err(Error::Internal)?;
     if tls_implied && s.tls.is_none() {
+        let config = crate::tls::redis_client_config(&crate::config::RedisTls::default())
+            .map_err(|e| Error::Internal(format!("redis tls: {e}")))?;
         s.tls = Some(RedisTlsSettings {
-            certs: redis::TlsCertificates {
-                client_tls: None,
-                root_cert: None,
-            },
-            insecure: false,
+            config: Arc::new(config),
             server_name: None,
         });
     }
     Ok(s)
 }
 
-fn connection_info(s: &RedisSettings) -> Result<ConnectionInfo> {
+fn connector(s: &RedisSettings) -> Result<Connector> {
     let (host, port, _) = parse_address(&s.address).map_err(Error::Internal)?;
-    let addr = match &s.tls {
-        Some(tls) => ConnectionAddr::TcpTls {
-            // The certificate is checked against this name; the resolver
-            // below maps it back to the configured address.
-            host: tls.server_name.clone().unwrap_or(host),
-            port,
-            insecure: tls.insecure,
-            tls_params: None,
-        },
-        None => ConnectionAddr::Tcp(host, port),
+    let tls = match &s.tls {
+        Some(t) => {
+            // The certificate is checked against this name; the socket
+            // still goes to the configured host.
+            let name = t.server_name.clone().unwrap_or_else(|| host.clone());
+            let server_name = ServerName::try_from(name)
+                .map_err(|e| Error::Internal(format!("redis tls server name: {e}")))?;
+            Some(Tls {
+                config: t.config.clone(),
+                server_name,
+            })
+        }
+        None => None,
     };
-    let info = addr
-        .into_connection_info()
-        .map_err(|e| Error::Internal(format!("redis address: {e}")))?;
-    // redis-rs leaves Nagle on; with small pipelined commands that adds the
-    // peer's delayed-ACK (tens of ms) to many requests.
-    Ok(info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+    Ok(Connector {
+        host,
+        port,
+        database: s.database,
+        tls,
+        timeout: s.connect_timeout,
+    })
 }
 
 impl Backend for RedisBackend {
     async fn get(&self, key: String) -> Result<Option<Bytes>> {
-        self.query(redis::cmd("GET").arg(key)).await
+        let reply = self
+            .query(&|out| command(out, b"GET", std::iter::once(key.as_bytes())))
+            .await?;
+        match reply {
+            Reply::Bulk(value) => Ok(Some(value)),
+            Reply::Nil => Ok(None),
+            other => Err(unexpected("GET", &other)),
+        }
     }
 
     async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value.as_ref());
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl.as_millis() as u64);
+        let ms = ttl.map(|t| t.as_millis().to_string());
+        let reply = self
+            .query(&|out| {
+                resp::command_header(out, if ms.is_some() { 5 } else { 3 });
+                resp::arg(out, b"SET");
+                resp::arg(out, key.as_bytes());
+                resp::arg(out, &value);
+                if let Some(ms) = &ms {
+                    resp::arg(out, b"PX");
+                    resp::arg(out, ms.as_bytes());
+                }
+            })
+            .await?;
+        match reply {
+            Reply::Status(ok) if &ok[..] == b"OK" => Ok(()),
+            other => Err(unexpected("SET", &other)),
         }
-        self.query::<()>(&cmd).await
     }
 
     async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-        self.query(redis::cmd("DEL").arg(keys)).await
+        let reply = self
+            .query(&|out| command(out, b"DEL", keys.iter().map(|k| k.as_bytes())))
+            .await?;
+        match reply {
+            Reply::Int(n) if n >= 0 => Ok(n.unsigned_abs()),
+            other => Err(unexpected("DEL", &other)),
+        }
     }
 
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
-        self.query(redis::cmd("MGET").arg(keys)).await
+        let reply = self
+            .query(&|out| command(out, b"MGET", keys.iter().map(|k| k.as_bytes())))
+            .await?;
+        let items = match reply {
+            Reply::Array(items) if items.len() == keys.len() => items,
+            other => return Err(unexpected("MGET", &other)),
+        };
+        items
+            .into_iter()
+            .map(|item| match item {
+                Reply::Bulk(value) => Ok(Some(value)),
+                Reply::Nil => Ok(None),
+                other => Err(unexpected("MGET", &other)),
+            })
+            .collect()
     }
 
     async fn expire(&self, key: String, ttl: Duration) -> Result<bool> {
-        self.query(redis::cmd("PEXPIRE").arg(key).arg(ttl.as_millis() as u64))
-            .await
+        let ms = ttl.as_millis().to_string();
+        let reply = self
+            .query(&|out| {
+                command(out, b"PEXPIRE", [key.as_bytes(), ms.as_bytes()].into_iter());
+            })
+            .await?;
+        match reply {
+            Reply::Int(n) => Ok(n == 1),
+            other => Err(unexpected("PEXPIRE", &other)),
+        }
     }
 
     async fn ping(&self) -> Result<()> {
-        let pong: String = self.query(&redis::cmd("PING")).await?;
-        match pong.as_str() {
-            "PONG" => Ok(()),
-            _ => Err(Error::Internal("unexpected PING reply".into())),
+        match self.query(&|out| resp::encode(out, &[b"PING"])).await? {
+            Reply::Status(pong) if &pong[..] == b"PONG" => Ok(()),
+            other => Err(unexpected("PING", &other)),
         }
     }
 
@@ -321,28 +388,30 @@ impl Backend for RedisBackend {
 // === impl Pool ===
 
 impl Pool {
-    /// Runs `cmd` on a shared connection: one round trip; on a dropped
-    /// connection, again on another (up to `max_retries`); on rejected
-    /// credentials, once more after one refresh.
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+    /// Runs the command `encode` writes on a shared connection: one round
+    /// trip; on a dropped connection, again on another (up to
+    /// `max_retries`); on rejected credentials, once more after one refresh.
+    /// Returns any reply but an error reply.
+    async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
             let result = {
                 let _busy = Busy::new(&self.slots[idx].inflight);
-                let mut conn = live.conn.clone();
-                cmd.query_async::<T>(&mut conn).await
+                live.conn.call(encode).await
             };
-            let err = match result {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
+            let (class, err) = match result {
+                Ok(Reply::Error(msg)) => (
+                    classify_reply(&msg),
+                    ConnError::Server(String::from_utf8_lossy(&msg).into_owned()),
+                ),
+                Ok(reply) => return Ok(reply),
+                Err(e) => (classify(&e), e),
             };
-            match classify(&err) {
+            match class {
                 Class::NoPerm => return Err(Error::PermissionDenied),
-                Class::Timeout => {
-                    return Err(Error::DeadlineExceeded(self.settings.operation_timeout));
-                }
+                Class::NotReady => return Err(Error::Unavailable(format!("redis: {err}"))),
                 Class::Auth if !refreshed => {
                     refreshed = true;
                     self.drop_conn(idx, &live);
@@ -406,6 +475,10 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|i| (start + i) % n).find_map(|idx| {
             let live = self.slots[idx].conn.load_full()?;
+            if live.conn.is_broken() {
+                self.drop_conn(idx, &live);
+                return None;
+            }
             Some((idx, live))
         })
     }
@@ -422,27 +495,8 @@ impl Pool {
     }
 
     /// Opens one connection as `creds`.
-    async fn open(&self, creds: &Credentials) -> Result<MultiplexedConnection, RedisError> {
-        let mut redis = RedisConnectionInfo::default()
-            .set_db(i64::from(self.settings.database))
-            // CLIENT SETINFO is not in a least-privilege ACL; skip it.
-            .set_skip_set_lib_name();
-        if let Some(user) = &creds.username {
-            redis = redis.set_username(user);
-        }
-        if !creds.password.is_empty() {
-            redis = redis.set_password(creds.password.expose());
-        }
-        let info = self.info.clone().set_redis_settings(redis);
-        let client = match &self.settings.tls {
-            Some(tls) => Client::build_with_tls(info, tls.certs.clone())?,
-            None => Client::open(info)?,
-        };
-        let open = client.get_multiplexed_async_connection_with_config(&self.conn_config);
-        match tokio::time::timeout(self.settings.connect_timeout, open).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from((ErrorKind::Io, "connect timed out"))),
-        }
+    async fn open(&self, creds: &Credentials) -> Result<Connection, ConnError> {
+        self.connector.connect(creds).await
     }
 
     /// Slots that are empty or on an older credential generation.
@@ -491,7 +545,7 @@ impl Pool {
         all_ok
     }
 
-    fn on_connect_error(&self, e: &RedisError, creds: &Credentials) {
+    fn on_connect_error(&self, e: &ConnError, creds: &Credentials) {
         if classify(e) == Class::Auth {
             warn!(user = ?creds.username, "redis rejected credentials; asking for new ones");
             self.creds.request_refresh();
@@ -542,47 +596,6 @@ async fn maintain(pool: std::sync::Weak<Pool>, mut creds: CredentialsHandle) {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.repair.notify_one();
-    }
-}
-
-/// True when a connect failed in the TLS handshake (untrusted or rejected
-/// certificate), as opposed to Redis being unreachable.
-fn is_tls_failure(e: &RedisError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        source = err.source();
-    }
-    let text = e.to_string();
-    text.contains("certificate") || text.contains("InvalidCertificate") || text.contains("tls")
-}
-
-/// Resolves the TLS server name to the configured host, so the certificate
-/// can be verified against a name that DNS does not know.
-struct PinnedResolver {
-    name: String,
-    host: String,
-    port: u16,
-}
-
-impl redis::io::AsyncDNSResolver for PinnedResolver {
-    fn resolve<'a, 'b: 'a>(
-        &'a self,
-        host: &'b str,
-        port: u16,
-    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
-        let target = if host == self.name {
-            (self.host.clone(), self.port)
-        } else {
-            (host.to_string(), port)
-        };
-        Box::pin(async move {
-            let addrs = tokio::net::lookup_host(target).await?;
-            let addrs: Vec<_> = addrs.collect();
-            Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = _> + Send>)
-        })
     }
 }
 
@@ -662,16 +675,38 @@ mod tests {
 
     #[test]
     fn errors_classify_by_what_to_do() {
-        let noperm = RedisError::from((ErrorKind::Server(ServerErrorKind::NoPerm), "no"));
-        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "bad"));
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        let other = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "x"));
-        assert_eq!(classify(&noperm), Class::NoPerm);
-        assert_eq!(classify(&auth), Class::Auth);
+        assert_eq!(
+            classify_reply(b"NOPERM User x has no permissions"),
+            Class::NoPerm
+        );
+        assert_eq!(
+            classify_reply(b"WRONGPASS invalid username-password pair"),
+            Class::Auth
+        );
+        assert_eq!(
+            classify_reply(b"NOAUTH Authentication required."),
+            Class::Auth
+        );
+        assert_eq!(classify_reply(b"LOADING Redis is loading"), Class::NotReady);
+        assert_eq!(
+            classify_reply(b"WRONGTYPE Operation against a key"),
+            Class::Other
+        );
+        let io = ConnError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert_eq!(classify(&io), Class::Connection);
-        assert_eq!(classify(&timeout), Class::Timeout);
-        assert_eq!(classify(&other), Class::Other);
+        assert_eq!(classify(&ConnError::Closed), Class::Connection);
+        assert_eq!(classify(&ConnError::TimedOut), Class::Connection);
+        assert_eq!(
+            classify(&ConnError::Server("WRONGPASS x".into())),
+            Class::Auth
+        );
+    }
+
+    #[test]
+    fn unexpected_replies_name_the_shape_not_the_value() {
+        let e = unexpected("GET", &Reply::Bulk(Bytes::from_static(b"secret-value")));
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("bulk string reply to GET"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,461 @@
+//! One pipelined connection to Redis: many requests share it, each command
+//! is written once and its reply handed back in order.
+//!
+//! A request encodes its command into the connection's output buffer and
+//! queues a one-shot channel for the reply, both under one short lock, so
+//! the order of commands on the wire is the order of the queue. Two tasks
+//! own the socket halves:
+//! - the *writer* wakes when the buffer goes from empty to non-empty, lets
+//!   the other requests that are ready at that moment add theirs (one
+//!   `yield`), and writes them all in one system call — under load one write
+//!   carries many commands, and Redis reads and answers them in one go;
+//! - the *reader* splits complete replies off its buffer (values stay slices
+//!   of what was read, no copy) and completes the queued requests in order.
+//!
+//! A request that gives up (its deadline passed) leaves its reply to be read
+//! and dropped: the stream stays in step. When either half fails, the
+//! connection is *broken*: queued and later requests get the cause, and the
+//! pool replaces the connection. Dropping [`Connection`] stops both tasks
+//! and closes the socket.
+//!
+//! This module owns the socket, the handshake (TLS, `AUTH`, `SELECT`) and
+//! ordering. Which commands to send, retries and reconnection are the
+//! pool's (`backend::redis`).
+
+use std::{
+    collections::VecDeque,
+    io,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpStream, tcp::OwnedWriteHalf},
+    sync::{Notify, oneshot},
+    task::AbortHandle,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use super::resp::{self, ProtocolError, Reply};
+use crate::credentials::Credentials;
+
+/// Read buffer growth step; a Get reply is far smaller, an MGet of large
+/// values far larger (the buffer grows as needed).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a connection could not be opened or a command got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error("{0}")]
+    Io(Arc<io::Error>),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("connect timed out")]
+    TimedOut,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// An error reply during the handshake (`WRONGPASS`, `NOPERM`, ...).
+    #[error("{0}")]
+    Server(String),
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
+impl ConnError {
+    /// True when the TLS handshake failed (a certificate not trusted, or
+    /// ours refused), as opposed to Redis being unreachable.
+    pub(super) fn is_tls(&self) -> bool {
+        match self {
+            Self::Io(e) => e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+            _ => false,
+        }
+    }
+}
+
+/// TLS towards Redis: the client config and the name to verify.
+#[derive(Clone)]
+pub(super) struct Tls {
+    pub(super) config: Arc<ClientConfig>,
+    pub(super) server_name: ServerName<'static>,
+}
+
+/// Where and how to open connections.
+#[derive(Clone)]
+pub(super) struct Connector {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) database: u32,
+    pub(super) tls: Option<Tls>,
+    /// Bounds connect, TLS and handshake together.
+    pub(super) timeout: Duration,
+}
+
+impl Connector {
+    /// Opens a connection authenticated as `creds`, on the configured
+    /// database, within the timeout.
+    pub(super) async fn connect(&self, creds: &Credentials) -> Result<Connection, ConnError> {
+        match tokio::time::timeout(self.timeout, self.open(creds)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnError::TimedOut),
+        }
+    }
+
+    async fn open(&self, creds: &Credentials) -> Result<Connection, ConnError> {
+        let mut tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        // Small pipelined commands: Nagle would hold them for the peer's
+        // delayed ACK.
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => {
+                let leftover = self.handshake(&mut tcp, creds).await?;
+                let (r, w) = tcp.into_split();
+                Ok(Connection::spawn(r, Sink::Tcp(Arc::new(w)), leftover))
+            }
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                let mut stream = connector.connect(tls.server_name.clone(), tcp).await?;
+                let leftover = self.handshake(&mut stream, creds).await?;
+                let (r, w) = tokio::io::split(stream);
+                Ok(Connection::spawn(r, Sink::Tls(w), leftover))
+            }
+        }
+    }
+
+    /// Authenticates, selects the database and pings; returns what was read
+    /// past the replies (nothing, from a well-behaved server).
+    async fn handshake<S>(&self, stream: &mut S, creds: &Credentials) -> Result<BytesMut, ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut out = BytesMut::new();
+        let mut expected = 0;
+        if !creds.password.is_empty() {
+            let password = creds.password.expose().as_bytes();
+            match &creds.username {
+                Some(user) => resp::encode(&mut out, &[b"AUTH", user.as_bytes(), password]),
+                None => resp::encode(&mut out, &[b"AUTH", password]),
+            }
+            expected += 1;
+        }
+        if self.database != 0 {
+            let db = self.database.to_string();
+            resp::encode(&mut out, &[b"SELECT", db.as_bytes()]);
+            expected += 1;
+        }
+        // PING last: it proves the connection works end to end (with TLS
+        // 1.3 a refused client certificate shows only on the first read).
+        resp::encode(&mut out, &[b"PING"]);
+        expected += 1;
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        drop(out);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        for _ in 0..expected {
+            if let Reply::Error(msg) = read_reply(stream, &mut buf).await? {
+                return Err(ConnError::Server(
+                    String::from_utf8_lossy(&msg).into_owned(),
+                ));
+            }
+        }
+        Ok(buf)
+    }
+}
+
+/// The socket's write half, as the writer task holds it.
+enum Sink {
+    /// Shared with [`Connection`]: an idle connection's request writes
+    /// directly (`try_write` needs only `&`).
+    Tcp(Arc<OwnedWriteHalf>),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl Sink {
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Tcp(w) => {
+                let mut at = 0;
+                while at < buf.len() {
+                    match w.try_write(&buf[at..]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => w.writable().await?,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Sink::Tls(w) => {
+                w.write_all(buf).await?;
+                w.flush().await
+            }
+        }
+    }
+}
+
+/// Reads until one whole reply is in `buf`, then returns it.
+async fn read_reply<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Reply, ConnError> {
+    loop {
+        if let Some(n) = resp::frame_len(buf)? {
+            return Ok(resp::parse(&buf.split_to(n).freeze())?);
+        }
+        buf.reserve(READ_CHUNK);
+        if r.read_buf(buf).await? == 0 {
+            return Err(ConnError::Closed);
+        }
+    }
+}
+
+/// A reply on its way to the request that sent the command.
+type Waiter = oneshot::Sender<Result<Reply, ConnError>>;
+
+struct State {
+    /// Commands not yet handed to the writer.
+    out: BytesMut,
+    /// One per command sent or buffered, in wire order.
+    waiting: VecDeque<Waiter>,
+    /// Set once, by whichever half failed first.
+    broken: Option<ConnError>,
+    /// A request is writing to the socket itself; the writer task waits.
+    direct: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    writer: Notify,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code holding the lock can panic (pushes, swaps, drains), so a
+        // poisoned lock still guards consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the connection broken and fails every queued request.
+    fn fail(&self, cause: ConnError) {
+        let waiting = {
+            let mut st = self.state();
+            if st.broken.is_none() {
+                st.broken = Some(cause.clone());
+            }
+            std::mem::take(&mut st.waiting)
+        };
+        for w in waiting {
+            let _ = w.send(Err(cause.clone()));
+        }
+    }
+}
+
+/// A live connection; see the module docs.
+pub(super) struct Connection {
+    shared: Arc<Shared>,
+    /// Plain TCP only: the write half, for the request that finds the
+    /// connection idle to write its command without waking the writer.
+    direct: Option<Arc<OwnedWriteHalf>>,
+    tasks: [AbortHandle; 2],
+}
+
+/// What a request does after queuing its command.
+enum Then {
+    Nothing,
+    WakeWriter,
+    WriteDirectly(Arc<OwnedWriteHalf>, BytesMut),
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Connection {
+    fn spawn<R>(r: R, sink: Sink, leftover: BytesMut) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                out: BytesMut::with_capacity(READ_CHUNK),
+                waiting: VecDeque::new(),
+                broken: None,
+                direct: false,
+            }),
+            writer: Notify::new(),
+        });
+        let direct = match &sink {
+            Sink::Tcp(w) => Some(w.clone()),
+            Sink::Tls(_) => None,
+        };
+        let reader = tokio::spawn(read_loop(shared.clone(), r, leftover));
+        let writer = tokio::spawn(write_loop(shared.clone(), sink));
+        Self {
+            shared,
+            direct,
+            tasks: [reader.abort_handle(), writer.abort_handle()],
+        }
+    }
+
+    /// Sends the command `encode` writes and waits for its reply. An error
+    /// reply is a reply (`Ok(Reply::Error)`); `Err` means the connection
+    /// failed and whether the command ran is unknown.
+    pub(super) async fn call(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<Reply, ConnError> {
+        let (tx, rx) = oneshot::channel();
+        match self.enqueue(encode, tx)? {
+            Then::Nothing => {}
+            Then::WakeWriter => self.shared.writer.notify_one(),
+            Then::WriteDirectly(w, buf) => self.write_directly(&w, buf),
+        }
+        rx.await.unwrap_or(Err(ConnError::Closed))
+    }
+
+    fn enqueue(&self, encode: impl FnOnce(&mut BytesMut), tx: Waiter) -> Result<Then, ConnError> {
+        let mut st = self.shared.state();
+        if let Some(cause) = &st.broken {
+            return Err(cause.clone());
+        }
+        let was_empty = st.out.is_empty();
+        let idle = was_empty && st.waiting.is_empty() && !st.direct;
+        encode(&mut st.out);
+        st.waiting.push_back(tx);
+        Ok(match &self.direct {
+            Some(w) if idle => {
+                st.direct = true;
+                Then::WriteDirectly(w.clone(), std::mem::take(&mut st.out))
+            }
+            _ if was_empty => Then::WakeWriter,
+            _ => Then::Nothing,
+        })
+    }
+
+    /// Writes `buf` without blocking: a lone request's command goes out
+    /// with no task hop. What the socket does not take now (and whatever
+    /// was queued meanwhile) is the writer task's.
+    fn write_directly(&self, w: &OwnedWriteHalf, mut buf: BytesMut) {
+        let written = match w.try_write(&buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return self.shared.fail(e.into()),
+        };
+        let wake = {
+            let mut st = self.shared.state();
+            st.direct = false;
+            if written < buf.len() {
+                // The rest goes before anything queued while we wrote.
+                let mut rest = BytesMut::from(&buf[written..]);
+                rest.extend_from_slice(&st.out);
+                st.out = rest;
+            } else if st.out.is_empty() {
+                // Keep the allocation for the next command.
+                buf.clear();
+                st.out = buf;
+            }
+            !st.out.is_empty()
+        };
+        if wake {
+            self.shared.writer.notify_one();
+        }
+    }
+
+    /// True once the connection failed; it will not recover.
+    pub(super) fn is_broken(&self) -> bool {
+        self.shared.state().broken.is_some()
+    }
+}
+
+async fn write_loop(shared: Arc<Shared>, mut sink: Sink) {
+    let mut batch = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        shared.writer.notified().await;
+        // With other requests in flight, more are likely ready to run: let
+        // them add their commands to this write instead of each costing a
+        // system call and a Redis wake-up.
+        if shared.state().waiting.len() > 1 {
+            tokio::task::yield_now().await;
+        }
+        {
+            let mut st = shared.state();
+            if st.direct {
+                // The request writing now wakes us again when it is done.
+                continue;
+            }
+            std::mem::swap(&mut st.out, &mut batch);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = sink.write_all(&batch).await {
+            shared.fail(e.into());
+            return;
+        }
+        batch.clear();
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf: BytesMut) {
+    let mut replies: Vec<Reply> = Vec::new();
+    let mut waiters: Vec<Waiter> = Vec::new();
+    loop {
+        if let Err(cause) = split_replies(&mut buf, &mut replies) {
+            shared.fail(cause);
+            return;
+        }
+        if !replies.is_empty() && !deliver(&shared, &mut replies, &mut waiters) {
+            shared.fail(ProtocolError("a reply nobody asked for").into());
+            return;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) => {
+                shared.fail(ConnError::Closed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.fail(e.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Moves every complete reply at the front of `buf` into `replies`.
+fn split_replies(buf: &mut BytesMut, replies: &mut Vec<Reply>) -> Result<(), ConnError> {
+    while let Some(n) = resp::frame_len(buf)? {
+        let frame: Bytes = buf.split_to(n).freeze();
+        replies.push(resp::parse(&frame)?);
+    }
+    Ok(())
+}
+
+/// Hands `replies` to the oldest waiters; false if there are more replies
+/// than commands (the stream is out of step).
+fn deliver(shared: &Shared, replies: &mut Vec<Reply>, waiters: &mut Vec<Waiter>) -> bool {
+    {
+        let mut st = shared.state();
+        if st.waiting.len() < replies.len() {
+            return false;
+        }
+        waiters.extend(st.waiting.drain(..replies.len()));
+    }
+    for (w, reply) in waiters.drain(..).zip(replies.drain(..)) {
+        // The request may have given up (deadline); its reply is dropped.
+        let _ = w.send(Ok(reply));
+    }
+    true
+}
