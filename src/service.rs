@@ -8,7 +8,6 @@
 //! never sees Redis: only the [`Backend`] trait and its [`Error`]s.
 
 use std::{
-    collections::HashSet,
     future::Future,
     panic::AssertUnwindSafe,
     sync::{
@@ -163,7 +162,10 @@ impl<B: Backend> CacheService<B> {
         Ok(self.with_prefix(key))
     }
 
-    /// Validates a batch and returns its distinct keys in first-seen order.
+    /// Validates a batch. Repeated keys stay: Redis answers MGET and DEL
+    /// for them correctly (a value per position; a key deleted once), the
+    /// reply map holds each key once, and finding them would cost a hash of
+    /// every key of every batch.
     fn batch(&self, keys: Vec<String>) -> Result<Vec<String>> {
         let max = self.limits.max_batch_keys;
         if keys.is_empty() {
@@ -182,18 +184,7 @@ impl<B: Backend> CacheService<B> {
                 check_key(&format!("keys[{i}]"), key, max_key)?;
             }
         }
-        // Duplicates are rare: find them by borrowing, and rebuild the list
-        // only when one has to go.
-        let mut seen = HashSet::with_capacity(keys.len());
-        let first: Vec<bool> = keys.iter().map(|k| seen.insert(k.as_str())).collect();
-        if first.iter().all(|f| *f) {
-            return Ok(keys);
-        }
-        Ok(keys
-            .into_iter()
-            .zip(first)
-            .filter_map(|(k, f)| f.then_some(k))
-            .collect())
+        Ok(keys)
     }
 
     fn prefixed(&self, keys: &[String]) -> Vec<String> {
@@ -329,14 +320,15 @@ impl<B: Backend> Cache for CacheService<B> {
                     "backend answered a different key count".into(),
                 ));
             }
-            let total = keys.len();
-            let mut hits = std::collections::HashMap::with_capacity(total);
+            // Lookups are counted per requested key, repeats included.
+            let found = values.iter().filter(|v| v.is_some()).count();
+            self.count_lookups(found, keys.len());
+            let mut hits = std::collections::HashMap::with_capacity(found);
             hits.extend(
                 keys.into_iter()
                     .zip(values)
                     .filter_map(|(k, v)| v.map(|v| (k, v))),
             );
-            self.count_lookups(hits.len(), total);
             Ok(MGetResponse { hits })
         })
         .await

@@ -30,10 +30,12 @@ pub trait Backend: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Deletes `keys` (distinct) and answers how many existed.
+    /// Deletes `keys` and answers how many existed (a repeated key counts
+    /// once).
     fn delete(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Values of `keys` (distinct), in order, `None` for misses.
+    /// Values of `keys` in order (one per position, repeats included),
+    /// `None` for misses.
     fn mget(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
 
     /// Sets `key` to expire after `ttl`; `false` when it does not exist.
