@@ -1,7 +1,8 @@
 //! The gRPC ceiling for `bench/run`: the `cache.v1.Cache` API answered
 //! without any backend, behind the same tonic server setup as the plugin
 //! (multi-thread runtime, `tcp_nodelay`, HTTP/1 accepted, the service mounted
-//! on tonic's axum router next to a `GET /metrics` route). Whatever the plugin
+//! on tonic's axum router next to a `GET /metrics` route, the same codec and
+//! allocator). Whatever the plugin
 //! adds on top of this is validation, metrics and the Redis round trip.
 //!
 //! Not part of the product: `cargo build --release --example noop_server`,
@@ -32,6 +33,11 @@ use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
+
+/// The plugin's allocator, so the ceiling differs from the plugin only by
+/// what the plugin does per request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Answers every RPC at once; counts what it answered.
 struct Noop {
