@@ -244,6 +244,68 @@ async fn mget_of_many_keys_is_one_consistent_answer() {
     plugin.stop().await;
 }
 
+/// Replies far larger than one socket read, several in flight at once on
+/// the same connections, come back whole and each to its own caller: the
+/// pipelined connection reassembles them across reads and keeps them in
+/// order.
+#[tokio::test]
+async fn large_replies_in_flight_together_arrive_whole_and_in_order() {
+    let server = RedisServer::start(Flavor::Redis);
+    let mut config = redis_config(&server, &test_prefix("large"));
+    config.backend.pool_size = 1;
+    config.backend.max_value_bytes = 1 << 20;
+    let plugin = Plugin::start(config).await;
+    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let mut client = plugin.client().await;
+    // A distinct byte pattern per key, so a value in the wrong place shows.
+    let value = |i: usize, len: usize| -> Vec<u8> {
+        (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect()
+    };
+    for i in 0..100 {
+        client
+            .set(common::set_req(&format!("m{i}"), &value(i, 4096)))
+            .await
+            .expect("set");
+    }
+    client
+        .set(common::set_req("big", &value(7, 1 << 20)))
+        .await
+        .expect("set big");
+    let calls = (0..16).map(|round| {
+        let mut c = client.clone();
+        async move {
+            if round % 4 == 0 {
+                let got = c
+                    .get(GetRequest { key: "big".into() })
+                    .await
+                    .expect("get big");
+                assert_eq!(
+                    got.into_inner().value.as_ref(),
+                    value(7, 1 << 20).as_slice()
+                );
+            } else {
+                let keys = (0..100).map(|i| format!("m{i}")).collect();
+                let hits = c
+                    .m_get(MGetRequest { keys })
+                    .await
+                    .expect("mget")
+                    .into_inner()
+                    .hits;
+                assert_eq!(hits.len(), 100);
+                for i in 0..100 {
+                    assert_eq!(
+                        hits[&format!("m{i}")].as_ref(),
+                        value(i, 4096).as_slice(),
+                        "m{i}"
+                    );
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    plugin.stop().await;
+}
+
 #[tokio::test]
 async fn health_is_not_serving_before_redis_has_answered() {
     let mut config = common::base_config(&test_prefix("early"));

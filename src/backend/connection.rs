@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -42,9 +42,19 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use super::resp::{self, ProtocolError, Reply};
 use crate::credentials::Credentials;
 
-/// Read buffer growth step; a Get reply is far smaller, an MGet of large
-/// values far larger (the buffer grows as needed).
+/// Read buffer size; a Get reply is far smaller, an MGet of large values
+/// far larger (see [`make_room`]).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes room to read into. Replies split off `buf` share its allocation
+/// while their values are in use, so `reserve` then moves the unread part to
+/// a new one; growing by at least what is held keeps a large reply (an MGet
+/// of 100 x 4 KiB is 400 KiB) at a few moves instead of one per chunk read.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK.max(buf.len()));
+    }
+}
 
 /// Why a connection could not be opened or a command got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -207,7 +217,7 @@ async fn read_reply<R: AsyncRead + Unpin>(
         if let Some(n) = resp::frame_len(buf)? {
             return Ok(resp::parse(&buf.split_to(n).freeze())?);
         }
-        buf.reserve(READ_CHUNK);
+        make_room(buf);
         if r.read_buf(buf).await? == 0 {
             return Err(ConnError::Closed);
         }
@@ -417,9 +427,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf:
             shared.fail(ProtocolError("a reply nobody asked for").into());
             return;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut buf);
         match r.read_buf(&mut buf).await {
             Ok(0) => {
                 shared.fail(ConnError::Closed);
@@ -434,10 +442,23 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf:
     }
 }
 
+/// Replies larger than this are copied out of the read buffer instead of
+/// split off it: a split-off reply keeps its whole buffer allocation alive
+/// (up to twice its size while the buffer grows) for as long as any of its
+/// values is in use, which for many large replies in flight costs more
+/// memory than one copy costs time.
+const COPY_ABOVE: usize = 64 * 1024;
+
 /// Moves every complete reply at the front of `buf` into `replies`.
 fn split_replies(buf: &mut BytesMut, replies: &mut Vec<Reply>) -> Result<(), ConnError> {
     while let Some(n) = resp::frame_len(buf)? {
-        let frame: Bytes = buf.split_to(n).freeze();
+        let frame: Bytes = if n > COPY_ABOVE {
+            let copy = Bytes::copy_from_slice(&buf[..n]);
+            buf.advance(n);
+            copy
+        } else {
+            buf.split_to(n).freeze()
+        };
         replies.push(resp::parse(&frame)?);
     }
     Ok(())
