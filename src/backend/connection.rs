@@ -56,6 +56,16 @@ fn make_room(buf: &mut BytesMut) {
     }
 }
 
+/// Commands queued on one connection (sent or not, reply not yet read)
+/// beyond which new ones are refused. A request that gives up leaves its
+/// command queued, so without a bound a Redis that stops reading (stopped,
+/// swapping) would grow the queue for as long as callers keep calling.
+const MAX_QUEUED: usize = 16 * 1024;
+
+/// Unwritten command bytes beyond which new commands are refused (as
+/// above, for large values).
+const MAX_UNWRITTEN: usize = 32 << 20;
+
 /// Why a connection could not be opened or a command got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(super) enum ConnError {
@@ -70,6 +80,9 @@ pub(super) enum ConnError {
     /// An error reply during the handshake (`WRONGPASS`, `NOPERM`, ...).
     #[error("{0}")]
     Server(String),
+    /// Redis is not reading what was already sent; see [`MAX_QUEUED`].
+    #[error("redis is not keeping up: {0} commands waiting for replies")]
+    Backlog(usize),
 }
 
 impl From<io::Error> for ConnError {
@@ -271,6 +284,8 @@ pub(super) struct Connection {
     /// Plain TCP only: the write half, for the request that finds the
     /// connection idle to write its command without waking the writer.
     direct: Option<Arc<OwnedWriteHalf>>,
+    /// [`MAX_QUEUED`], smaller in tests.
+    max_queued: usize,
     tasks: [AbortHandle; 2],
 }
 
@@ -312,6 +327,7 @@ impl Connection {
         Self {
             shared,
             direct,
+            max_queued: MAX_QUEUED,
             tasks: [reader.abort_handle(), writer.abort_handle()],
         }
     }
@@ -336,6 +352,9 @@ impl Connection {
         let mut st = self.shared.state();
         if let Some(cause) = &st.broken {
             return Err(cause.clone());
+        }
+        if st.waiting.len() >= self.max_queued || st.out.len() >= MAX_UNWRITTEN {
+            return Err(ConnError::Backlog(st.waiting.len()));
         }
         let was_empty = st.out.is_empty();
         let idle = was_empty && st.waiting.is_empty() && !st.direct;
@@ -479,4 +498,103 @@ fn deliver(shared: &Shared, replies: &mut Vec<Reply>, waiters: &mut Vec<Waiter>)
         let _ = w.send(Ok(reply));
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Credentials;
+    use tokio::net::TcpListener;
+
+    /// A "Redis" that answers the handshake's PING and then never reads
+    /// again, like a stopped server.
+    async fn stalled_server() -> Connector {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await.expect("read ping");
+            assert_eq!(&buf[..n], b"*1\r\n$4\r\nPING\r\n");
+            sock.write_all(b"+PONG\r\n").await.expect("pong");
+            std::future::pending::<()>().await;
+            drop(sock);
+        });
+        Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_gets_a_bounded_backlog_then_fast_refusals() {
+        let mut conn = stalled_server()
+            .await
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        conn.max_queued = 8;
+        let conn = Arc::new(conn);
+        let mut pending = Vec::new();
+        for _ in 0..8 {
+            let c = conn.clone();
+            pending.push(tokio::spawn(async move {
+                c.call(|out| resp::encode(out, &[b"GET", b"k"])).await
+            }));
+        }
+        // Let the eight queue up.
+        while conn.shared.state().waiting.len() < 8 {
+            tokio::task::yield_now().await;
+        }
+        let refused = conn.call(|out| resp::encode(out, &[b"GET", b"k"])).await;
+        assert!(matches!(refused, Err(ConnError::Backlog(8))), "{refused:?}");
+        assert!(!conn.is_broken(), "a backlog is not a broken connection");
+        for p in pending {
+            p.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_to_commands_in_order_across_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await.expect("read ping");
+            sock.write_all(b"+PONG\r\n").await.expect("pong");
+            // Three GETs; answer them in one write cut at odd places.
+            let mut seen = 0;
+            while seen < 3 {
+                let n = sock.read(&mut buf).await.expect("read");
+                seen += buf[..n].iter().filter(|&&b| b == b'*').count();
+            }
+            let wire: &[u8] = b"$1\r\na\r\n$-1\r\n$3\r\nccc\r\n";
+            for chunk in wire.chunks(5) {
+                sock.write_all(chunk).await.expect("write");
+                sock.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            std::future::pending::<()>().await;
+        });
+        let connector = Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_secs(5),
+        };
+        let conn = connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        let get = |k: &'static [u8]| conn.call(move |out| resp::encode(out, &[b"GET", k]));
+        let (a, b, c) = tokio::join!(get(b"a"), get(b"b"), get(b"c"));
+        assert_eq!(a.expect("a"), Reply::Bulk(Bytes::from_static(b"a")));
+        assert_eq!(b.expect("b"), Reply::Nil);
+        assert_eq!(c.expect("c"), Reply::Bulk(Bytes::from_static(b"ccc")));
+    }
 }

@@ -172,6 +172,9 @@ fn classify_reply(msg: &[u8]) -> Class {
 fn classify(e: &ConnError) -> Class {
     match e {
         ConnError::Server(msg) => classify_reply(msg.as_bytes()),
+        // The connection is fine, Redis is just not reading: fail fast
+        // rather than queue more, and keep the connection.
+        ConnError::Backlog(_) => Class::NotReady,
         _ => Class::Connection,
     }
 }
@@ -696,6 +699,7 @@ mod tests {
         assert_eq!(classify(&io), Class::Connection);
         assert_eq!(classify(&ConnError::Closed), Class::Connection);
         assert_eq!(classify(&ConnError::TimedOut), Class::Connection);
+        assert_eq!(classify(&ConnError::Backlog(9)), Class::NotReady);
         assert_eq!(
             classify(&ConnError::Server("WRONGPASS x".into())),
             Class::Auth
