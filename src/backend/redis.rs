@@ -549,11 +549,20 @@ impl Pool {
     }
 
     fn on_connect_error(&self, e: &ConnError, creds: &Credentials) {
-        if classify(e) == Class::Auth {
-            warn!(user = ?creds.username, "redis rejected credentials; asking for new ones");
-            self.creds.request_refresh();
-        } else {
-            debug!(error = %e, "redis connect failed");
+        match classify(e) {
+            Class::Auth => {
+                warn!(user = ?creds.username, "redis rejected credentials; asking for new ones");
+                self.creds.request_refresh();
+            }
+            // A certificate we do not trust, or ours refused: will not heal
+            // by retrying.
+            Class::Connection if e.is_tls() => warn!(error = %e, "TLS to redis failed"),
+            // Unreachable or restarting: expected during an outage, and the
+            // health status already says so.
+            Class::Connection | Class::NotReady => debug!(error = %e, "redis connect failed"),
+            // Redis answered and refused (SELECT not allowed, AUTH without a
+            // password set, ...): retrying will not help, say why.
+            Class::NoPerm | Class::Other => warn!(error = %e, "redis refused the connection"),
         }
     }
 }
