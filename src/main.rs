@@ -201,10 +201,24 @@ fn run(config: Config) -> ExitCode {
     match runtime.block_on(serve_until_signal(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "exiting");
+            tracing::error!(error = %error_chain(&e), "exiting");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: our error messages already
+/// include their source's text, which `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
@@ -237,4 +251,27 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner detail")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        assert_eq!(
+            error_chain(&anyhow::Error::new(Outer(Inner))),
+            "outer: inner detail"
+        );
+        let with_context = anyhow::Error::new(std::io::Error::other("refused")).context("listen");
+        assert_eq!(error_chain(&with_context), "listen: refused");
+    }
 }

@@ -111,6 +111,40 @@ fn redis_tls_with_wrong_ca_fails_startup_with_one_clear_line() {
     assert!(!stderr.contains(&server.cache_password));
 }
 
+/// Redis demands a client certificate and the plugin has none: with TLS 1.3
+/// the refusal arrives only after the handshake, on the first read, so the
+/// connection's PING is what surfaces it — as one start-up line, not a
+/// plugin that never becomes healthy.
+#[test]
+fn redis_refusing_a_missing_client_certificate_fails_startup_with_one_clear_line() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(Flavor::Redis, &pki, true);
+    let yaml = format!(
+        "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
+         log: {{ level: error }}\n\
+         backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"cache:x:\"\n  \
+         tls: {{ enabled: true, ca_file: \"{ca}\" }}\n",
+        port = common::free_port(),
+        addr = server.address(),
+        ca = path(&pki.ca_file),
+    );
+    let config = pki.path().join("plugin.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+        .arg("--config")
+        .arg(&config)
+        .env("REDIS_PASSWORD", &server.cache_password)
+        .output()
+        .expect("run plugin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must not start: {stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("TLS to Redis"), "{stderr}");
+    assert!(lines[0].contains("CertificateRequired"), "{stderr}");
+    assert!(!stderr.contains(&server.cache_password));
+}
+
 fn tls_client_config(ca_pem: &str, identity: Option<&Pair>) -> ClientTlsConfig {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
