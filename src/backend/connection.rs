@@ -227,8 +227,8 @@ async fn read_reply<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<Reply, ConnError> {
     loop {
-        if let Some(n) = resp::frame_len(buf)? {
-            return Ok(resp::parse(&buf.split_to(n).freeze())?);
+        if let Some(reply) = next_reply(buf)? {
+            return Ok(reply);
         }
         make_room(buf);
         if r.read_buf(buf).await? == 0 {
@@ -290,10 +290,10 @@ pub(super) struct Connection {
 }
 
 /// What a request does after queuing its command.
-enum Then {
+enum Then<'a> {
     Nothing,
     WakeWriter,
-    WriteDirectly(Arc<OwnedWriteHalf>, BytesMut),
+    WriteDirectly(&'a OwnedWriteHalf, BytesMut),
 }
 
 impl Drop for Connection {
@@ -343,12 +343,16 @@ impl Connection {
         match self.enqueue(encode, tx)? {
             Then::Nothing => {}
             Then::WakeWriter => self.shared.writer.notify_one(),
-            Then::WriteDirectly(w, buf) => self.write_directly(&w, buf),
+            Then::WriteDirectly(w, buf) => self.write_directly(w, buf),
         }
         rx.await.unwrap_or(Err(ConnError::Closed))
     }
 
-    fn enqueue(&self, encode: impl FnOnce(&mut BytesMut), tx: Waiter) -> Result<Then, ConnError> {
+    fn enqueue(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        tx: Waiter,
+    ) -> Result<Then<'_>, ConnError> {
         let mut st = self.shared.state();
         if let Some(cause) = &st.broken {
             return Err(cause.clone());
@@ -363,7 +367,7 @@ impl Connection {
         Ok(match &self.direct {
             Some(w) if idle => {
                 st.direct = true;
-                Then::WriteDirectly(w.clone(), std::mem::take(&mut st.out))
+                Then::WriteDirectly(w, std::mem::take(&mut st.out))
             }
             _ if was_empty => Then::WakeWriter,
             _ => Then::Nothing,
@@ -397,11 +401,6 @@ impl Connection {
         if wake {
             self.shared.writer.notify_one();
         }
-    }
-
-    /// True once the connection failed; it will not recover.
-    pub(super) fn is_broken(&self) -> bool {
-        self.shared.state().broken.is_some()
     }
 }
 
@@ -468,17 +467,25 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf:
 /// memory than one copy costs time.
 const COPY_ABOVE: usize = 64 * 1024;
 
+/// Takes the first complete reply off the front of `buf`, if there is one.
+fn next_reply(buf: &mut BytesMut) -> Result<Option<Reply>, ConnError> {
+    let Some(n) = resp::frame_len(buf)? else {
+        return Ok(None);
+    };
+    let frame: Bytes = if n > COPY_ABOVE {
+        let copy = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        copy
+    } else {
+        buf.split_to(n).freeze()
+    };
+    Ok(Some(resp::parse(&frame)?))
+}
+
 /// Moves every complete reply at the front of `buf` into `replies`.
 fn split_replies(buf: &mut BytesMut, replies: &mut Vec<Reply>) -> Result<(), ConnError> {
-    while let Some(n) = resp::frame_len(buf)? {
-        let frame: Bytes = if n > COPY_ABOVE {
-            let copy = Bytes::copy_from_slice(&buf[..n]);
-            buf.advance(n);
-            copy
-        } else {
-            buf.split_to(n).freeze()
-        };
-        replies.push(resp::parse(&frame)?);
+    while let Some(reply) = next_reply(buf)? {
+        replies.push(reply);
     }
     Ok(())
 }
@@ -551,7 +558,10 @@ mod tests {
         }
         let refused = conn.call(|out| resp::encode(out, &[b"GET", b"k"])).await;
         assert!(matches!(refused, Err(ConnError::Backlog(8))), "{refused:?}");
-        assert!(!conn.is_broken(), "a backlog is not a broken connection");
+        assert!(
+            conn.shared.state().broken.is_none(),
+            "a backlog is not a broken connection"
+        );
         for p in pending {
             p.abort();
         }

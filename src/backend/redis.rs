@@ -478,10 +478,6 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n).map(|i| (start + i) % n).find_map(|idx| {
             let live = self.slots[idx].conn.load_full()?;
-            if live.conn.is_broken() {
-                self.drop_conn(idx, &live);
-                return None;
-            }
             Some((idx, live))
         })
     }
@@ -495,11 +491,6 @@ impl Pool {
             debug!(slot = idx, "redis connection dropped from pool");
         }
         self.repair.notify_one();
-    }
-
-    /// Opens one connection as `creds`.
-    async fn open(&self, creds: &Credentials) -> Result<Connection, ConnError> {
-        self.connector.connect(creds).await
     }
 
     /// Slots that are empty or on an older credential generation.
@@ -528,7 +519,7 @@ impl Pool {
         if !creds.is_valid(std::time::Instant::now()) {
             return false;
         }
-        let opened = join_all(stale.iter().map(|_| self.open(&creds))).await;
+        let opened = join_all(stale.iter().map(|_| self.connector.connect(&creds))).await;
         let mut all_ok = true;
         for (idx, result) in stale.into_iter().zip(opened) {
             match result {
