@@ -46,6 +46,30 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VAULT_CLIENT_KEY", "vault.client_key_file"),
 ];
 
+/// Upper bounds on the limits: arithmetic on them (request sizes, deadlines)
+/// cannot overflow, and a typo cannot ask for terabytes. README lists them.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024; // Redis' own bulk limit
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+pub const MAX_BATCH_KEYS: usize = 100_000;
+pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
+pub const MAX_POOL_SIZE: usize = 1024;
+pub const MAX_RETRIES: u32 = 100;
+/// Bound on every timeout and interval.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Bound on `backend.default_ttl` (365 days).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// What TLS the plugin serves and dials, from [`Config::tls_served`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsServed {
+    /// The gRPC port speaks TLS.
+    pub grpc_tls: bool,
+    /// ... and requires a client certificate.
+    pub mtls: bool,
+    /// Connections to Redis use TLS.
+    pub redis_tls: bool,
+}
+
 /// A bad config, reported as one line naming the field.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config: {field}: {reason}")]
@@ -66,7 +90,7 @@ impl ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub plugin: PluginConfig,
@@ -77,7 +101,7 @@ pub struct Config {
 }
 
 /// Identity of the plugin, used as a health service name.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {
     pub name: String,
@@ -85,7 +109,7 @@ pub struct PluginConfig {
 }
 
 /// The gRPC port and how it admits and drains requests.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneConfig {
     pub port: u16,
@@ -100,7 +124,7 @@ pub struct ControlPlaneConfig {
 
 /// TLS on the gRPC port. With `client_ca_file`, clients must present a
 /// certificate that CA signed (mTLS). Files are re-read when they change.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerTls {
     pub enabled: bool,
@@ -112,7 +136,7 @@ pub struct ServerTls {
 }
 
 /// TLS to Redis. `rediss://` addresses turn it on.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisTls {
     pub enabled: bool,
@@ -128,7 +152,7 @@ pub struct RedisTls {
 }
 
 /// Log level and format.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: String,
@@ -152,7 +176,7 @@ pub enum BackendKind {
 }
 
 /// The Redis side: address, credentials, pool, limits.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
@@ -177,7 +201,7 @@ pub struct BackendConfig {
 }
 
 /// How the plugin reaches Vault/OpenBao and logs in.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     pub address: String,
@@ -197,7 +221,7 @@ pub struct VaultConfig {
 }
 
 /// Vault login method and its inputs. Secrets may come inline or from files.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultAuthConfig {
     pub method: VaultAuthMethod,
@@ -226,6 +250,26 @@ pub enum VaultAuthMethod {
 }
 
 // === defaults ===
+//
+// Every block has a hand-written `Default` with its documented values, and
+// `#[serde(default)]` fills a partly written block from it: a derived
+// `Default` would give zeros (a 0 s reload interval) to whatever a block
+// leaves out. `tests/config.rs` checks config.yaml against these, field by
+// field.
+
+// Written out although derivable: the rule is one hand-written impl per block.
+#[allow(clippy::derivable_impls)]
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            plugin: PluginConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
+            log: LogConfig::default(),
+            backend: BackendConfig::default(),
+            vault: VaultConfig::default(),
+        }
+    }
+}
 
 impl Default for PluginConfig {
     fn default() -> Self {
@@ -240,14 +284,39 @@ impl Default for ControlPlaneConfig {
     fn default() -> Self {
         Self {
             port: 9092,
-            listen: "0.0.0.0".into(),
+            // A sidecar serves its pod's gateway: loopback unless told
+            // otherwise (deploy/ sets 0.0.0.0 where kubelet must dial it).
+            listen: "127.0.0.1".into(),
             drain_timeout: Dur::secs(10),
             max_concurrent_requests: 1024,
             health_interval: Dur::secs(5),
-            tls: ServerTls {
-                reload_interval: Dur::secs(5),
-                ..ServerTls::default()
-            },
+            tls: ServerTls::default(),
+        }
+    }
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            reload_interval: Dur::secs(5),
+        }
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for RedisTls {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            server_name: String::new(),
+            insecure_skip_verify: false,
         }
     }
 }
@@ -348,6 +417,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut config = Self::parse(yaml)?;
         config.apply_env(env)?;
+        config.take_address_credentials()?;
         config.validate()?;
         Ok(config)
     }
@@ -405,6 +475,49 @@ impl Config {
         Ok(())
     }
 
+    /// Moves a username/password written into `backend.address`
+    /// (`redis://user:pw@host:port`, also from `REDIS_ADDRESS`) into
+    /// `backend.username`/`backend.password`, so the address that is logged
+    /// and printed never carries them and AUTH is sent with them.
+    fn take_address_credentials(&mut self) -> Result<(), ConfigError> {
+        let b = &mut self.backend;
+        let split = crate::backend::redis::split_credentials(&b.address)
+            .map_err(|reason| ConfigError::new("backend.address", reason))?;
+        let Some(split) = split else {
+            return Ok(());
+        };
+        if !b.username.is_empty() || !b.password.is_empty() {
+            return Err(ConfigError::new(
+                "backend.address",
+                "carries credentials and backend.username/password (REDIS_USERNAME/REDIS_PASSWORD) are set too: give them in one place",
+            ));
+        }
+        if b.vault_enabled {
+            return Err(ConfigError::new(
+                "backend.address",
+                "carries credentials but backend.vault_enabled fetches them from Vault: remove them from the address",
+            ));
+        }
+        b.address = split.address;
+        b.username = split.username;
+        b.password = split.password;
+        Ok(())
+    }
+
+    /// What TLS the plugin actually uses. The server, the Redis pool and the
+    /// start-up line all read this one decision, so the log cannot claim TLS
+    /// that is not served. (Validation refuses TLS material without TLS on.)
+    pub fn tls_served(&self) -> TlsServed {
+        let cp = &self.control_plane.tls;
+        let b = &self.backend;
+        let implied = crate::backend::redis::parse_address(&b.address).is_ok_and(|(_, _, tls)| tls);
+        TlsServed {
+            grpc_tls: cp.enabled,
+            mtls: cp.enabled && !cp.client_ca_file.is_empty(),
+            redis_tls: b.kind == BackendKind::Redis && (b.tls.enabled || implied),
+        }
+    }
+
     /// Checks every constraint the schema cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_control_plane()?;
@@ -418,24 +531,28 @@ impl Config {
         Ok(())
     }
 
+    /// TLS fails closed: certificate, key or CA files given while TLS is off
+    /// stop start-up, naming the switch, instead of serving or dialing
+    /// plaintext the operator did not ask for.
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let t = &self.control_plane.tls;
+        if !t.enabled {
+            let given = [
+                ("cert_file", &t.cert_file),
+                ("key_file", &t.key_file),
+                ("client_ca_file", &t.client_ca_file),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, v)| !v.is_empty()) {
+                return Err(tls_off("control_plane.tls", name, "serve plaintext"));
+            }
+        }
         if t.enabled {
             readable("control_plane.tls.cert_file", &t.cert_file, true)?;
             readable("control_plane.tls.key_file", &t.key_file, true)?;
             readable("control_plane.tls.client_ca_file", &t.client_ca_file, false)?;
             nonzero(t.reload_interval, "control_plane.tls.reload_interval")?;
         }
-        let r = &self.backend.tls;
-        readable("backend.tls.ca_file", &r.ca_file, false)?;
-        readable("backend.tls.cert_file", &r.cert_file, false)?;
-        readable("backend.tls.key_file", &r.key_file, false)?;
-        if r.cert_file.is_empty() != r.key_file.is_empty() {
-            return Err(ConfigError::new(
-                "backend.tls.key_file",
-                "cert_file and key_file go together",
-            ));
-        }
+        self.validate_redis_tls()?;
         let v = &self.vault;
         readable("vault.client_cert_file", &v.client_cert_file, false)?;
         readable("vault.client_key_file", &v.client_key_file, false)?;
@@ -448,17 +565,52 @@ impl Config {
         Ok(())
     }
 
+    fn validate_redis_tls(&self) -> Result<(), ConfigError> {
+        let r = &self.backend.tls;
+        if self.backend.kind == BackendKind::Redis && !self.tls_served().redis_tls {
+            let given = [
+                ("ca_file", !r.ca_file.is_empty()),
+                ("cert_file", !r.cert_file.is_empty()),
+                ("key_file", !r.key_file.is_empty()),
+                ("server_name", !r.server_name.is_empty()),
+                ("insecure_skip_verify", r.insecure_skip_verify),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(tls_off(
+                    "backend.tls",
+                    name,
+                    "connect in plaintext (or use a rediss:// address)",
+                ));
+            }
+        }
+        readable("backend.tls.ca_file", &r.ca_file, false)?;
+        readable("backend.tls.cert_file", &r.cert_file, false)?;
+        readable("backend.tls.key_file", &r.key_file, false)?;
+        if r.cert_file.is_empty() != r.key_file.is_empty() {
+            return Err(ConfigError::new(
+                "backend.tls.key_file",
+                "cert_file and key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_control_plane(&self) -> Result<(), ConfigError> {
         let c = &self.control_plane;
         c.listen.parse::<IpAddr>().map_err(|_| {
-            ConfigError::new("control_plane.listen", "must be an IP address like 0.0.0.0")
+            ConfigError::new(
+                "control_plane.listen",
+                "must be an IP address like 127.0.0.1",
+            )
         })?;
-        positive(
+        within(
             c.max_concurrent_requests,
+            MAX_CONCURRENT_REQUESTS,
             "control_plane.max_concurrent_requests",
         )?;
-        nonzero(c.drain_timeout, "control_plane.drain_timeout")?;
-        nonzero(c.health_interval, "control_plane.health_interval")?;
+        timeout(c.drain_timeout, "control_plane.drain_timeout")?;
+        timeout(c.health_interval, "control_plane.health_interval")?;
+        timeout(c.tls.reload_interval, "control_plane.tls.reload_interval")?;
         if self.plugin.name.is_empty() {
             return Err(ConfigError::new("plugin.name", "must not be empty"));
         }
@@ -467,13 +619,33 @@ impl Config {
 
     fn validate_backend(&self) -> Result<(), ConfigError> {
         let b = &self.backend;
-        positive(b.max_key_bytes, "backend.max_key_bytes")?;
-        positive(b.max_value_bytes, "backend.max_value_bytes")?;
-        positive(b.max_batch_keys, "backend.max_batch_keys")?;
-        if b.max_value_bytes + b.max_key_bytes > 512 * 1024 * 1024 {
+        within(b.max_key_bytes, MAX_KEY_BYTES, "backend.max_key_bytes")?;
+        within(
+            b.max_value_bytes,
+            MAX_VALUE_BYTES,
+            "backend.max_value_bytes",
+        )?;
+        within(b.max_batch_keys, MAX_BATCH_KEYS, "backend.max_batch_keys")?;
+        within(b.pool_size, MAX_POOL_SIZE, "backend.pool_size")?;
+        if b.min_idle_conns > MAX_POOL_SIZE {
             return Err(ConfigError::new(
-                "backend.max_value_bytes",
-                "must be at most 512 MiB (Redis' limit)",
+                "backend.min_idle_conns",
+                format!("must be at most {MAX_POOL_SIZE}"),
+            ));
+        }
+        if b.max_retries > MAX_RETRIES {
+            return Err(ConfigError::new(
+                "backend.max_retries",
+                format!("must be at most {MAX_RETRIES}"),
+            ));
+        }
+        timeout(b.pool_timeout, "backend.pool_timeout")?;
+        timeout(b.operation_timeout, "backend.operation_timeout")?;
+        at_most(b.conn_max_idle_time, "backend.conn_max_idle_time")?;
+        if b.default_ttl.0.is_some_and(|ttl| ttl > MAX_TTL) {
+            return Err(ConfigError::new(
+                "backend.default_ttl",
+                format!("must be at most {}, or \"none\"", format_duration(MAX_TTL)),
             ));
         }
         if b.kind == BackendKind::Memory {
@@ -487,15 +659,6 @@ impl Config {
         }
         crate::backend::redis::parse_address(&b.address)
             .map_err(|reason| ConfigError::new("backend.address", reason))?;
-        positive(b.pool_size, "backend.pool_size")?;
-        if b.pool_size > 1024 {
-            return Err(ConfigError::new(
-                "backend.pool_size",
-                "must be at most 1024",
-            ));
-        }
-        nonzero(b.pool_timeout, "backend.pool_timeout")?;
-        nonzero(b.operation_timeout, "backend.operation_timeout")?;
         Ok(())
     }
 
@@ -525,7 +688,20 @@ impl Config {
                 "must look like <mount>/<path> (KV v2)",
             ));
         }
-        nonzero(v.request_timeout, "vault.request_timeout")?;
+        timeout(v.request_timeout, "vault.request_timeout")?;
+        if v.address.starts_with("http://") {
+            let given = [
+                ("vault.ca_file", &v.ca_file),
+                ("vault.client_cert_file", &v.client_cert_file),
+                ("vault.client_key_file", &v.client_key_file),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, f)| !f.is_empty()) {
+                return Err(ConfigError::new(
+                    *name,
+                    "is set but vault.address (VAULT_ADDR) is http://: use https://, or remove it; refusing to talk to Vault in plaintext",
+                ));
+            }
+        }
         let a = &v.auth;
         match a.method {
             VaultAuthMethod::Token if a.token.is_empty() && a.token_file.is_empty() => {
@@ -595,9 +771,21 @@ fn readable(field: &str, path: &str, required: bool) -> Result<(), ConfigError> 
         .map_err(|e| ConfigError::new(field, format!("{path}: {e}")))
 }
 
-fn positive(n: usize, field: &str) -> Result<(), ConfigError> {
-    if n == 0 {
-        return Err(ConfigError::new(field, "must be greater than 0"));
+/// TLS material in `block` while its `enabled` is off.
+fn tls_off(block: &str, given: &str, instead: &str) -> ConfigError {
+    ConfigError::new(
+        format!("{block}.enabled"),
+        format!("must be true when {block}.{given} is set; refusing to {instead}"),
+    )
+}
+
+/// A count limit: at least 1, at most `max`.
+fn within(n: usize, max: usize, field: &str) -> Result<(), ConfigError> {
+    if n == 0 || n > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between 1 and {max}"),
+        ));
     }
     Ok(())
 }
@@ -605,6 +793,23 @@ fn positive(n: usize, field: &str) -> Result<(), ConfigError> {
 fn nonzero(d: Dur, field: &str) -> Result<(), ConfigError> {
     if d.0.is_zero() {
         return Err(ConfigError::new(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// A timeout or interval: above zero and at most [`MAX_TIMEOUT`], so
+/// `Instant::now() + d` cannot overflow anywhere it is used.
+fn timeout(d: Dur, field: &str) -> Result<(), ConfigError> {
+    nonzero(d, field)?;
+    at_most(d, field)
+}
+
+fn at_most(d: Dur, field: &str) -> Result<(), ConfigError> {
+    if d.0 > MAX_TIMEOUT {
+        return Err(ConfigError::new(
+            field,
+            format!("must be at most {}", format_duration(MAX_TIMEOUT)),
+        ));
     }
     Ok(())
 }

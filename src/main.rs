@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use redis_cache_plugin::{
     config::{self, Config, ConfigError},
-    probe::{Probe, ProbeTls},
+    probe::{self, Probe, ProbeTls},
     serve, telemetry,
 };
 use tokio::net::TcpListener;
@@ -57,8 +57,8 @@ struct HealthArgs {
     /// Health service name: "" (overall), cache.v1.Cache, or the plugin name
     #[arg(long, value_name = "NAME", default_value = "")]
     service: String,
-    /// Deadline for connecting and the check together (250ms, 1s, ...)
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
+    /// Deadline for connecting and the check together (250ms, 1s, ...; at most 1h)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = probe::parse_timeout)]
     timeout: Duration,
     /// Dial with TLS (the plugin's control_plane.tls); needs --ca
     #[arg(long, requires = "ca")]

@@ -15,6 +15,20 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+/// The longest `--timeout` accepted: a probe that waits longer than an hour
+/// is a typo, and a deadline must stay representable as an `Instant`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Parses `--timeout`: a duration (`250ms`, `1s`) above zero, at most
+/// [`MAX_TIMEOUT`].
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::config::parse_duration(s)?;
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(format!("{s:?} must be above 0 and at most 1h"));
+    }
+    Ok(d)
+}
+
 /// Where to probe, which service, and the deadline for the whole check.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -51,6 +65,9 @@ pub enum ProbeError {
     /// The RPC failed (or ran out of time) before a status came back.
     #[error("health check of {addr} failed: {reason}")]
     Rpc { addr: String, reason: String },
+    /// `timeout` is zero or too large to be a deadline.
+    #[error("invalid --timeout {0:?}: must be above 0 and at most 1h")]
+    Timeout(Duration),
     /// The server answered with something other than SERVING.
     #[error("service {service:?} is {status}")]
     Unhealthy { service: String, status: String },
@@ -58,10 +75,11 @@ pub enum ProbeError {
 
 impl ProbeError {
     /// The exit code `grpc_health_probe` uses for the same failure:
-    /// 2 connection, 3 RPC, 4 not SERVING; 64 (EX_USAGE) for a bad address.
+    /// 2 connection, 3 RPC, 4 not SERVING; 64 (EX_USAGE) for a bad address
+    /// or timeout.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Address { .. } => 64,
+            Self::Address { .. } | Self::Timeout(_) => 64,
             Self::Connect { .. } => 2,
             Self::Rpc { .. } => 3,
             Self::Unhealthy { .. } => 4,
@@ -74,6 +92,9 @@ impl ProbeError {
 impl Probe {
     /// Connects, asks once, and succeeds only on SERVING.
     pub async fn check(&self) -> Result<(), ProbeError> {
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(ProbeError::Timeout(self.timeout));
+        }
         let deadline = Instant::now() + self.timeout;
         let channel = self.connect(deadline).await?;
         let status = self.ask(channel, deadline).await?;

@@ -87,7 +87,9 @@ pub async fn serve(
 pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
     let b = &config.backend;
     let t = &b.tls;
-    let tls = if t.enabled {
+    // The same decision the start-up line reports: `rediss://` turns TLS on
+    // with this block's CA and client certificate, not only `enabled`.
+    let tls = if config.tls_served().redis_tls {
         if t.insecure_skip_verify {
             warn!(
                 "backend.tls.insecure_skip_verify is ON: Redis' certificate is NOT verified; anyone on the path can impersonate Redis. Never use this in production."
@@ -138,9 +140,12 @@ async fn serve_backend<B: Backend>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let acceptor = match &config.control_plane.tls {
-        t if t.enabled => Some(ReloadingAcceptor::new(t.clone(), metrics.clone())?),
-        _ => None,
+    let acceptor = match config.tls_served().grpc_tls {
+        true => {
+            let t = config.control_plane.tls.clone();
+            Some(ReloadingAcceptor::new(t, metrics.clone())?)
+        }
+        false => None,
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
@@ -249,8 +254,13 @@ fn routes<B: Backend>(
     Ok(Routes::from(router))
 }
 
+/// The start-up line. TLS fields come from [`Config::tls_served`], the
+/// decision the listener and the Redis pool act on; the address is shown
+/// without credentials (config loading moved them out; redacting again
+/// costs nothing).
 fn log_start(config: &Config, listener: &TcpListener) {
     let b = &config.backend;
+    let served = config.tls_served();
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -258,14 +268,14 @@ fn log_start(config: &Config, listener: &TcpListener) {
     info!(
         listen = %addr,
         backend = ?b.kind,
-        redis_address = %b.address,
+        redis_address = %crate::backend::redis::redact_address(&b.address),
         database = b.database,
         pool_size = b.pool_size,
         acl = !b.username.is_empty() || b.vault_enabled,
         vault = b.vault_enabled,
-        redis_tls = b.tls.enabled || b.address.starts_with("rediss://"),
-        grpc_tls = config.control_plane.tls.enabled,
-        mtls = !config.control_plane.tls.client_ca_file.is_empty(),
+        redis_tls = served.redis_tls,
+        grpc_tls = served.grpc_tls,
+        mtls = served.mtls,
         key_prefix = %b.key_prefix,
         version = env!("CARGO_PKG_VERSION"),
         "redis-cache-plugin starting"
