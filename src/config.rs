@@ -1106,6 +1106,173 @@ mod tests {
         assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
     }
 
+    /// Each block written with one field keeps every other documented
+    /// default (a derived `Default` on a block gave zeros here).
+    #[test]
+    fn partial_blocks_keep_their_defaults() {
+        let d = Config::default();
+        let c = load("plugin: { name: other }\n").expect("plugin");
+        assert_eq!(c.plugin.version, d.plugin.version);
+        let c = load("control_plane: { port: 1 }\n").expect("control_plane");
+        assert_eq!(
+            (
+                c.control_plane.listen.as_str(),
+                c.control_plane.drain_timeout
+            ),
+            ("127.0.0.1", Dur::secs(10))
+        );
+        let c = load("control_plane: { tls: { enabled: false } }\n").expect("tls");
+        assert_eq!(c.control_plane.tls, ServerTls::default());
+        assert_eq!(c.control_plane.tls.reload_interval, Dur::secs(5));
+        let c = load("log: { format: text }\n").expect("log");
+        assert_eq!(c.log.level, "info");
+        let c = load("backend: { database: 1 }\n").expect("backend");
+        assert_eq!(c.backend.max_value_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.backend.operation_timeout, Dur(Duration::from_millis(500)));
+        let c = load("backend: { tls: { enabled: true } }\n").expect("backend.tls");
+        assert_eq!(
+            c.backend.tls,
+            RedisTls {
+                enabled: true,
+                ..RedisTls::default()
+            }
+        );
+        let c = load("vault: { namespace: x }\n").expect("vault");
+        assert_eq!(
+            (c.vault.renew_fraction, c.vault.request_timeout),
+            (0.67, Dur::secs(5))
+        );
+        let c = load("vault: { auth: { mount: m } }\n").expect("vault.auth");
+        assert_eq!(c.vault.auth.method, VaultAuthMethod::Token);
+    }
+
+    #[test]
+    fn tls_files_without_enabled_name_the_switch() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let f = file.path().display();
+        let err = load(&format!(
+            "control_plane: {{ tls: {{ client_ca_file: \"{f}\" }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "control_plane.tls.enabled");
+        assert!(err.reason.contains("client_ca_file"), "{err}");
+        let err = load("backend: { tls: { insecure_skip_verify: true } }\n").unwrap_err();
+        assert_eq!(err.field, "backend.tls.enabled");
+        // rediss:// is TLS switched on: the block applies.
+        let c = load(&format!(
+            "backend: {{ address: \"rediss://h:1\", tls: {{ ca_file: \"{f}\" }} }}\n"
+        ))
+        .expect("rediss:// turns TLS on");
+        assert!(c.tls_served().redis_tls);
+        // Unused by the memory backend: no Redis connection to protect.
+        load(&format!(
+            "backend: {{ kind: memory, tls: {{ ca_file: \"{f}\" }} }}\n"
+        ))
+        .expect("memory");
+        let vault = "backend: { vault_enabled: true }\nvault: { auth: { token: t }, ";
+        let err = load(&format!("{vault}ca_file: \"{f}\" }}\n")).unwrap_err();
+        assert_eq!(err.field, "vault.ca_file");
+        load(&format!(
+            "{vault}address: \"https://v:1\", ca_file: \"{f}\" }}\n"
+        ))
+        .expect("https vault");
+    }
+
+    #[test]
+    fn tls_served_is_what_is_configured() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let f = file.path().display();
+        let c = load("").expect("defaults");
+        let off = TlsServed {
+            grpc_tls: false,
+            mtls: false,
+            redis_tls: false,
+        };
+        assert_eq!(c.tls_served(), off);
+        let yaml = format!(
+            "control_plane: {{ tls: {{ enabled: true, cert_file: \"{f}\", key_file: \"{f}\" }} }}\n"
+        );
+        let c = load(&yaml).expect("tls");
+        assert_eq!(
+            c.tls_served(),
+            TlsServed {
+                grpc_tls: true,
+                ..off
+            }
+        );
+        let yaml = format!(
+            "control_plane: {{ tls: {{ enabled: true, cert_file: \"{f}\", key_file: \"{f}\", client_ca_file: \"{f}\" }} }}\n"
+        );
+        let c = load(&yaml).expect("mtls");
+        assert_eq!(
+            c.tls_served(),
+            TlsServed {
+                grpc_tls: true,
+                mtls: true,
+                redis_tls: false
+            }
+        );
+    }
+
+    #[test]
+    fn address_credentials_move_to_username_and_password() {
+        let c = load("backend: { address: \"redis://cache:p%40ss%2Fw@127.0.0.1:6379/0\" }\n")
+            .expect("valid");
+        assert_eq!(c.backend.address, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.backend.username, "cache");
+        assert_eq!(c.backend.password.expose(), "p@ss/w");
+        let c = load("backend: { address: \"rediss://:a@b@h:1\" }\n").expect("password only");
+        assert_eq!(
+            (c.backend.address.as_str(), c.backend.username.as_str()),
+            ("rediss://h:1", "")
+        );
+        assert_eq!(c.backend.password.expose(), "a@b");
+        let err = load("backend: { address: \"u:s3cret@h:1\", password: x }\n").unwrap_err();
+        assert_eq!(err.field, "backend.address");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = load("backend: { address: \"redis://u:s3cret@h:1\", vault_enabled: true }\n")
+            .unwrap_err();
+        assert_eq!(err.field, "backend.address");
+        let err = load("backend: { address: \"redis://u:s3%zzcret@h:1\" }\n").unwrap_err();
+        assert!(!err.to_string().contains("s3"), "{err}");
+        // A config built in code cannot smuggle them past validation.
+        let mut c = Config::default();
+        c.backend.address = "redis://u:s3cret@h:1".into();
+        let err = c.validate().unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_capped() {
+        for (yaml, field) in [
+            (
+                "backend: { max_value_bytes: 536870913 }",
+                "backend.max_value_bytes",
+            ),
+            ("backend: { max_key_bytes: 65537 }", "backend.max_key_bytes"),
+            (
+                "backend: { max_batch_keys: 100001 }",
+                "backend.max_batch_keys",
+            ),
+            ("backend: { pool_size: 1025 }", "backend.pool_size"),
+            ("backend: { max_retries: 101 }", "backend.max_retries"),
+            ("backend: { default_ttl: 8761h }", "backend.default_ttl"),
+            ("backend: { pool_timeout: 25h }", "backend.pool_timeout"),
+            (
+                "control_plane: { max_concurrent_requests: 1000001 }",
+                "control_plane.max_concurrent_requests",
+            ),
+            (
+                "control_plane: { drain_timeout: 25h }",
+                "control_plane.drain_timeout",
+            ),
+        ] {
+            assert_eq!(load(yaml).unwrap_err().field, field, "{yaml}");
+        }
+        let at_max = "backend: { max_value_bytes: 536870912, max_key_bytes: 65536, max_batch_keys: 100000, default_ttl: 8760h, pool_timeout: 24h }";
+        load(at_max).expect("the maxima themselves are accepted");
+    }
+
     #[test]
     fn path_prefers_flag_then_env_then_default() {
         let env = HashMap::from([(CONFIG_ENV.to_string(), "/etc/p.yaml".to_string())]);

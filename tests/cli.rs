@@ -246,3 +246,17 @@ fn env_vars_lists_every_variable_the_overlay_reads() {
         );
     }
 }
+
+#[test]
+fn health_with_a_huge_timeout_is_a_usage_error_not_a_panic() {
+    for timeout in ["999999999999s", "2h"] {
+        let out = plugin()
+            .args(["health", "--addr", "127.0.0.1:1", "--timeout", timeout])
+            .output()
+            .expect("run health");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(EX_USAGE), "{timeout}: {err}");
+        assert!(err.contains("--timeout"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -727,6 +727,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn address_errors_never_show_credentials() {
+        for address in [
+            "redis://u:zq/9x@h:1",
+            "redis://u:zq9x@h",
+            "http://u:zq9x@h:1",
+            "u:zq9x@:1",
+            "redis://u:zq9x@h:0/1",
+        ] {
+            let err = parse_address(address).unwrap_err();
+            assert!(!err.contains("zq"), "{address}: {err}");
+            assert!(err.contains("[redacted]"), "{err}");
+        }
+        assert_eq!(redact_address("redis://h:1"), "redis://h:1");
+        let split = split_credentials("redis://u:zq/9x@h:1/2")
+            .expect("valid")
+            .expect("has credentials");
+        assert_eq!(split.address, "redis://h:1/2");
+        assert_eq!(
+            (split.username.as_str(), split.password.expose()),
+            ("u", "zq/9x")
+        );
+        assert!(split_credentials("h:1").expect("valid").is_none());
+    }
+
+    #[test]
     fn addresses_parse_with_and_without_scheme() {
         assert_eq!(
             parse_address("localhost:6379"),
