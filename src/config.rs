@@ -36,6 +36,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("REDIS_VAULT_PATH", "backend.vault_path"),
     ("PRISM_LOG_LEVEL", "log.level"),
     ("PRISM_PLUGIN_PORT", "control_plane.port"),
+    ("PRISM_PLUGIN_LISTEN", "control_plane.listen"),
     ("VAULT_ADDR", "vault.address"),
     ("VAULT_TOKEN", "vault.auth.token"),
     ("VAULT_CACERT", "vault.ca_file"),
@@ -459,6 +460,7 @@ impl Config {
         overlay_str(env, "REDIS_VAULT_PATH", &mut b.vault_path);
         overlay_str(env, "PRISM_LOG_LEVEL", &mut self.log.level);
         overlay_parse(env, "PRISM_PLUGIN_PORT", &mut self.control_plane.port)?;
+        overlay_str(env, "PRISM_PLUGIN_LISTEN", &mut self.control_plane.listen);
         let v = &mut self.vault;
         overlay_str(env, "VAULT_ADDR", &mut v.address);
         overlay_str(env, "VAULT_CACERT", &mut v.ca_file);

@@ -162,6 +162,7 @@ fn sample(var: &str) -> Option<&'static str> {
         "REDIS_VAULT_PATH" => "db/creds/other",
         "PRISM_LOG_LEVEL" => "debug",
         "PRISM_PLUGIN_PORT" => "9191",
+        "PRISM_PLUGIN_LISTEN" => "0.0.0.0",
         "VAULT_ADDR" => "http://127.0.0.1:8299",
         "VAULT_NAMESPACE" => "team-a",
         "VAULT_ROLE_ID" => "role-1",
