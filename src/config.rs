@@ -664,6 +664,25 @@ impl Config {
         Ok(())
     }
 
+    /// TLS settings for Vault with a plaintext address: fail closed.
+    fn validate_vault_tls(&self) -> Result<(), ConfigError> {
+        let v = &self.vault;
+        if v.address.starts_with("http://") {
+            let given = [
+                ("vault.ca_file", &v.ca_file),
+                ("vault.client_cert_file", &v.client_cert_file),
+                ("vault.client_key_file", &v.client_key_file),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, f)| !f.is_empty()) {
+                return Err(ConfigError::new(
+                    *name,
+                    "is set but vault.address (VAULT_ADDR) is http://: use https://, or remove it; refusing to talk to Vault in plaintext",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_vault(&self) -> Result<(), ConfigError> {
         let v = &self.vault;
         if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
@@ -691,19 +710,7 @@ impl Config {
             ));
         }
         timeout(v.request_timeout, "vault.request_timeout")?;
-        if v.address.starts_with("http://") {
-            let given = [
-                ("vault.ca_file", &v.ca_file),
-                ("vault.client_cert_file", &v.client_cert_file),
-                ("vault.client_key_file", &v.client_key_file),
-            ];
-            if let Some((name, _)) = given.iter().find(|(_, f)| !f.is_empty()) {
-                return Err(ConfigError::new(
-                    *name,
-                    "is set but vault.address (VAULT_ADDR) is http://: use https://, or remove it; refusing to talk to Vault in plaintext",
-                ));
-            }
-        }
+        self.validate_vault_tls()?;
         let a = &v.auth;
         match a.method {
             VaultAuthMethod::Token if a.token.is_empty() && a.token_file.is_empty() => {

@@ -312,6 +312,33 @@ fn partial_mtls_block_is_served_as_mtls_and_logged_so() {
     );
 }
 
+/// `rediss://` switches TLS on like `enabled: true`, so the block's CA is the
+/// one trusted (it was ignored for system roots, and start-up failed).
+#[test]
+fn rediss_address_uses_the_tls_block_without_enabled() {
+    let pki = Pki::new();
+    let server = RedisServer::start_tls(Flavor::Redis, &pki, false);
+    let port = free_port();
+    let yaml = format!(
+        "control_plane: {{ port: {port} }}\n\
+         backend:\n  address: \"rediss://127.0.0.1:{redis}\"\n  username: {CACHE_USER}\n  \
+         key_prefix: \"{prefix}\"\n  tls: {{ ca_file: \"{ca}\" }}\n",
+        redis = server.port,
+        prefix = test_prefix("rediss"),
+        ca = pki.ca_file.display(),
+    );
+    let config = write_config(pki.path(), &yaml);
+    let mut cmd = plugin();
+    cmd.args(["--config", &config, "serve"])
+        .env("REDIS_PASSWORD", &server.cache_password);
+    let mut running = Running::start(cmd);
+    let start: serde_json::Value =
+        serde_json::from_str(&running.line_with("redis-cache-plugin starting")).expect("json");
+    assert_eq!(start["redis_tls"], true, "{start}");
+    let addr = format!("127.0.0.1:{port}");
+    assert!(wait_serving(&addr, &[]), "not SERVING: {}", running.log());
+}
+
 // === credentials in the Redis address ===
 
 #[test]
