@@ -22,6 +22,10 @@ pub const CONFIG_ENV: &str = "PRISM_PLUGIN_CONFIG";
 /// The last resort path.
 pub const DEFAULT_PATH: &str = "config.yaml";
 
+/// Room for RESP framing on top of the largest value in one reply
+/// (`$4194304\r\n` ... `\r\n`, an MGet's array header).
+const REPLY_FRAMING: usize = 1024;
+
 /// Every variable the environment overlay reads, with the field it sets.
 /// `--help` prints this list and the deploy tests check examples against it,
 /// so keep it in step with [`Config::load`]'s overlay.
@@ -173,6 +177,9 @@ pub struct BackendConfig {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_keys: usize,
+    /// Largest reply accepted from Redis for one command (framing
+    /// included); bounds what one Get or MGet can make the plugin hold.
+    pub max_reply_bytes: usize,
     pub tls: RedisTls,
 }
 
@@ -286,6 +293,7 @@ impl Default for BackendConfig {
             max_key_bytes: 1024,
             max_value_bytes: 4 * 1024 * 1024,
             max_batch_keys: 1000,
+            max_reply_bytes: 64 * 1024 * 1024,
             tls: RedisTls::default(),
         }
     }
@@ -474,6 +482,15 @@ impl Config {
             return Err(ConfigError::new(
                 "backend.max_value_bytes",
                 "must be at most 512 MiB (Redis' limit)",
+            ));
+        }
+        let min_reply = b.max_value_bytes.saturating_add(REPLY_FRAMING);
+        if b.max_reply_bytes < min_reply {
+            return Err(ConfigError::new(
+                "backend.max_reply_bytes",
+                format!(
+                    "must be at least max_value_bytes + 1 KiB ({min_reply}), so the largest value fits in a reply"
+                ),
             ));
         }
         if b.kind == BackendKind::Memory {
@@ -865,6 +882,16 @@ mod tests {
             let err = load(&format!("backend:\n  {field}: 0\n")).unwrap_err();
             assert_eq!(err.field, format!("backend.{field}"));
         }
+    }
+
+    #[test]
+    fn max_reply_bytes_must_hold_the_largest_value() {
+        let c = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2024\n");
+        assert_eq!(c.expect("valid").backend.max_reply_bytes, 2024);
+        let err = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2023\n").unwrap_err();
+        assert_eq!(err.field, "backend.max_reply_bytes");
+        assert!(err.to_string().contains("2024"), "{err}");
+        assert_eq!(Config::default().backend.max_reply_bytes, 64 << 20);
     }
 
     #[test]
