@@ -691,4 +691,166 @@ mod tests {
         assert_eq!(b.expect("b"), Reply::Nil);
         assert_eq!(c.expect("c"), Reply::Bulk(Bytes::from_static(b"ccc")));
     }
+
+    /// A "Redis" that answers the handshake's PING, then hands the socket
+    /// to `then`.
+    async fn fake_server<F, Fut>(then: F) -> Connector
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await.expect("read ping");
+            assert_eq!(&buf[..n], b"*1\r\n$4\r\nPING\r\n");
+            sock.write_all(b"+PONG\r\n").await.expect("pong");
+            then(sock).await;
+        });
+        Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_secs(5),
+            max_reply: 1 << 20,
+        }
+    }
+
+    /// Writes `chunk` until `limit` bytes are sent or the peer is gone;
+    /// counts what was written in `sent`.
+    async fn flood(sock: &mut TcpStream, chunk: &[u8], limit: usize, sent: &AtomicUsize) {
+        loop {
+            let left = limit - sent.load(Ordering::Relaxed);
+            if left == 0 {
+                return;
+            }
+            let piece = &chunk[..chunk.len().min(left)];
+            if sock.write_all(piece).await.is_err() {
+                return;
+            }
+            sent.fetch_add(piece.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// An endless `+AAAA...` line (200 MB at most) fails the call after
+    /// 64 KiB, breaks the connection, and never holds more than that.
+    #[tokio::test]
+    async fn an_endless_header_line_breaks_the_connection_after_64_kib() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let connector = fake_server(|mut sock| async move {
+            let mut cmd = [0u8; 64];
+            let _ = sock.read(&mut cmd).await.expect("read GET");
+            sock.write_all(b"+").await.expect("write");
+            flood(&mut sock, &[b'A'; 64 * 1024], 200_000_000, &counter).await;
+        })
+        .await;
+        let conn = connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        let call = conn.call(|out| resp::encode(out, &[b"GET", b"k"]));
+        // A guard against a hang only; the bound asserted is on bytes.
+        let result = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call ends while the line is still coming");
+        assert!(
+            matches!(result, Err(ConnError::Protocol(ProtocolError(m))) if m.contains("64 KiB")),
+            "{result:?}"
+        );
+        assert!(conn.shared.state().broken.is_some(), "marked broken");
+        let peak = conn.shared.peak_buffered.load(Ordering::Relaxed);
+        assert!(peak <= 256 * 1024, "read buffer held {peak} bytes");
+        drop(conn);
+        // The socket is closed: the flood stops at what the kernel buffered.
+        let mut waited = 0;
+        while sent.load(Ordering::Relaxed) < 200_000_000 && waited < 100 {
+            let before = sent.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if sent.load(Ordering::Relaxed) == before {
+                break;
+            }
+            waited += 1;
+        }
+        let total = sent.load(Ordering::Relaxed);
+        assert!(total < 64 << 20, "the server got {total} bytes in");
+    }
+
+    /// A `$<n>` header over the cap fails that call at once; the body is
+    /// read and dropped as it comes, and the next reply on the same
+    /// connection reaches the next caller.
+    #[tokio::test]
+    async fn a_bulk_over_the_cap_fails_early_and_the_connection_stays_in_step() {
+        const BODY: usize = 200_000_000;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let connector = fake_server(|mut sock| async move {
+            // Two GETs; the first gets a 200 MB value, the second "x".
+            let mut cmd = vec![0u8; 4096];
+            let mut seen = 0;
+            while seen < 2 {
+                let n = sock.read(&mut cmd).await.expect("read");
+                seen += cmd[..n].iter().filter(|&&b| b == b'*').count();
+            }
+            sock.write_all(format!("${BODY}\r\n").as_bytes())
+                .await
+                .expect("header");
+            flood(&mut sock, &[b'v'; 64 * 1024], BODY, &counter).await;
+            let tail = b"\r\n$1\r\nx\r\n";
+            sock.write_all(tail).await.expect("tail");
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let conn = connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        let first = conn.call(|out| resp::encode(out, &[b"GET", b"huge"]));
+        let second = conn.call(|out| resp::encode(out, &[b"GET", b"small"]));
+        let first = async {
+            let r = first.await;
+            (r, sent.load(Ordering::Relaxed))
+        };
+        let ((first, sent_then), second) = tokio::join!(first, second);
+        assert!(
+            matches!(first, Err(ConnError::TooLarge(max)) if max == 1 << 20),
+            "{first:?}"
+        );
+        assert!(
+            sent_then < BODY / 2,
+            "failed only after {sent_then} bytes of the body"
+        );
+        assert_eq!(
+            second.expect("second"),
+            Reply::Bulk(Bytes::from_static(b"x"))
+        );
+        assert!(conn.shared.state().broken.is_none(), "still usable");
+        let peak = conn.shared.peak_buffered.load(Ordering::Relaxed);
+        assert!(peak <= 256 * 1024, "read buffer held {peak} bytes");
+    }
+
+    #[test]
+    fn the_read_buffer_shrinks_after_a_large_reply() {
+        let mut buf = ReadBuf::new(BytesMut::with_capacity(READ_CHUNK));
+        let mut scanner = Scanner::new(usize::MAX);
+        let mut replies = Vec::new();
+        let mut wire = b"$8000000\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'v', 8_000_000));
+        wire.extend_from_slice(b"\r\n:1\r\n");
+        for piece in wire.chunks(READ_CHUNK) {
+            buf.make_room();
+            buf.bytes.extend_from_slice(piece);
+            split_replies(&mut buf.bytes, &mut scanner, &mut replies).expect("valid");
+            buf.shrink();
+        }
+        assert_eq!(replies.len(), 2);
+        assert!(
+            buf.bytes.capacity() <= 2 * READ_CHUNK,
+            "capacity {} after the reply",
+            buf.bytes.capacity()
+        );
+    }
 }
