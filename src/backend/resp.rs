@@ -490,17 +490,23 @@ mod tests {
         for i in 0..1000 {
             wire.extend_from_slice(format!("$5\r\nv{i:04}\r\n").as_bytes());
         }
+        let error = format!("-ERR {}\r\n", "x".repeat(20_000));
+        wire.extend_from_slice(error.as_bytes());
+        // Header bytes after each type byte: "1000\r\n", 1000 x "5\r\n",
+        // and the error line.
+        let header_bytes = 6 + 1000 * 3 + (error.len() - 1);
         let mut scanner = Scanner::new(usize::MAX);
         let (seen, _) = feed(&mut scanner, &wire, 1);
-        assert_eq!(seen, vec![Scan::Frame(wire.len())]);
-        // Only header lines are searched, each byte once: a rescan from the
-        // start of the reply on every byte would be ~wire.len()^2 / 2.
-        assert!(
-            scanner.examined <= wire.len() as u64,
-            "examined {} bytes of {}",
-            scanner.examined,
-            wire.len()
+        assert_eq!(
+            seen,
+            vec![
+                Scan::Frame(wire.len() - error.len()),
+                Scan::Frame(error.len())
+            ]
         );
+        // Each header byte is searched once and values not at all; a rescan
+        // on every byte read would be quadratic in the line's length.
+        assert_eq!(scanner.examined, header_bytes as u64);
     }
 
     #[test]
