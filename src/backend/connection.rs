@@ -53,7 +53,7 @@ use super::resp::{self, ProtocolError, Reply, Scan, Scanner};
 use crate::credentials::Credentials;
 
 /// Read buffer size; a Get reply is far smaller, an MGet of large values
-/// far larger (see [`make_room`]).
+/// far larger (see [`ReadBuf::make_room`]).
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The read buffer of one connection.
