@@ -22,6 +22,10 @@ pub const CONFIG_ENV: &str = "PRISM_PLUGIN_CONFIG";
 /// The last resort path.
 pub const DEFAULT_PATH: &str = "config.yaml";
 
+/// Room for RESP framing on top of the largest value in one reply
+/// (`$4194304\r\n` ... `\r\n`, an MGet's array header).
+const REPLY_FRAMING: usize = 1024;
+
 /// Every variable the environment overlay reads, with the field it sets.
 /// `--help` prints this list and the deploy tests check examples against it,
 /// so keep it in step with [`Config::load`]'s overlay.
@@ -51,6 +55,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 /// cannot overflow, and a typo cannot ask for terabytes. README lists them.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024; // Redis' own bulk limit
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Bounds `backend.max_reply_bytes`: room for the largest value and then some.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 pub const MAX_BATCH_KEYS: usize = 100_000;
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 pub const MAX_POOL_SIZE: usize = 1024;
@@ -198,6 +204,9 @@ pub struct BackendConfig {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_batch_keys: usize,
+    /// Largest reply accepted from Redis for one command (framing
+    /// included); bounds what one Get or MGet can make the plugin hold.
+    pub max_reply_bytes: usize,
     pub tls: RedisTls,
 }
 
@@ -356,6 +365,7 @@ impl Default for BackendConfig {
             max_key_bytes: 1024,
             max_value_bytes: 4 * 1024 * 1024,
             max_batch_keys: 1000,
+            max_reply_bytes: 64 * 1024 * 1024,
             tls: RedisTls::default(),
         }
     }
@@ -648,6 +658,21 @@ impl Config {
             return Err(ConfigError::new(
                 "backend.default_ttl",
                 format!("must be at most {}, or \"none\"", format_duration(MAX_TTL)),
+            ));
+        }
+        let min_reply = b.max_value_bytes.saturating_add(REPLY_FRAMING);
+        if b.max_reply_bytes < min_reply {
+            return Err(ConfigError::new(
+                "backend.max_reply_bytes",
+                format!(
+                    "must be at least max_value_bytes + 1 KiB ({min_reply}), so the largest value fits in a reply"
+                ),
+            ));
+        }
+        if b.max_reply_bytes > MAX_REPLY_BYTES {
+            return Err(ConfigError::new(
+                "backend.max_reply_bytes",
+                format!("must be at most {MAX_REPLY_BYTES} (1 GiB)"),
             ));
         }
         if b.kind == BackendKind::Memory {
@@ -1082,6 +1107,18 @@ mod tests {
     }
 
     #[test]
+    fn max_reply_bytes_must_hold_the_largest_value() {
+        let c = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2024\n");
+        assert_eq!(c.expect("valid").backend.max_reply_bytes, 2024);
+        let err = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2023\n").unwrap_err();
+        assert_eq!(err.field, "backend.max_reply_bytes");
+        assert!(err.to_string().contains("2024"), "{err}");
+        assert_eq!(Config::default().backend.max_reply_bytes, 64 << 20);
+        let err = load("backend:\n  max_reply_bytes: 1073741825\n").unwrap_err();
+        assert_eq!(err.field, "backend.max_reply_bytes");
+    }
+
+    #[test]
     fn vault_token_required_when_enabled() {
         let err = load("backend:\n  vault_enabled: true\n").unwrap_err();
         assert_eq!(err.field, "vault.auth.token");
@@ -1265,6 +1302,10 @@ mod tests {
             ),
             ("backend: { pool_size: 1025 }", "backend.pool_size"),
             ("backend: { max_retries: 101 }", "backend.max_retries"),
+            (
+                "backend: { max_reply_bytes: 1073741825 }",
+                "backend.max_reply_bytes",
+            ),
             ("backend: { default_ttl: 8761h }", "backend.default_ttl"),
             ("backend: { pool_timeout: 25h }", "backend.pool_timeout"),
             (
@@ -1278,7 +1319,7 @@ mod tests {
         ] {
             assert_eq!(load(yaml).unwrap_err().field, field, "{yaml}");
         }
-        let at_max = "backend: { max_value_bytes: 536870912, max_key_bytes: 65536, max_batch_keys: 100000, default_ttl: 8760h, pool_timeout: 24h }";
+        let at_max = "backend: { max_value_bytes: 536870912, max_key_bytes: 65536, max_batch_keys: 100000, max_reply_bytes: 1073741824, default_ttl: 8760h, pool_timeout: 24h }";
         load(at_max).expect("the maxima themselves are accepted");
     }
 

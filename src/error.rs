@@ -29,6 +29,12 @@ pub enum Error {
     /// More requests in flight than `max_concurrent_requests`.
     #[error("too many requests in flight (max_concurrent_requests = {0})")]
     ResourceExhausted(usize),
+    /// The answer (a value, or the values of one MGet) is larger than
+    /// `backend.max_reply_bytes`; nothing was buffered or returned.
+    #[error(
+        "reply larger than backend.max_reply_bytes ({0} bytes); ask for fewer or smaller values"
+    )]
+    ReplyTooLarge(usize),
     /// Anything unexpected; logged with a request id, reported generically.
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,7 +48,7 @@ impl Error {
             Error::PermissionDenied => "permission_denied",
             Error::Auth | Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
-            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::ResourceExhausted(_) | Error::ReplyTooLarge(_) => "resource_exhausted",
             Error::Internal(_) => "internal",
         }
     }
@@ -61,7 +67,7 @@ impl From<Error> for Status {
             Error::PermissionDenied => Code::PermissionDenied,
             Error::Auth | Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::ReplyTooLarge(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
@@ -87,6 +93,7 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (Error::ResourceExhausted(4), Code::ResourceExhausted),
+            (Error::ReplyTooLarge(64), Code::ResourceExhausted),
             (Error::Internal("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

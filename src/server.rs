@@ -58,7 +58,8 @@ pub async fn serve(
     let metrics = Metrics::new();
     match config.backend.kind {
         BackendKind::Memory => {
-            let backend = Arc::new(MemoryBackend::new());
+            let backend =
+                Arc::new(MemoryBackend::new().max_reply_bytes(config.backend.max_reply_bytes));
             serve_backend(config, backend, None, metrics, listener, shutdown).await
         }
         BackendKind::Redis => {
@@ -110,6 +111,7 @@ pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
         operation_timeout: b.operation_timeout.0,
         max_retries: b.max_retries,
         tls,
+        max_reply_bytes: b.max_reply_bytes,
     })
 }
 

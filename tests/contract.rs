@@ -38,6 +38,8 @@ impl Fixture {
         config.backend.max_key_bytes = 64;
         config.backend.max_value_bytes = 1024;
         config.backend.max_batch_keys = 5;
+        // The smallest cap allowed: max_value_bytes + 1 KiB.
+        config.backend.max_reply_bytes = 2048;
         let plugin = Plugin::start(config).await;
         assert!(
             plugin
@@ -183,6 +185,27 @@ async fn delete_counts_keys_that_existed(f: &mut Fixture) {
         .expect("delete absent")
         .into_inner();
     assert_eq!(r.deleted, 0);
+}
+
+async fn replies_over_max_reply_bytes_are_resource_exhausted(f: &mut Fixture) {
+    let v = vec![b'v'; 1000];
+    for k in ["r1", "r2", "r3"] {
+        f.set(k, &v, None).await;
+    }
+    assert_eq!(f.mget(&["r1", "r2", "r1"]).await.len(), 2, "2 KB fit");
+    let keys = ["r1", "r2", "r3"].map(String::from).to_vec();
+    let err = f
+        .client
+        .m_get(MGetRequest { keys })
+        .await
+        .expect_err("3 KB do not");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_reply_bytes (2048 bytes)"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(f.get("r3").await, Some(v), "still serving");
 }
 
 async fn expire_reports_whether_key_existed(f: &mut Fixture) {
@@ -375,6 +398,7 @@ contract!(
     ttl_expiry_is_observed,
     mget_returns_only_hits_keyed_by_caller_keys,
     delete_counts_keys_that_existed,
+    replies_over_max_reply_bytes_are_resource_exhausted,
     expire_reports_whether_key_existed,
     expire_then_key_disappears,
     invalid_keys_are_rejected_and_nothing_written,

@@ -12,6 +12,13 @@
 //! - the *reader* splits complete replies off its buffer (values stay slices
 //!   of what was read, no copy) and completes the queued requests in order.
 //!
+//! What a server sends is bounded (see [`resp::Scanner`]): a header line
+//! past 64 KiB breaks the connection; a reply past `max_reply_bytes` fails
+//! its own request as soon as its header shows it, and the rest of it is
+//! dropped as it arrives, so the other requests on the connection are not
+//! affected. The read buffer goes back to its small size after a large
+//! reply.
+//!
 //! A request that gives up (its deadline passed) leaves its reply to be read
 //! and dropped: the stream stays in step. When either half fails, the
 //! connection is *broken*: queued and later requests get the cause, and the
@@ -25,7 +32,10 @@
 use std::{
     collections::VecDeque,
     io,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -39,20 +49,52 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use super::resp::{self, ProtocolError, Reply};
+use super::resp::{self, ProtocolError, Reply, Scan, Scanner};
 use crate::credentials::Credentials;
 
 /// Read buffer size; a Get reply is far smaller, an MGet of large values
-/// far larger (see [`make_room`]).
+/// far larger (see [`ReadBuf::make_room`]).
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Makes room to read into. Replies split off `buf` share its allocation
-/// while their values are in use, so `reserve` then moves the unread part to
-/// a new one; growing by at least what is held keeps a large reply (an MGet
-/// of 100 x 4 KiB is 400 KiB) at a few moves instead of one per chunk read.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK.max(buf.len()));
+/// The read buffer of one connection.
+struct ReadBuf {
+    bytes: BytesMut,
+    /// The buffer was grown past its usual size for a large reply.
+    large: bool,
+}
+
+impl ReadBuf {
+    fn new(bytes: BytesMut) -> Self {
+        Self {
+            bytes,
+            large: false,
+        }
+    }
+
+    /// Makes room to read into. Replies split off the buffer share its
+    /// allocation while their values are in use, so `reserve` then moves
+    /// the unread part to a new one; growing by at least what is held keeps
+    /// a large reply (an MGet of 100 x 4 KiB is 400 KiB) at a few moves
+    /// instead of one per chunk read.
+    fn make_room(&mut self) {
+        let buf = &mut self.bytes;
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            self.large |= buf.len() >= READ_CHUNK;
+            buf.reserve(READ_CHUNK.max(buf.len()));
+        }
+    }
+
+    /// Once a large reply is off the buffer, moves what is left to a new
+    /// small buffer: `BytesMut` keeps its largest allocation for good, and
+    /// one MGet of large values would otherwise hold megabytes per
+    /// connection for the life of the process.
+    fn shrink(&mut self) {
+        if self.large && self.bytes.len() <= READ_CHUNK {
+            let mut small = BytesMut::with_capacity(READ_CHUNK);
+            small.extend_from_slice(&self.bytes);
+            self.bytes = small;
+            self.large = false;
+        }
     }
 }
 
@@ -83,6 +125,10 @@ pub(super) enum ConnError {
     /// Redis is not reading what was already sent; see [`MAX_QUEUED`].
     #[error("redis is not keeping up: {0} commands waiting for replies")]
     Backlog(usize),
+    /// The reply to this command is larger than `max_reply_bytes`; it is
+    /// being skipped, the connection is fine.
+    #[error("reply larger than max_reply_bytes ({0})")]
+    TooLarge(usize),
 }
 
 impl From<io::Error> for ConnError {
@@ -118,6 +164,8 @@ pub(super) struct Connector {
     pub(super) tls: Option<Tls>,
     /// Bounds connect, TLS and handshake together.
     pub(super) timeout: Duration,
+    /// Largest reply accepted, framing included (`max_reply_bytes`).
+    pub(super) max_reply: usize,
 }
 
 impl Connector {
@@ -153,7 +201,7 @@ impl Connector {
 
     /// Authenticates, selects the database and pings; returns what was read
     /// past the replies (nothing, from a well-behaved server).
-    async fn handshake<S>(&self, stream: &mut S, creds: &Credentials) -> Result<BytesMut, ConnError>
+    async fn handshake<S>(&self, stream: &mut S, creds: &Credentials) -> Result<Leftover, ConnError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -179,15 +227,19 @@ impl Connector {
         stream.write_all(&out).await?;
         stream.flush().await?;
         drop(out);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = ReadBuf::new(BytesMut::with_capacity(READ_CHUNK));
+        let mut scanner = Scanner::new(self.max_reply);
         for _ in 0..expected {
-            if let Reply::Error(msg) = read_reply(stream, &mut buf).await? {
+            if let Reply::Error(msg) = read_reply(stream, &mut buf, &mut scanner).await? {
                 return Err(ConnError::Server(
                     String::from_utf8_lossy(&msg).into_owned(),
                 ));
             }
         }
-        Ok(buf)
+        Ok(Leftover {
+            bytes: buf.bytes,
+            scanner,
+        })
     }
 }
 
@@ -221,17 +273,27 @@ impl Sink {
     }
 }
 
+/// What the handshake read past its replies, and the scan of it, for the
+/// reader task to go on from.
+struct Leftover {
+    bytes: BytesMut,
+    scanner: Scanner,
+}
+
 /// Reads until one whole reply is in `buf`, then returns it.
 async fn read_reply<R: AsyncRead + Unpin>(
     r: &mut R,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuf,
+    scanner: &mut Scanner,
 ) -> Result<Reply, ConnError> {
     loop {
-        if let Some(reply) = next_reply(buf)? {
-            return Ok(reply);
+        match scanner.next(&mut buf.bytes)? {
+            Scan::Frame(n) => return take_frame(&mut buf.bytes, n),
+            Scan::TooLarge => return Err(ConnError::TooLarge(scanner.max_reply())),
+            Scan::Skipped | Scan::Incomplete => {}
         }
-        make_room(buf);
-        if r.read_buf(buf).await? == 0 {
+        buf.make_room();
+        if r.read_buf(&mut buf.bytes).await? == 0 {
             return Err(ConnError::Closed);
         }
     }
@@ -254,6 +316,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     writer: Notify,
+    /// The most bytes the read buffer has held (tests check the bound).
+    peak_buffered: AtomicUsize,
 }
 
 impl Shared {
@@ -305,7 +369,7 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    fn spawn<R>(r: R, sink: Sink, leftover: BytesMut) -> Self
+    fn spawn<R>(r: R, sink: Sink, leftover: Leftover) -> Self
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
@@ -317,6 +381,7 @@ impl Connection {
                 direct: false,
             }),
             writer: Notify::new(),
+            peak_buffered: AtomicUsize::new(0),
         });
         let direct = match &sink {
             Sink::Tcp(w) => Some(w.clone()),
@@ -433,11 +498,13 @@ async fn write_loop(shared: Arc<Shared>, mut sink: Sink) {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf: BytesMut) {
-    let mut replies: Vec<Reply> = Vec::new();
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, leftover: Leftover) {
+    let Leftover { bytes, mut scanner } = leftover;
+    let mut buf = ReadBuf::new(bytes);
+    let mut replies: Vec<Result<Reply, ConnError>> = Vec::new();
     let mut waiters: Vec<Waiter> = Vec::new();
     loop {
-        if let Err(cause) = split_replies(&mut buf, &mut replies) {
+        if let Err(cause) = split_replies(&mut buf.bytes, &mut scanner, &mut replies) {
             shared.fail(cause);
             return;
         }
@@ -445,13 +512,18 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf:
             shared.fail(ProtocolError("a reply nobody asked for").into());
             return;
         }
-        make_room(&mut buf);
-        match r.read_buf(&mut buf).await {
+        buf.shrink();
+        buf.make_room();
+        match r.read_buf(&mut buf.bytes).await {
             Ok(0) => {
                 shared.fail(ConnError::Closed);
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                shared
+                    .peak_buffered
+                    .fetch_max(buf.bytes.len(), Ordering::Relaxed);
+            }
             Err(e) => {
                 shared.fail(e.into());
                 return;
@@ -467,11 +539,8 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, mut buf:
 /// memory than one copy costs time.
 const COPY_ABOVE: usize = 64 * 1024;
 
-/// Takes the first complete reply off the front of `buf`, if there is one.
-fn next_reply(buf: &mut BytesMut) -> Result<Option<Reply>, ConnError> {
-    let Some(n) = resp::frame_len(buf)? else {
-        return Ok(None);
-    };
+/// Takes the whole reply of `n` bytes off the front of `buf` and parses it.
+fn take_frame(buf: &mut BytesMut, n: usize) -> Result<Reply, ConnError> {
     let frame: Bytes = if n > COPY_ABOVE {
         let copy = Bytes::copy_from_slice(&buf[..n]);
         buf.advance(n);
@@ -479,20 +548,33 @@ fn next_reply(buf: &mut BytesMut) -> Result<Option<Reply>, ConnError> {
     } else {
         buf.split_to(n).freeze()
     };
-    Ok(Some(resp::parse(&frame)?))
+    Ok(resp::parse(&frame)?)
 }
 
-/// Moves every complete reply at the front of `buf` into `replies`.
-fn split_replies(buf: &mut BytesMut, replies: &mut Vec<Reply>) -> Result<(), ConnError> {
-    while let Some(reply) = next_reply(buf)? {
-        replies.push(reply);
+/// Moves every reply at the front of `buf` into `replies`, in order: a
+/// whole one as `Ok`, a too-large one as `Err` as soon as it is seen.
+fn split_replies(
+    buf: &mut BytesMut,
+    scanner: &mut Scanner,
+    replies: &mut Vec<Result<Reply, ConnError>>,
+) -> Result<(), ConnError> {
+    loop {
+        match scanner.next(buf)? {
+            Scan::Incomplete => return Ok(()),
+            Scan::Frame(n) => replies.push(Ok(take_frame(buf, n)?)),
+            Scan::TooLarge => replies.push(Err(ConnError::TooLarge(scanner.max_reply()))),
+            Scan::Skipped => {}
+        }
     }
-    Ok(())
 }
 
 /// Hands `replies` to the oldest waiters; false if there are more replies
 /// than commands (the stream is out of step).
-fn deliver(shared: &Shared, replies: &mut Vec<Reply>, waiters: &mut Vec<Waiter>) -> bool {
+fn deliver(
+    shared: &Shared,
+    replies: &mut Vec<Result<Reply, ConnError>>,
+    waiters: &mut Vec<Waiter>,
+) -> bool {
     {
         let mut st = shared.state();
         if st.waiting.len() < replies.len() {
@@ -502,7 +584,7 @@ fn deliver(shared: &Shared, replies: &mut Vec<Reply>, waiters: &mut Vec<Waiter>)
     }
     for (w, reply) in waiters.drain(..).zip(replies.drain(..)) {
         // The request may have given up (deadline); its reply is dropped.
-        let _ = w.send(Ok(reply));
+        let _ = w.send(reply);
     }
     true
 }
@@ -533,6 +615,7 @@ mod tests {
             database: 0,
             tls: None,
             timeout: Duration::from_secs(5),
+            max_reply: 1 << 20,
         }
     }
 
@@ -596,6 +679,7 @@ mod tests {
             database: 0,
             tls: None,
             timeout: Duration::from_secs(5),
+            max_reply: 1 << 20,
         };
         let conn = connector
             .connect(&Credentials::anonymous())
@@ -606,5 +690,167 @@ mod tests {
         assert_eq!(a.expect("a"), Reply::Bulk(Bytes::from_static(b"a")));
         assert_eq!(b.expect("b"), Reply::Nil);
         assert_eq!(c.expect("c"), Reply::Bulk(Bytes::from_static(b"ccc")));
+    }
+
+    /// A "Redis" that answers the handshake's PING, then hands the socket
+    /// to `then`.
+    async fn fake_server<F, Fut>(then: F) -> Connector
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 64];
+            let n = sock.read(&mut buf).await.expect("read ping");
+            assert_eq!(&buf[..n], b"*1\r\n$4\r\nPING\r\n");
+            sock.write_all(b"+PONG\r\n").await.expect("pong");
+            then(sock).await;
+        });
+        Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_secs(5),
+            max_reply: 1 << 20,
+        }
+    }
+
+    /// Writes `chunk` until `limit` bytes are sent or the peer is gone;
+    /// counts what was written in `sent`.
+    async fn flood(sock: &mut TcpStream, chunk: &[u8], limit: usize, sent: &AtomicUsize) {
+        loop {
+            let left = limit - sent.load(Ordering::Relaxed);
+            if left == 0 {
+                return;
+            }
+            let piece = &chunk[..chunk.len().min(left)];
+            if sock.write_all(piece).await.is_err() {
+                return;
+            }
+            sent.fetch_add(piece.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// An endless `+AAAA...` line (200 MB at most) fails the call after
+    /// 64 KiB, breaks the connection, and never holds more than that.
+    #[tokio::test]
+    async fn an_endless_header_line_breaks_the_connection_after_64_kib() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let connector = fake_server(|mut sock| async move {
+            let mut cmd = [0u8; 64];
+            let _ = sock.read(&mut cmd).await.expect("read GET");
+            sock.write_all(b"+").await.expect("write");
+            flood(&mut sock, &[b'A'; 64 * 1024], 200_000_000, &counter).await;
+        })
+        .await;
+        let conn = connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        let call = conn.call(|out| resp::encode(out, &[b"GET", b"k"]));
+        // A guard against a hang only; the bound asserted is on bytes.
+        let result = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call ends while the line is still coming");
+        assert!(
+            matches!(result, Err(ConnError::Protocol(ProtocolError(m))) if m.contains("64 KiB")),
+            "{result:?}"
+        );
+        assert!(conn.shared.state().broken.is_some(), "marked broken");
+        let peak = conn.shared.peak_buffered.load(Ordering::Relaxed);
+        assert!(peak <= 256 * 1024, "read buffer held {peak} bytes");
+        drop(conn);
+        // The socket is closed: the flood stops at what the kernel buffered.
+        let mut waited = 0;
+        while sent.load(Ordering::Relaxed) < 200_000_000 && waited < 100 {
+            let before = sent.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if sent.load(Ordering::Relaxed) == before {
+                break;
+            }
+            waited += 1;
+        }
+        let total = sent.load(Ordering::Relaxed);
+        assert!(total < 64 << 20, "the server got {total} bytes in");
+    }
+
+    /// A `$<n>` header over the cap fails that call at once; the body is
+    /// read and dropped as it comes, and the next reply on the same
+    /// connection reaches the next caller.
+    #[tokio::test]
+    async fn a_bulk_over_the_cap_fails_early_and_the_connection_stays_in_step() {
+        const BODY: usize = 200_000_000;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let connector = fake_server(|mut sock| async move {
+            // Two GETs; the first gets a 200 MB value, the second "x".
+            let mut cmd = vec![0u8; 4096];
+            let mut seen = 0;
+            while seen < 2 {
+                let n = sock.read(&mut cmd).await.expect("read");
+                seen += cmd[..n].iter().filter(|&&b| b == b'*').count();
+            }
+            sock.write_all(format!("${BODY}\r\n").as_bytes())
+                .await
+                .expect("header");
+            flood(&mut sock, &[b'v'; 64 * 1024], BODY, &counter).await;
+            let tail = b"\r\n$1\r\nx\r\n";
+            sock.write_all(tail).await.expect("tail");
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let conn = connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect");
+        let first = conn.call(|out| resp::encode(out, &[b"GET", b"huge"]));
+        let second = conn.call(|out| resp::encode(out, &[b"GET", b"small"]));
+        let first = async {
+            let r = first.await;
+            (r, sent.load(Ordering::Relaxed))
+        };
+        let ((first, sent_then), second) = tokio::join!(first, second);
+        assert!(
+            matches!(first, Err(ConnError::TooLarge(max)) if max == 1 << 20),
+            "{first:?}"
+        );
+        assert!(
+            sent_then < BODY / 2,
+            "failed only after {sent_then} bytes of the body"
+        );
+        assert_eq!(
+            second.expect("second"),
+            Reply::Bulk(Bytes::from_static(b"x"))
+        );
+        assert!(conn.shared.state().broken.is_none(), "still usable");
+        let peak = conn.shared.peak_buffered.load(Ordering::Relaxed);
+        assert!(peak <= 256 * 1024, "read buffer held {peak} bytes");
+    }
+
+    #[test]
+    fn the_read_buffer_shrinks_after_a_large_reply() {
+        let mut buf = ReadBuf::new(BytesMut::with_capacity(READ_CHUNK));
+        let mut scanner = Scanner::new(usize::MAX);
+        let mut replies = Vec::new();
+        let mut wire = b"$8000000\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'v', 8_000_000));
+        wire.extend_from_slice(b"\r\n:1\r\n");
+        for piece in wire.chunks(READ_CHUNK) {
+            buf.make_room();
+            buf.bytes.extend_from_slice(piece);
+            split_replies(&mut buf.bytes, &mut scanner, &mut replies).expect("valid");
+            buf.shrink();
+        }
+        assert_eq!(replies.len(), 2);
+        assert!(
+            buf.bytes.capacity() <= 2 * READ_CHUNK,
+            "capacity {} after the reply",
+            buf.bytes.capacity()
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! Expired entries are dropped lazily on access and by a periodic sweep, so
 //! memory does not hold keys nobody reads again. It has no size bound beyond
 //! the service's limits: it is meant for development and tests, not for
-//! production traffic.
+//! production traffic. Like the Redis backend it refuses an MGet whose
+//! values add up to more than `max_reply_bytes`, so both answer alike.
 
 use std::{
     collections::HashMap,
@@ -35,9 +36,20 @@ impl Entry {
 type Map = HashMap<String, Entry>;
 
 /// The in-process backend. Cloning shares the same map.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBackend {
     map: Arc<Mutex<Map>>,
+    /// Largest sum of values one MGet may answer.
+    max_reply: usize,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self {
+            map: Arc::default(),
+            max_reply: usize::MAX,
+        }
+    }
 }
 
 impl MemoryBackend {
@@ -57,6 +69,13 @@ impl MemoryBackend {
             }
         });
         backend
+    }
+
+    /// Refuses MGets whose values add up to more than `max` bytes
+    /// (`backend.max_reply_bytes`).
+    pub fn max_reply_bytes(mut self, max: usize) -> Self {
+        self.max_reply = max;
+        self
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Map>> {
@@ -110,10 +129,15 @@ impl Backend for MemoryBackend {
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
         let now = Instant::now();
         let mut map = self.lock()?;
-        Ok(keys
+        let values: Vec<_> = keys
             .iter()
             .map(|k| Self::live_get(&mut map, k, now))
-            .collect())
+            .collect();
+        let total = values.iter().flatten().map(Bytes::len).sum::<usize>();
+        if total > self.max_reply {
+            return Err(Error::ReplyTooLarge(self.max_reply));
+        }
+        Ok(values)
     }
 
     async fn expire(&self, key: String, ttl: Duration) -> Result<bool> {
@@ -169,6 +193,18 @@ mod tests {
             .await
             .expect("delete");
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_mget_over_max_reply_bytes_is_refused() {
+        let b = MemoryBackend::new().max_reply_bytes(10);
+        b.set("a".into(), Bytes::from_static(b"123456"), None)
+            .await
+            .expect("set");
+        let one = b.mget(vec!["a".into(), "b".into()]).await.expect("6 bytes");
+        assert_eq!(one[0].as_deref(), Some(&b"123456"[..]));
+        let err = b.mget(vec!["a".into(), "a".into()]).await.unwrap_err();
+        assert!(matches!(err, Error::ReplyTooLarge(10)), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,11 +31,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Deletes `keys` and answers how many existed (a repeated key counts
-    /// once).
+    /// once; the service sends each key once anyway).
     fn delete(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
 
     /// Values of `keys` in order (one per position, repeats included),
-    /// `None` for misses.
+    /// `None` for misses. Fails with `ReplyTooLarge` when the values add up
+    /// to more than `max_reply_bytes`. (The service removes repeated keys
+    /// first, so that one value asked for 250 times is fetched once.)
     fn mget(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
 
     /// Sets `key` to expire after `ttl`; `false` when it does not exist.

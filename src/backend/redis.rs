@@ -65,6 +65,9 @@ pub struct RedisSettings {
     pub max_retries: u32,
     /// TLS settings; `rediss://` addresses imply TLS with system roots.
     pub tls: Option<RedisTlsSettings>,
+    /// Largest reply accepted for one command, framing included; larger
+    /// ones fail that command with [`Error::ReplyTooLarge`].
+    pub max_reply_bytes: usize,
 }
 
 /// TLS towards Redis.
@@ -227,6 +230,9 @@ enum Class {
     /// script, replica without master): unavailable, not a bug.
     NotReady,
     Connection,
+    /// The reply passed `max_reply_bytes`: this command fails, the
+    /// connection stays (the rest of the reply is skipped).
+    TooLarge(usize),
     Other,
 }
 
@@ -246,6 +252,7 @@ fn classify(e: &ConnError) -> Class {
         // The connection is fine, Redis is just not reading: fail fast
         // rather than queue more, and keep the connection.
         ConnError::Backlog(_) => Class::NotReady,
+        ConnError::TooLarge(max) => Class::TooLarge(*max),
         _ => Class::Connection,
     }
 }
@@ -357,6 +364,7 @@ fn connector(s: &RedisSettings) -> Result<Connector> {
         database: s.database,
         tls,
         timeout: s.connect_timeout,
+        max_reply: s.max_reply_bytes,
     })
 }
 
@@ -512,6 +520,7 @@ impl Pool {
                     self.drop_conn(idx, &live);
                     return Err(Error::Unavailable("connection to Redis lost".into()));
                 }
+                Class::TooLarge(max) => return Err(Error::ReplyTooLarge(max)),
                 Class::Other => return Err(Error::Internal(format!("redis: {err}"))),
             }
         }
@@ -624,7 +633,9 @@ impl Pool {
             Class::Connection | Class::NotReady => debug!(error = %e, "redis connect failed"),
             // Redis answered and refused (SELECT not allowed, AUTH without a
             // password set, ...): retrying will not help, say why.
-            Class::NoPerm | Class::Other => warn!(error = %e, "redis refused the connection"),
+            Class::NoPerm | Class::TooLarge(_) | Class::Other => {
+                warn!(error = %e, "redis refused the connection");
+            }
         }
     }
 }
@@ -796,6 +807,7 @@ mod tests {
         assert_eq!(classify(&ConnError::Closed), Class::Connection);
         assert_eq!(classify(&ConnError::TimedOut), Class::Connection);
         assert_eq!(classify(&ConnError::Backlog(9)), Class::NotReady);
+        assert_eq!(classify(&ConnError::TooLarge(64)), Class::TooLarge(64));
         assert_eq!(
             classify(&ConnError::Server("WRONGPASS x".into())),
             Class::Auth

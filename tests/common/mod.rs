@@ -449,20 +449,40 @@ impl PluginProcess {
     /// Runs the plugin against `server` as the cache user and waits until it
     /// accepts connections.
     pub fn start(server: &RedisServer, prefix: &str) -> Self {
+        let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n");
+        Self::start_with(
+            &server.address(),
+            Some(&server.cache_password),
+            prefix,
+            &backend,
+        )
+    }
+
+    /// Runs the plugin against the Redis at `address` (a real one, or a
+    /// fake on loopback) with `password` if any, and `backend_yaml` (lines
+    /// of the `backend:` block, indented two spaces) added to its config.
+    pub fn start_with(
+        address: &str,
+        password: Option<&str>,
+        prefix: &str,
+        backend_yaml: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let yaml = format!(
             "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
              log: {{ level: warn }}\n\
-             backend:\n  address: \"{addr}\"\n  username: {CACHE_USER}\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
-            addr = server.address(),
+             backend:\n  address: \"{address}\"\n  key_prefix: \"{prefix}\"\n{backend_yaml}",
         );
         let path = dir.path().join("plugin.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
+        if let Some(password) = password {
+            command.env("REDIS_PASSWORD", password);
+        }
+        let child = command
             .arg("--config")
             .arg(&path)
-            .env("REDIS_PASSWORD", &server.cache_password)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -491,6 +511,19 @@ impl PluginProcess {
     /// The plugin process' resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         load::rss_kib_of(&self.child.id().to_string())
+    }
+
+    /// The plugin process' peak resident set size (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        load::status_kib(&self.child.id().to_string(), "VmHWM:")
+    }
+
+    /// A cache client that takes replies up to 64 MiB (tonic's default is
+    /// 4 MiB, less than the largest value).
+    pub async fn client(&self) -> CacheClient<Channel> {
+        CacheClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 }
 
