@@ -11,7 +11,10 @@ use std::{
     net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -46,8 +49,8 @@ fn vault_config(redis: &RedisServer, bao: &OpenBao, name: &str) -> Config {
 
 /// Accessors of the live tokens that came from an AppRole login.
 fn approle_tokens(bao: &OpenBao) -> Vec<String> {
-    let accessors: Vec<String> =
-        serde_json::from_value(bao.bao_json(&["list", "auth/token/accessors"])).expect("list");
+    let text = bao.bao(&["list", "-format=json", "auth/token/accessors"]);
+    let accessors: Vec<String> = serde_json::from_str(&text).expect("accessor list");
     accessors
         .into_iter()
         .filter(|a| token_path(bao, a).is_some_and(|p| p.starts_with("auth/approle/login")))
@@ -138,26 +141,24 @@ async fn operator_token_is_left_alone_at_shutdown() {
 
 /// A loopback "Redis" behind TLS that answers every connection with
 /// plaintext garbage, but only once Vault has issued a lease: the plugin's
-/// TLS check then fails start-up after the first lease, every time.
-fn garbage_after_lease(bao: &OpenBao) -> (u16, std::thread::JoinHandle<()>) {
+/// TLS check then fails start-up after the first lease, every time. Runs
+/// until `stop` is set (or 30 s).
+fn garbage_after_lease(bao: &OpenBao, stop: Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
     let address = bao.address();
     let root = root_token(bao);
-    let lease_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handle = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut held = Vec::new();
-        while Instant::now() < deadline {
-            if !lease_seen.load(std::sync::atomic::Ordering::Relaxed) && has_lease(&address, &root)
-            {
-                lease_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+        let mut lease_seen = false;
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            lease_seen = lease_seen || has_lease(&address, &root);
             while let Ok((stream, _)) = listener.accept() {
                 held.push(stream);
             }
-            if lease_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            if lease_seen {
                 for mut s in held.drain(..) {
                     let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
                 }
@@ -211,7 +212,8 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
 fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
     let (redis, bao) = world();
     let token = bao.plugin_token("1h", "2h");
-    let (port, fake) = garbage_after_lease(&bao);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, fake) = garbage_after_lease(&bao, stop.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
         dir.path(),
@@ -223,6 +225,7 @@ fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
             bao.address()
         ),
     );
+    let started = Instant::now();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -235,6 +238,8 @@ fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
         .expect("read stderr");
+    assert!(!stderr.contains(&token));
+    eprintln!("start-up failed after {:?}:\n{stderr}", started.elapsed());
     assert!(!status.success(), "must not start: {stderr}");
     assert!(
         stderr.contains("new redis credentials published"),
@@ -242,6 +247,7 @@ fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
     );
     assert!(stderr.contains("TLS"), "failed on the TLS check: {stderr}");
     assert!(!stderr.contains(&token));
+    stop.store(true, Ordering::Relaxed);
     let _ = fake.join();
     assert!(
         !has_lease(&bao.address(), &root_token(&bao)),
