@@ -36,8 +36,8 @@ if ! command -v cargo-nextest >/dev/null; then
   echo "deps: cargo install cargo-nextest" >&2
   cargo install --locked -q cargo-nextest
 fi
-# cargo-deny judges the dependency tree (deny.toml). Built from source,
-# ~6 min on 2 cores (README "Tests"); 0.20 is the deny.toml format in use.
+# cargo-deny judges the dependency tree (deny.toml). Built from source:
+# about 6 CPU minutes, once; 0.20 is the deny.toml format in use.
 if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
   echo "deps: cargo install cargo-deny" >&2
   cargo install --locked -q cargo-deny --version '~0.20'
