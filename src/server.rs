@@ -70,12 +70,15 @@ pub async fn serve(
                 let b = &config.backend;
                 (credentials::fixed(&b.username, &b.password), None)
             };
-            let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
-            backend.check_tls().await?;
-            let backend = Arc::new(backend);
-            let result =
-                serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await;
-            // After the drain: revoke the lease so no Vault user outlives us.
+            let run = async {
+                let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
+                backend.check_tls().await?;
+                let backend = Arc::new(backend);
+                serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await
+            };
+            let result = run.await;
+            // After the drain, or after a start-up error once a lease may
+            // have been read: revoke it so no Vault user outlives us.
             if let Some(vault) = vault {
                 vault.shutdown().await;
             }

@@ -180,17 +180,7 @@ fn builder_rust_can_build_the_locked_dependencies() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("ARG RUST_VERSION="))
         .expect("ARG RUST_VERSION= in Dockerfile");
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(repo())
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let meta = locked_metadata(&repo());
     let needed = meta["packages"]
         .as_array()
         .expect("packages")
@@ -232,7 +222,7 @@ fn builder_copies_everything_cargo_needs() {
     fs::create_dir_all(ctx.path().join("src")).expect("mkdir");
     fs::write(ctx.path().join("src/main.rs"), "fn main() {}\n").expect("stub");
     fs::write(ctx.path().join("src/lib.rs"), "").expect("stub");
-    cargo_metadata_offline(ctx.path());
+    locked_metadata(ctx.path());
     fs::remove_dir_all(ctx.path().join("src")).expect("rm stubs");
     for copy in rest {
         copy_sources(ctx.path(), copy, &ignored);
@@ -241,7 +231,7 @@ fn builder_copies_everything_cargo_needs() {
         ctx.path().join("src/lib.rs").is_file(),
         "the last COPY brings src/"
     );
-    cargo_metadata_offline(ctx.path());
+    locked_metadata(ctx.path());
 }
 
 /// `COPY a b ./` or `COPY dir ./dir`, from the repository into `ctx`.
@@ -268,17 +258,39 @@ fn copy_sources(ctx: &Path, copy: &[String], ignored: &[&str]) {
     }
 }
 
-fn cargo_metadata_offline(dir: &Path) {
+/// `cargo metadata` of the locked manifest in `dir`, offline and for this
+/// machine's platform only. Offline, so the test never depends on the
+/// network; this platform only, because that is exactly what building this
+/// test downloaded: unfiltered, cargo wants every package in Cargo.lock,
+/// other platforms' too (`anstyle-wincon`, `windows-sys`), which a fresh
+/// `CARGO_HOME` on Linux never has.
+fn locked_metadata(dir: &Path) -> serde_json::Value {
+    let host = host_triple();
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
         .current_dir(dir)
         .output()
         .expect("cargo metadata");
     assert!(
         out.status.success(),
-        "cargo cannot load the builder's context: {}",
+        "cargo cannot load the locked manifest in {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+/// The platform rustc builds for by default (`host:` of `rustc -vV`).
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc).arg("-vV").output().expect("rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("host: in rustc -vV")
+        .trim()
+        .to_string()
 }
 
 fn version(v: &str) -> Vec<u32> {

@@ -700,7 +700,11 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Exponential backoff with full jitter.
+/// Exponential backoff with "equal jitter": each delay is drawn uniformly
+/// between half the ceiling and the ceiling (see [`Backoff::next_delay`]).
+/// Not full jitter (0 to the ceiling): a retry never comes sooner than half
+/// the ceiling, so a dead server is not hammered, while the random half
+/// still keeps many clients from retrying in step.
 pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
@@ -721,7 +725,7 @@ impl Backoff {
     }
 
     /// The ceiling grows `base * 2^attempt` up to `max`; the delay is drawn
-    /// uniformly below it so many clients do not retry in step.
+    /// uniformly from `[ceiling / 2, ceiling]`.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .base

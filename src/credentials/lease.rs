@@ -16,6 +16,23 @@ const GRANT_SLACK: Duration = Duration::from_secs(1);
 /// a second or less cannot spin the loop.
 const MIN_STEP: Duration = Duration::from_millis(100);
 
+/// The longest lease or token lifetime the plugin plans with. Vault may
+/// answer with any `u64` of seconds (a misconfigured role, a root token's
+/// `creation_ttl`); `now + ttl` past the clock's range panics, which would
+/// end the credential task silently. A year is far beyond any renewal plan.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A TTL of `secs` seconds as Vault states it, clamped to [`MAX_TTL`].
+pub fn ttl_from_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_TTL)
+}
+
+/// When something granted for `ttl` at `now` ends (`ttl` clamped to
+/// [`MAX_TTL`], so this never overflows).
+pub fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now + ttl.min(MAX_TTL)
+}
+
 /// A lease as Vault describes it after a read or a renewal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -67,7 +84,7 @@ pub fn plan(now: Instant, grant: Option<&Grant>, fraction: f64) -> Plan {
     };
     Plan {
         step,
-        at: now + g.ttl.mul_f64(fraction).max(MIN_STEP),
+        at: expiry(now, g.ttl.min(MAX_TTL).mul_f64(fraction).max(MIN_STEP)),
     }
 }
 
@@ -168,6 +185,20 @@ mod tests {
         // tail after renewal = 12 s; half of it is kept back.
         assert_eq!(expires - d, Duration::from_secs(6));
         assert!(d > plan(now, Some(&grant(30, true)), 0.6).at);
+    }
+
+    #[test]
+    fn huge_ttls_are_clamped_instead_of_overflowing_the_clock() {
+        let now = Instant::now();
+        assert_eq!(ttl_from_secs(u64::MAX), MAX_TTL);
+        assert_eq!(ttl_from_secs(30), Duration::from_secs(30));
+        assert_eq!(expiry(now, Duration::MAX) - now, MAX_TTL);
+        let huge = Grant {
+            ttl: Duration::MAX,
+            renewable: true,
+        };
+        let p = plan(now, Some(&huge), 0.67);
+        assert_eq!(p.at - now, MAX_TTL.mul_f64(0.67));
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub trait Source: Send + 'static {
     /// Renews or replaces the session. `Ok(true)` when it logged in anew:
     /// credentials read with the old token die with it, so fetch new ones.
     fn upkeep(&mut self) -> impl Future<Output = Result<bool, VaultError>> + Send;
+    /// At shutdown, after the leases: ends the session the source opened
+    /// itself (its own login token). `Ok(false)` when there is nothing of
+    /// its own to end (an operator's token is left alone).
+    fn end_session(&mut self) -> impl Future<Output = Result<bool, VaultError>> + Send;
 }
 
 /// Timing knobs of the loop.
@@ -261,7 +265,7 @@ impl<S: Source> Loop<S> {
 
     fn renewed(&mut self, lease: &Lease, grant: &Grant) {
         let now = Instant::now();
-        let expires = now + grant.ttl;
+        let expires = lease::expiry(now, grant.ttl);
         self.held.expires = Some(expires);
         self.publisher.extend(Some(expires.into_std()));
         self.backoff.reset();
@@ -324,7 +328,7 @@ impl<S: Source> Loop<S> {
         let now = Instant::now();
         let f = self.settings.fraction;
         let grant = issued.lease.as_ref().map(|l| l.grant.clone());
-        let expires = grant.as_ref().map(|g| now + g.ttl);
+        let expires = grant.as_ref().map(|g| lease::expiry(now, g.ttl));
         let generation = self.publisher.publish(Credentials {
             username: Some(issued.username.clone()),
             password: issued.password,
@@ -414,7 +418,8 @@ impl<S: Source> Loop<S> {
         }
     }
 
-    /// At shutdown: revokes the current lease so no Vault user outlives us.
+    /// At shutdown: revokes the current lease so no Vault user outlives us,
+    /// then the source's own login token.
     async fn release(&mut self) {
         let now = Instant::now();
         for (lease, _) in std::mem::take(&mut self.lingering)
@@ -426,6 +431,18 @@ impl<S: Source> Loop<S> {
         if let Some(lease) = self.held.lease.take() {
             self.revoke(&lease.id).await;
             info!(user = %self.held.username, "credential lease revoked at shutdown");
+        }
+        let wait = self.settings.revoke_wait;
+        match tokio::time::timeout(wait, self.source.end_session()).await {
+            Ok(Ok(true)) => info!("vault login token revoked at shutdown"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => self.vault_error("token", &e),
+            Err(_) => self.vault_error(
+                "token",
+                &VaultError::Timeout {
+                    operation: "token revoke",
+                },
+            ),
         }
     }
 
@@ -510,6 +527,11 @@ mod tests {
         async fn upkeep(&mut self) -> Result<bool, VaultError> {
             Ok(false)
         }
+
+        async fn end_session(&mut self) -> Result<bool, VaultError> {
+            self.log.lock().expect("lock").push("end-session".into());
+            Ok(true)
+        }
     }
 
     fn settings() -> Settings {
@@ -587,7 +609,8 @@ mod tests {
                 "fetch redis/creds/r/1",
                 "renew redis/creds/r/1",
                 "renew redis/creds/r/1",
-                "revoke redis/creds/r/1"
+                "revoke redis/creds/r/1",
+                "end-session"
             ]
         );
         assert_eq!(h.metrics.rotations.get(), 0);
@@ -676,7 +699,8 @@ mod tests {
                 "fetch redis/creds/r/1",
                 "fetch redis/creds/r/2",
                 "revoke redis/creds/r/1",
-                "revoke redis/creds/r/2"
+                "revoke redis/creds/r/2",
+                "end-session"
             ]
         );
     }
@@ -691,7 +715,32 @@ mod tests {
         let log = entries(&h.log);
         assert_eq!(
             &log[2..],
-            ["revoke redis/creds/r/1", "revoke redis/creds/r/2"]
+            [
+                "revoke redis/creds/r/1",
+                "revoke redis/creds/r/2",
+                "end-session"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lease_ttl_is_clamped_and_the_loop_lives_on() {
+        let h = start(Duration::from_secs(u64::MAX), true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!h.task.is_finished(), "the credential loop died");
+        let creds = h.handle.current();
+        assert_eq!(creds.username.as_deref(), Some("u1"));
+        let left = creds.valid_until.expect("a lease") - Instant::now().into_std();
+        assert!(left <= lease::MAX_TTL, "{left:?}");
+        h.stop.send_replace(true);
+        h.task.await.expect("loop");
+        assert_eq!(
+            entries(&h.log),
+            [
+                "fetch redis/creds/r/1",
+                "revoke redis/creds/r/1",
+                "end-session"
+            ]
         );
     }
 

@@ -48,6 +48,11 @@ pub const DEFAULT_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccoun
 /// How often a configured token file is checked for a new token.
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(5);
 
+/// The most a token, secret id, role id or JWT file may hold. Real ones are
+/// under 2 KiB; a bound keeps a wrong path (a log, a device) from filling
+/// memory.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// A failed Vault call. Never carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -73,9 +78,13 @@ pub enum VaultError {
         operation: &'static str,
         what: &'static str,
     },
-    /// A credential file could not be read.
-    #[error("cannot read {path}: {reason}")]
-    File { path: String, reason: String },
+    /// A credential file could not be read; `field` is its config key.
+    #[error("{field}: cannot read {path}: {reason}")]
+    File {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
     /// The client could not be built (address, CA file).
     #[error("vault client: {0}")]
     Setup(String),
@@ -233,20 +242,99 @@ impl Login {
     fn can_relogin(&self) -> bool {
         !matches!(self, Login::Token { file: None, .. })
     }
+
+    /// True when the token in use came from our own login (AppRole,
+    /// Kubernetes, cert), not from the operator (inline or file).
+    fn owns_token(&self) -> bool {
+        !matches!(self, Login::Token { .. })
+    }
+
+    /// The files this login reads, with their config keys.
+    fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = Vec::new();
+        match self {
+            Login::Token { file, .. } => files.extend(file.as_deref().map(|f| (TOKEN_FILE, f))),
+            Login::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                files.extend(role_id_file.as_deref().map(|f| (ROLE_ID_FILE, f)));
+                files.extend(secret_id_file.as_deref().map(|f| (SECRET_ID_FILE, f)));
+            }
+            Login::Kubernetes { jwt_file, .. } => files.push((JWT_FILE, jwt_file)),
+            Login::Cert { .. } => {}
+        }
+        files
+    }
 }
 
+const TOKEN_FILE: &str = "vault.auth.token_file";
+const ROLE_ID_FILE: &str = "vault.auth.role_id_file";
+const SECRET_ID_FILE: &str = "vault.auth.secret_id_file";
+const JWT_FILE: &str = "vault.auth.jwt_file";
+
 /// Reads a secret from `file` if given (trimmed), else uses `inline`.
-async fn secret_from(inline: &Secret, file: Option<&Path>) -> Result<Secret, VaultError> {
+async fn secret_from(
+    inline: &Secret,
+    file: Option<&Path>,
+    field: &'static str,
+) -> Result<Secret, VaultError> {
     let Some(path) = file else {
         return Ok(inline.clone());
     };
-    let text = tokio::fs::read_to_string(path)
+    let owned = path.to_path_buf();
+    let text = tokio::task::spawn_blocking(move || read_small_file(&owned))
         .await
-        .map_err(|e| VaultError::File {
-            path: path.display().to_string(),
-            reason: e.kind().to_string(),
-        })?;
-    Ok(Secret::new(text.trim()))
+        .unwrap_or_else(|_| Err("reader task failed".into()))
+        .map_err(|reason| file_error(field, path, reason))?;
+    Ok(Secret::new(String::from_utf8_lossy(&text).trim()))
+}
+
+fn file_error(field: &'static str, path: &Path, reason: String) -> VaultError {
+    VaultError::File {
+        field,
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Reads a regular file of at most [`MAX_SECRET_FILE`] bytes. Opened
+/// non-blocking, so a FIFO put where a token belongs fails at once instead
+/// of waiting for a writer; its type is checked on the opened handle.
+fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.kind().to_string())?;
+    let meta = file.metadata().map_err(|e| e.kind().to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut data = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| e.kind().to_string())?;
+    if data.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!("larger than {} KiB", MAX_SECRET_FILE / 1024));
+    }
+    Ok(data)
+}
+
+/// At start-up: every credential file that exists must be a small regular
+/// file. A missing one is left to the login, which retries (a Kubernetes
+/// token may be mounted late).
+fn check_files(login: &Login) -> Result<(), VaultError> {
+    for (field, path) in login.files() {
+        match read_small_file(path) {
+            Ok(_) => {}
+            Err(_) if !path.exists() => {}
+            Err(reason) => return Err(file_error(field, path, reason)),
+        }
+    }
+    Ok(())
 }
 
 // === token times ===
@@ -265,6 +353,7 @@ struct TokenTimes {
 
 impl TokenTimes {
     fn new(now: Instant, ttl: Duration, renewable: bool, fraction: f64) -> Self {
+        let ttl = ttl.min(lease::MAX_TTL);
         let grant = Grant { ttl, renewable };
         let plan = lease::plan(now, Some(&grant), fraction);
         let next = (plan.step != lease::Step::Hold).then_some(plan.at);
@@ -272,7 +361,7 @@ impl TokenTimes {
             ttl,
             renewable,
             next,
-            deadline: lease::renew_deadline(now + ttl, ttl, fraction),
+            deadline: lease::renew_deadline(lease::expiry(now, ttl), ttl, fraction),
         }
     }
 }
@@ -320,6 +409,7 @@ impl VaultSource {
             Target::Kv { mount, path }
         };
         let login = Login::from_config(v);
+        check_files(&login)?;
         let next_file_poll = matches!(login, Login::Token { file: Some(_), .. }).then(Instant::now);
         Ok(Self {
             client: build_client(v)?,
@@ -345,7 +435,7 @@ impl VaultSource {
         let now = Instant::now();
         let auth = match &self.login {
             Login::Token { inline, file } => {
-                let token = secret_from(inline, file.as_deref()).await?;
+                let token = secret_from(inline, file.as_deref(), TOKEN_FILE).await?;
                 self.file_token = token.clone();
                 self.client.set_token(token.expose());
                 self.adopt_token(now).await?;
@@ -359,8 +449,9 @@ impl VaultSource {
                 secret_id,
                 secret_id_file,
             } => {
-                let role_id = secret_from(role_id, role_id_file.as_deref()).await?;
-                let secret_id = secret_from(secret_id, secret_id_file.as_deref()).await?;
+                let role_id = secret_from(role_id, role_id_file.as_deref(), ROLE_ID_FILE).await?;
+                let secret_id =
+                    secret_from(secret_id, secret_id_file.as_deref(), SECRET_ID_FILE).await?;
                 vaultrs::auth::approle::login(
                     &self.client,
                     mount,
@@ -374,7 +465,7 @@ impl VaultSource {
                 role,
                 jwt_file,
             } => {
-                let jwt = secret_from(&Secret::default(), Some(jwt_file)).await?;
+                let jwt = secret_from(&Secret::default(), Some(jwt_file), JWT_FILE).await?;
                 vaultrs::auth::kubernetes::login(&self.client, mount, role, jwt.expose()).await
             }
             Login::Cert { mount, role } => {
@@ -386,7 +477,7 @@ impl VaultSource {
         self.logged_in = true;
         self.token = TokenTimes::new(
             now,
-            Duration::from_secs(auth.lease_duration),
+            lease::ttl_from_secs(auth.lease_duration),
             auth.renewable,
             self.fraction,
         );
@@ -399,11 +490,11 @@ impl VaultSource {
         let me = vaultrs::token::lookup_self(&self.client)
             .await
             .map_err(|e| VaultError::from_client("token lookup", e))?;
-        let ttl = Duration::from_secs(me.ttl);
+        let ttl = lease::ttl_from_secs(me.ttl);
         let renewable = me.renewable.unwrap_or(false);
         self.token = TokenTimes::new(now, ttl, renewable, self.fraction);
         // Renew by the TTL the token was created with, not what is left.
-        self.token.ttl = Duration::from_secs(me.creation_ttl.max(me.ttl));
+        self.token.ttl = lease::ttl_from_secs(me.creation_ttl.max(me.ttl));
         info!(method = "token", ttl = ?ttl, renewable, "using vault token");
         Ok(())
     }
@@ -440,7 +531,7 @@ impl VaultSource {
     ) -> Result<bool, VaultError> {
         self.backoff.reset();
         let grant = Grant {
-            ttl: Duration::from_secs(auth.lease_duration),
+            ttl: lease::ttl_from_secs(auth.lease_duration),
             renewable: auth.renewable,
         };
         match lease::renewal(asked, &grant) {
@@ -487,7 +578,7 @@ impl VaultSource {
             return Ok(false);
         };
         self.next_file_poll = Some(Instant::now() + TOKEN_FILE_POLL);
-        let token = secret_from(&Secret::default(), Some(path)).await?;
+        let token = secret_from(&Secret::default(), Some(path), TOKEN_FILE).await?;
         if token == self.file_token || token.is_empty() {
             return Ok(false);
         }
@@ -530,7 +621,7 @@ impl Source for VaultSource {
         let r: EndpointResult<serde_json::Value> =
             call(&self.client, "renew", Call::put("sys/leases/renew", &body)).await?;
         Ok(Grant {
-            ttl: Duration::from_secs(u64::from(r.lease_duration)),
+            ttl: lease::ttl_from_secs(u64::from(r.lease_duration)),
             renewable: r.renewable,
         })
     }
@@ -566,6 +657,21 @@ impl Source for VaultSource {
         }
         Ok(false)
     }
+
+    async fn end_session(&mut self) -> Result<bool, VaultError> {
+        // The operator's token (inline or token_file) is theirs to revoke:
+        // it may be shared or meant to outlive this process. A token from
+        // our own login is used by nobody else; leaving it would keep a
+        // live credential in Vault until its TTL.
+        if !self.logged_in || !self.login.owns_token() {
+            return Ok(false);
+        }
+        vaultrs::token::revoke_self(&self.client)
+            .await
+            .map_err(|e| VaultError::from_client("token revoke", e))?;
+        self.logged_in = false;
+        Ok(true)
+    }
 }
 
 // === calls vaultrs lacks ===
@@ -594,7 +700,7 @@ async fn read_database_creds(client: &VaultClient, path: &str) -> Result<Issued,
     let lease = (!r.lease_id.is_empty()).then(|| Lease {
         id: r.lease_id.clone(),
         grant: Grant {
-            ttl: Duration::from_secs(u64::from(r.lease_duration)),
+            ttl: lease::ttl_from_secs(u64::from(r.lease_duration)),
             renewable: r.renewable,
         },
     });
@@ -686,8 +792,7 @@ async fn call<R: DeserializeOwned + Send + Sync>(
 fn build_client(v: &VaultConfig) -> Result<VaultClient, VaultError> {
     // vaultrs is built without aws-lc; use ring, already in the tree.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Url::parse(&v.address)
-        .map_err(|e| VaultError::Setup(format!("vault.address: {e}")))?;
+    url::Url::parse(&v.address).map_err(|e| VaultError::Setup(format!("vault.address: {e}")))?;
     let mut b = VaultClientSettingsBuilder::default();
     b.address(&v.address)
         .token("")
@@ -711,15 +816,13 @@ fn build_client(v: &VaultConfig) -> Result<VaultClient, VaultError> {
 /// The client certificate and key for Vault listeners that require one
 /// (and the `cert` auth method), from PEM files.
 fn client_identity(v: &VaultConfig) -> Result<vaultrs::client::Identity, VaultError> {
-    let read = |path: &str| {
-        std::fs::read(path).map_err(|e| VaultError::File {
-            path: path.to_string(),
-            reason: e.kind().to_string(),
-        })
+    let read = |field, path: &str| {
+        read_small_file(Path::new(path))
+            .map_err(|reason| file_error(field, Path::new(path), reason))
     };
-    let mut pem = read(&v.client_cert_file)?;
+    let mut pem = read("vault.client_cert_file", &v.client_cert_file)?;
     pem.push(b'\n');
-    pem.extend(read(&v.client_key_file)?);
+    pem.extend(read("vault.client_key_file", &v.client_key_file)?);
     // reqwest's message names the PEM problem, never the key's bytes.
     vaultrs::client::Identity::from_pem(&pem)
         .map_err(|e| VaultError::Setup(format!("vault.client_cert_file/client_key_file: {e}")))
@@ -764,8 +867,9 @@ pub fn start(
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(rotation::run(source, publisher, settings, metrics, rx));
-    // Room for revoking a lease being retired and the current one.
-    let bound = revoke_wait * 2 + Duration::from_millis(500);
+    // Room for revoking a lease being retired, the current one and the
+    // plugin's own login token.
+    let bound = revoke_wait * 3 + Duration::from_millis(500);
     Ok((handle, VaultTask { stop, task, bound }))
 }
 
@@ -820,6 +924,48 @@ mod tests {
         // A root token (TTL 0) never needs renewal.
         let t = TokenTimes::new(now, Duration::ZERO, true, 0.5);
         assert_eq!(t.next, None);
+    }
+
+    #[test]
+    fn a_huge_token_ttl_is_clamped() {
+        let now = Instant::now();
+        let t = TokenTimes::new(now, Duration::from_secs(u64::MAX), true, 0.5);
+        assert_eq!(t.ttl, lease::MAX_TTL);
+        assert_eq!(t.next, Some(now + lease::MAX_TTL / 2));
+    }
+
+    #[test]
+    fn secret_files_must_be_small_regular_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = dir.path().join("token");
+        std::fs::write(&ok, "s.abc\n").expect("write");
+        assert_eq!(read_small_file(&ok).expect("read"), b"s.abc\n");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 64 * 1024 + 1]).expect("write");
+        assert_eq!(read_small_file(&big).unwrap_err(), "larger than 64 KiB");
+        // A FIFO without a writer: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.expect("mkfifo").success());
+        assert_eq!(read_small_file(&fifo).unwrap_err(), "not a regular file");
+        assert_eq!(
+            read_small_file(dir.path()).unwrap_err(),
+            "not a regular file"
+        );
+        let login = Login::Token {
+            inline: Secret::default(),
+            file: Some(fifo),
+        };
+        let e = check_files(&login).unwrap_err().to_string();
+        assert!(e.starts_with("vault.auth.token_file: "), "{e}");
+        let missing = Login::Token {
+            inline: Secret::default(),
+            file: Some(dir.path().join("not-yet")),
+        };
+        assert!(
+            check_files(&missing).is_ok(),
+            "a missing file is the login's to retry"
+        );
     }
 
     #[test]
