@@ -96,6 +96,9 @@ pub struct RedisServer {
     extra_args: Vec<String>,
     /// Certificates the admin connection uses when the server speaks TLS.
     admin_tls: Option<redis::TlsCertificates>,
+    /// The admin connection skips the certificate check (the server's
+    /// certificate names a host other than 127.0.0.1, on purpose).
+    admin_insecure: bool,
 }
 
 impl RedisServer {
@@ -117,6 +120,7 @@ impl RedisServer {
             child: None,
             extra_args,
             admin_tls: None,
+            admin_insecure: false,
         };
         server.write_config();
         server.spawn();
@@ -126,6 +130,16 @@ impl RedisServer {
     /// A server speaking only TLS on its port, with `pki`'s server
     /// certificate; `auth_clients` requires client certificates.
     pub fn start_tls(flavor: Flavor, pki: &pki::Pki, auth_clients: bool) -> Self {
+        Self::start_tls_checked(flavor, pki, auth_clients, true)
+    }
+
+    /// Like [`RedisServer::start_tls`] for a server certificate that does not
+    /// name 127.0.0.1: only the harness' own admin connection skips the check.
+    pub fn start_tls_named(flavor: Flavor, pki: &pki::Pki) -> Self {
+        Self::start_tls_checked(flavor, pki, false, false)
+    }
+
+    fn start_tls_checked(flavor: Flavor, pki: &pki::Pki, auth_clients: bool, check: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let path = |p: &Path| p.display().to_string();
@@ -159,6 +173,7 @@ impl RedisServer {
                 client_tls,
                 root_cert: Some(pki.ca.cert_pem.clone().into_bytes()),
             }),
+            admin_insecure: !check,
         };
         server.write_config();
         server.spawn();
@@ -222,8 +237,9 @@ impl RedisServer {
         } else {
             "redis"
         };
+        let fragment = if self.admin_insecure { "#insecure" } else { "" };
         let url = format!(
-            "{scheme}://{ADMIN_USER}:{}@127.0.0.1:{}/",
+            "{scheme}://{ADMIN_USER}:{}@127.0.0.1:{}/{fragment}",
             self.admin_password, self.port
         );
         let client = match &self.admin_tls {
