@@ -465,10 +465,16 @@ impl PluginProcess {
     /// Runs the plugin against `server` as the cache user and waits until it
     /// accepts connections.
     pub fn start(server: &RedisServer, prefix: &str) -> Self {
+        Self::start_with(server, prefix, "")
+    }
+
+    /// Like [`PluginProcess::start`], with `control_plane` entries appended
+    /// to its flow mapping (`", max_concurrent_requests: 16"`).
+    pub fn start_with(server: &RedisServer, prefix: &str, control_plane: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
+            "control_plane: {{ port: {port}, listen: 127.0.0.1{control_plane} }}\n\
              log: {{ level: warn }}\n\
              backend:\n  address: \"{addr}\"\n  username: {CACHE_USER}\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
             addr = server.address(),
@@ -507,6 +513,24 @@ impl PluginProcess {
     /// The plugin process' resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         load::rss_kib_of(&self.child.id().to_string())
+    }
+
+    /// The plugin process' peak resident set size so far (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        load::status_kib_of(&self.child.id().to_string(), "VmHWM:")
+    }
+
+    /// Serving status of `service` ("" = overall), -1 when it cannot answer.
+    pub async fn health(&self, service: &str) -> i32 {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let mut client = HealthClient::new(self.channel().await);
+        let req = HealthCheckRequest {
+            service: service.into(),
+        };
+        client
+            .check(req)
+            .await
+            .map_or(-1, |r| r.into_inner().status)
     }
 }
 
