@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod leaks;
 pub mod load;
 pub mod openbao;
 pub mod pki;
