@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    process::Command,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -113,12 +113,24 @@ fn startup_failure(
     let config = pki.path().join("plugin.yaml");
     std::fs::write(&config, yaml).expect("write config");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
         .arg("--config")
         .arg(&config)
         .env("REDIS_PASSWORD", &server.cache_password)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run plugin");
+    // Bounded: a plugin that accepted the certificate keeps serving.
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("must not start: still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("plugin output");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "must not start: {stderr}");
     assert!(!stderr.contains(&server.cache_password));
