@@ -140,7 +140,58 @@ async fn set_applies_prefix_and_ttl(f: &mut Fixture) {
         let pttl = server.pttl(&format!("{}default", f.prefix));
         assert!((59_000..=60_000).contains(&pttl), "default ttl pttl {pttl}");
         assert_eq!(server.raw_get("ttl"), None, "stored only under the prefix");
+    } else {
+        memory_applies_default_and_explicit_ttls(f).await;
     }
+}
+
+/// The memory backend has no outside view of its keys (the prefix cannot be
+/// seen), so its half checks the TTLs by behaviour: a plugin with a 200 ms
+/// default drops a key set without TTL, and keeps one set with 30 s.
+async fn memory_applies_default_and_explicit_ttls(f: &mut Fixture) {
+    let mut config = memory_config(&f.prefix);
+    config.backend.default_ttl = redis_cache_plugin::config::Ttl(Some(Duration::from_millis(200)));
+    let plugin = Plugin::start(config).await;
+    assert!(
+        plugin
+            .wait_health(common::SERVING, Duration::from_secs(10))
+            .await
+    );
+    let mut client = plugin.client().await;
+    for (key, ttl) in [("default", None), ("ttl", Some(Duration::from_secs(30)))] {
+        client
+            .set(SetRequest {
+                key: key.into(),
+                value: b"v".to_vec().into(),
+                ttl: ttl.map(|d| d.try_into().expect("ttl")),
+            })
+            .await
+            .expect("set");
+    }
+    let found = |client: &mut CacheClient<Channel>, key: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let r = client.get(GetRequest { key: key.into() }).await;
+            r.expect("get").into_inner().found
+        }
+    };
+    assert!(
+        found(&mut client, "default").await,
+        "hit before the default TTL"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while found(&mut client, "default").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "default TTL not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        found(&mut client, "ttl").await,
+        "an explicit TTL overrides the default"
+    );
+    plugin.stop().await;
 }
 
 async fn ttl_expiry_is_observed(f: &mut Fixture) {
@@ -346,14 +397,15 @@ async fn bad_ttls_are_rejected_and_nothing_written(f: &mut Fixture) {
 
 async fn prefixes_isolate_tenants(f: &mut Fixture) {
     // A second plugin on the same backend with another prefix sees nothing
-    // of the first (memory backends are per process, so isolation is given).
-    if f.server.is_none() {
-        return;
-    }
+    // of the first. Memory backends: the second plugin has its own store, and
+    // that is the isolation it promises (no store shared through a global).
     f.set("shared", b"mine", None).await;
-    let server = f.server.as_ref().expect("checked above");
-    let mut other = redis_config(server, &format!("{}other:", f.prefix));
-    other.backend.key_prefix = format!("{}other:", f.prefix);
+    assert_eq!(f.get("shared").await.as_deref(), Some(&b"mine"[..]));
+    let other_prefix = format!("{}other:", f.prefix);
+    let other = match &f.server {
+        Some(server) => redis_config(server, &other_prefix),
+        None => memory_config(&other_prefix),
+    };
     let plugin = Plugin::start(other).await;
     assert!(
         plugin
@@ -368,7 +420,15 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
         .await
         .expect("get")
         .into_inner();
-    assert!(!r.found);
+    assert!(!r.found, "the other tenant sees the key");
+    if let Some(server) = &f.server {
+        let raw = server.raw_get(&format!("{}shared", f.prefix));
+        assert_eq!(
+            raw.as_deref(),
+            Some(&b"mine"[..]),
+            "stored under its prefix"
+        );
+    }
     plugin.stop().await;
 }
 

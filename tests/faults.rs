@@ -67,10 +67,15 @@ async fn start(server: &RedisServer, name: &str, workers: usize) -> Run {
 /// The only codes an outage may produce.
 const OUTAGE_CODES: [Code; 2] = [Code::Unavailable, Code::DeadlineExceeded];
 
+/// Calls at the end of a run that must all have succeeded.
+const LAST_OK: usize = 50;
+
 impl Run {
-    /// The fault ended just now: waits for SERVING, lets traffic settle,
-    /// stops the load, reports, and checks that every failure carries an
-    /// outage code and lies between the fault and `grace` after healing.
+    /// The fault ended just now: waits for SERVING, keeps the load running
+    /// past the recovery deadline (so a failure after it is seen), stops it,
+    /// reports, and checks that every failure carries an outage code and lies
+    /// between the fault and `grace` after healing, that a call started after
+    /// healing succeeded within `grace`, and that the last calls all passed.
     async fn healed(
         self,
         name: &str,
@@ -80,13 +85,22 @@ impl Run {
         let healed = Instant::now();
         let serving = self
             .plugin
-            .wait_health(SERVING, Duration::from_secs(2))
+            .wait_health(SERVING, bound(grace) + Duration::from_secs(2))
             .await;
         assert!(serving, "{name}: SERVING again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let settle = (healed + bound(grace) + Duration::from_secs(1))
+            .max(Instant::now() + Duration::from_secs(1));
+        tokio::time::sleep_until(settle.into()).await;
         let (plugin, samples) = self.finish().await;
         report(name, &samples, fault, healed);
         assert_failures_inside(&samples, &OUTAGE_CODES, fault, healed, bound(grace));
+        let recovered = first_ok_after(&samples, healed).expect("a success after healing");
+        let took = recovered.duration_since(healed);
+        assert!(
+            took <= bound(grace),
+            "{name}: first success {took:?} after healing"
+        );
+        assert_last_ok(&samples, LAST_OK);
         (plugin, samples, healed)
     }
 
@@ -129,6 +143,23 @@ fn report(name: &str, samples: &[Sample], fault: Instant, healed: Instant) {
     );
 }
 
+/// The last `n` calls (by start) all succeeded, and there were that many.
+fn assert_last_ok(samples: &[Sample], n: usize) {
+    assert!(samples.len() >= n, "only {} calls", samples.len());
+    let tail = &samples[samples.len() - n..];
+    let bad: Vec<_> = tail.iter().filter(|s| s.code != Code::Ok).collect();
+    assert!(bad.is_empty(), "failures among the last {n} calls: {bad:?}");
+}
+
+/// The failed calls of `samples`.
+fn failed(samples: &[Sample]) -> Vec<Sample> {
+    samples
+        .iter()
+        .filter(|s| s.code != Code::Ok)
+        .cloned()
+        .collect()
+}
+
 /// Every failure is one of `allowed` and lies inside [fault, healed + grace].
 fn assert_failures_inside(
     samples: &[Sample],
@@ -162,22 +193,16 @@ async fn redis_killed_mid_load_fails_only_during_outage_and_recovers() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| server.restart());
-    let (plugin, samples, healed) = run
+    let (plugin, samples, _) = run
         .healed("redis_killed", fault, Duration::from_secs(1))
         .await;
-    let failed: Vec<_> = samples
-        .iter()
-        .filter(|s| s.code != Code::Ok)
-        .cloned()
-        .collect();
+    let failed = failed(&samples);
     assert!(!failed.is_empty(), "the outage was seen");
     let p99 = load::quantile(&failed, 0.99);
     assert!(
         p99 <= bound(OP_TIMEOUT + Duration::from_millis(100)),
         "failed p99 {p99:?}"
     );
-    let recovered = first_ok_after(&samples, healed).expect("a success after restart");
-    assert!(recovered.duration_since(healed) <= bound(Duration::from_secs(1)));
     plugin.stop().await;
 }
 
@@ -188,8 +213,11 @@ async fn redis_paused_calls_fail_by_deadline_and_none_hangs() {
     let fault = Instant::now();
     server.signal("STOP");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The pause took: Redis was not answering while it lasted.
+    let answered = tokio::task::block_in_place(|| redis_answers(&server));
     server.signal("CONT");
-    let (plugin, samples, healed) = run
+    assert!(!answered, "Redis answered while paused");
+    let (plugin, samples, _) = run
         .healed("redis_paused", fault, Duration::from_secs(1))
         .await;
     let max = samples.iter().map(|s| s.latency).max().unwrap_or_default();
@@ -197,14 +225,50 @@ async fn redis_paused_calls_fail_by_deadline_and_none_hangs() {
         max <= bound(OP_TIMEOUT + Duration::from_millis(300)),
         "a call hung for {max:?}"
     );
-    assert!(first_ok_after(&samples, healed).is_some());
+    // README: a call Redis does not answer fails with DEADLINE_EXCEEDED at
+    // the operation timeout.
+    let deadline = samples
+        .iter()
+        .filter(|s| s.code == Code::DeadlineExceeded)
+        .count();
+    assert!(
+        deadline > 0,
+        "no DEADLINE_EXCEEDED: {:?}",
+        load::by_code(&samples)
+    );
     plugin.stop().await;
+}
+
+/// Whether Redis answers anything (here a NOAUTH error to a PING) within
+/// 300 ms on a fresh connection: a paused server accepts but never answers.
+fn redis_answers(server: &RedisServer) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(server.address()) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(300)));
+    let mut buf = [0u8; 64];
+    tcp.write_all(b"PING\r\n").is_ok() && matches!(tcp.read(&mut buf), Ok(n) if n > 0)
+}
+
+/// Ids of the clients connected as the cache user, from CLIENT LIST.
+fn cache_client_ids(server: &RedisServer) -> Vec<u64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.admin())
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("user={CACHE_USER}")))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .filter_map(|id| id.parse().ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_of_all_connections_recovers_within_2s() {
     let server = RedisServer::start(Flavor::Redis);
     let run = start(&server, "clientkill", 8).await;
+    let before = tokio::task::block_in_place(|| cache_client_ids(&server));
     let fault = Instant::now();
     let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
@@ -214,9 +278,24 @@ async fn client_kill_of_all_connections_recovers_within_2s() {
         .expect("CLIENT KILL");
     assert!(killed >= 4, "killed {killed}");
     // Healing starts at once: the plugin must reconnect within 2 s.
-    let (plugin, _, _) = run
+    let (plugin, samples, _) = run
         .healed("client_kill", fault, Duration::from_secs(2))
         .await;
+    // The kill took: every connection now serving the plugin is a new one.
+    let after = cache_client_ids(&server);
+    assert!(!after.is_empty(), "the plugin reconnected");
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "old connections survived: before {before:?}, after {after:?}"
+    );
+    // README: a connection killed under a call is retried; no call fails.
+    let failed = failed(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        load::by_code(&failed)
+    );
     plugin.stop().await;
 }
 
@@ -226,11 +305,12 @@ async fn acl_user_deleted_mid_load_recovers_when_it_returns() {
     let run = start(&server, "deluser", 8).await;
     let fault = Instant::now();
     let mut admin = server.admin();
-    redis::cmd("ACL")
+    let deleted = redis::cmd("ACL")
         .arg("DELUSER")
         .arg(CACHE_USER)
         .query::<i64>(&mut admin)
         .expect("ACL DELUSER");
+    assert_eq!(deleted, 1, "the user existed and was deleted");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         run.plugin
@@ -247,9 +327,12 @@ async fn acl_user_deleted_mid_load_recovers_when_it_returns() {
         setuser.arg(rule);
     }
     setuser.query::<()>(&mut admin).expect("ACL SETUSER");
-    let (plugin, _, _) = run
+    let (plugin, samples, healed) = run
         .healed("acl_deluser", fault, Duration::from_secs(2))
         .await;
+    // The delete was felt by the callers, not only by the health probe.
+    let during = failed(&samples).iter().filter(|s| s.start < healed).count();
+    assert!(during > 0, "no call failed while the user was gone");
     plugin.stop().await;
 }
 
@@ -259,10 +342,19 @@ async fn overload_is_rejected_at_once_and_memory_stays_bounded() {
     let burst = Duration::from_secs(if full { 30 } else { 5 });
     let server = RedisServer::start(Flavor::Redis);
     let limit = 16;
-    let mut config = redis_config(&server, &test_prefix("overload"));
-    config.control_plane.max_concurrent_requests = limit;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    // The plugin as its own process, so the memory measured is its own.
+    let plugin = tokio::task::block_in_place(|| {
+        common::PluginProcess::start_with(
+            &server,
+            &test_prefix("overload"),
+            &format!(", max_concurrent_requests: {limit}"),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while plugin.health("").await != SERVING {
+        assert!(Instant::now() < deadline, "plugin not SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let channel = plugin.channel().await;
     let closed = |workers| Load {
         workers,
@@ -272,38 +364,63 @@ async fn overload_is_rejected_at_once_and_memory_stays_bounded() {
 
     // Sustainable: as many callers as the limit admits.
     let unloaded = timed(channel.clone(), closed(limit), Duration::from_secs(2)).await;
-    let rss_before = load::rss_kib();
+    let rss_before = plugin.rss_kib();
     // Overload: four times as many callers, each as fast as it can.
     let overload = timed(channel.clone(), closed(4 * limit), burst).await;
-    let rss_after = load::rss_kib();
+    let (rss_after, peak) = (plugin.rss_kib(), plugin.peak_rss_kib());
     assert_eq!(
         plugin.health("").await,
         SERVING,
         "healthy the moment the burst ends"
     );
+    check_overload(&unloaded, &overload, burst);
+    eprintln!("[overload] plugin rss_kib {rss_before} -> {rss_after}, peak {peak}");
+    assert!(
+        rss_before > 0 && peak >= rss_after,
+        "the plugin's RSS was read"
+    );
+    // Sixteen calls of 1 KiB in flight need no more than a few MiB; a queue
+    // of the rejected ones would grow with the burst.
+    assert!(
+        peak < rss_before + 32 * 1024,
+        "RSS grew {rss_before} -> peak {peak} KiB"
+    );
+}
 
-    let admitted: Vec<_> = overload
-        .iter()
-        .filter(|s| s.code == Code::Ok)
-        .cloned()
-        .collect();
-    let rejected = overload
-        .iter()
-        .filter(|s| s.code == Code::ResourceExhausted)
-        .count();
+/// The overload verdict: some calls admitted, the excess rejected with
+/// RESOURCE_EXHAUSTED at once (without waiting for a slot), nothing else.
+fn check_overload(unloaded: &[Sample], overload: &[Sample], burst: Duration) {
+    let with = |code| -> Vec<Sample> {
+        overload
+            .iter()
+            .filter(|s| s.code == code)
+            .cloned()
+            .collect()
+    };
+    let (admitted, rejected) = (with(Code::Ok), with(Code::ResourceExhausted));
     let (p99_unloaded, p99_admitted) = (
-        load::quantile(&unloaded, 0.99),
+        load::quantile(unloaded, 0.99),
         load::quantile(&admitted, 0.99),
+    );
+    let (p50_admitted, p99_rejected) = (
+        load::quantile(&admitted, 0.5),
+        load::quantile(&rejected, 0.99),
     );
     eprintln!(
         "[overload] unloaded: calls={} p99={p99_unloaded:?}; burst {burst:?}: calls={} by_code={:?} \
-         admitted_p99={p99_admitted:?} ratio={:.2} rss_kib {rss_before} -> {rss_after}",
+         admitted_p50={p50_admitted:?} admitted_p99={p99_admitted:?} rejected_p99={p99_rejected:?} ratio={:.2}",
         unloaded.len(),
         overload.len(),
-        load::by_code(&overload),
+        load::by_code(overload),
         p99_admitted.as_secs_f64() / p99_unloaded.as_secs_f64().max(1e-9),
     );
-    assert!(rejected > 0, "excess was rejected");
+    assert!(!admitted.is_empty(), "no call was admitted");
+    assert!(!rejected.is_empty(), "excess was rejected");
+    // "At once": a rejection does not wait for a slot or a timeout. The
+    // strict run wants it faster than a typical admitted call; CI (a busy
+    // machine, 160 ms p99 seen) only sooner than the shortest timeout.
+    let at_once = if strict() { p50_admitted } else { OP_TIMEOUT };
+    assert!(p99_rejected < at_once, "rejections took {p99_rejected:?}");
     // Under CPU starvation an admitted call may still run out its deadline;
     // that is the documented answer, but the strict run allows none.
     let allowed: &[Code] = if strict() {
@@ -311,20 +428,15 @@ async fn overload_is_rejected_at_once_and_memory_stays_bounded() {
     } else {
         &[Code::Ok, Code::ResourceExhausted, Code::DeadlineExceeded]
     };
-    for s in &overload {
+    for s in overload {
         assert!(allowed.contains(&s.code), "{s:?}");
     }
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS grew {rss_before} -> {rss_after} KiB"
-    );
-    if full {
+    if strict() {
         assert!(
             p99_admitted <= 2 * p99_unloaded,
             "admitted p99 {p99_admitted:?}"
         );
     }
-    plugin.stop().await;
 }
 
 async fn timed(channel: tonic::transport::Channel, spec: Load, for_: Duration) -> Vec<Sample> {

@@ -101,7 +101,7 @@ async fn replies_over_max_reply_bytes_fail_alone() {
         "  username: {}\n  operation_timeout: 5s\n  pool_size: 1\n  max_reply_bytes: {max_reply}\n",
         common::CACHE_USER
     );
-    let plugin = PluginProcess::start_with(
+    let plugin = PluginProcess::start_at(
         &server.address(),
         Some(&server.cache_password),
         &prefix,
@@ -280,7 +280,7 @@ async fn a_hostile_redis_cannot_make_the_plugin_grow() {
             tokio::spawn(hostile(sock, bytes.clone()));
         }
     });
-    let plugin = PluginProcess::start_with(
+    let plugin = PluginProcess::start_at(
         &address,
         None,
         "p:",
@@ -344,7 +344,7 @@ async fn read_buffers_shrink_after_large_replies() {
         "  username: {}\n  operation_timeout: 5s\n  pool_size: 4\n",
         common::CACHE_USER
     );
-    let plugin = PluginProcess::start_with(
+    let plugin = PluginProcess::start_at(
         &server.address(),
         Some(&server.cache_password),
         &test_prefix("shrink"),

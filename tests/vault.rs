@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -14,7 +15,7 @@ use std::{
 };
 
 use common::{
-    Flavor, NOT_SERVING, Plugin, RedisServer, SERVING,
+    Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, leaks,
     openbao::{OpenBao, vault_users},
     redis_config, test_prefix,
 };
@@ -88,6 +89,13 @@ async fn round_trip(client: &mut CacheClient<Channel>, key: &str) {
     assert!(got.found && got.value.as_ref() == b"v");
 }
 
+/// Runs a blocking call (the `bao` CLI, a Redis admin command, a server
+/// restart) off the runtime's async threads, so the in-process plugin keeps
+/// running meanwhile (every test here runs on a multi-thread runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// A metric's value from `/metrics` (0 when absent).
 async fn metric(plugin: &Plugin, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", plugin.url()))
@@ -136,6 +144,12 @@ impl Load {
         let mut v = self.samples.lock().expect("lock").clone();
         v.sort_by_key(|s| s.0);
         v
+    }
+
+    /// Calls started between `from` and `to`.
+    fn calls_between(&self, from: Instant, to: Instant) -> usize {
+        let s = self.samples.lock().expect("lock");
+        s.iter().filter(|(t, _)| *t >= from && *t <= to).count()
     }
 
     fn failures_so_far(&self) -> usize {
@@ -191,7 +205,7 @@ fn failures(samples: &[(Instant, Code)]) -> Vec<(Instant, Code)> {
 
 // === logins ===
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
     let w = World::dev("30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
@@ -209,7 +223,7 @@ async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_database_plugin_works() {
     let w = World::on(Flavor::Valkey, OpenBao::dev(), "30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
@@ -220,7 +234,7 @@ async fn valkey_database_plugin_works() {
     assert!(vault_users(&w.redis).is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_gets_new_credentials_at_once() {
     // Vault's users live in Redis memory only: a restart deletes them.
     let mut w = World::dev("1m", "5m");
@@ -228,8 +242,11 @@ async fn redis_restart_gets_new_credentials_at_once() {
     let plugin = start_serving(w.config("vault_redis_restart", &token)).await;
     let mut client = plugin.client().await;
     round_trip(&mut client, "a").await;
-    w.redis.restart();
-    assert!(vault_users(&w.redis).is_empty(), "restart deleted the user");
+    blocking(|| w.redis.restart());
+    assert!(
+        blocking(|| vault_users(&w.redis)).is_empty(),
+        "restart deleted the user"
+    );
     let restarted = Instant::now();
     let mut recovered = false;
     while restarted.elapsed() < Duration::from_secs(5) {
@@ -253,7 +270,7 @@ async fn redis_restart_gets_new_credentials_at_once() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approle_login_works() {
     let w = World::dev("30s", "2m");
     let (role_id, secret_id) = w.bao.approle("1h", "2h");
@@ -269,7 +286,7 @@ async fn approle_login_works() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approle_logs_in_again_at_the_tokens_max_ttl() {
     // The token lives at most 7 s; the credentials it read die with it, so
     // the plugin must log in again and switch to credentials read with the
@@ -297,7 +314,7 @@ async fn approle_logs_in_again_at_the_tokens_max_ttl() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_login_works() {
     let w = World::dev("30s", "2m");
     let jwt = service_account_jwt("default", "cache-plugin");
@@ -315,7 +332,7 @@ async fn kubernetes_login_works() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_v2_static_credentials_work() {
     let w = World::dev("30s", "2m");
     w.bao
@@ -329,7 +346,7 @@ async fn kv_v2_static_credentials_work() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_token_is_renewed_past_its_first_ttl() {
     // Leases of 3 s make the plugin read new credentials (with its token)
     // throughout; the token itself lives 4 s unless renewed.
@@ -353,26 +370,99 @@ async fn own_token_is_renewed_past_its_first_ttl() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_carry_secrets() {
     let logs = capture_logs();
     let w = World::dev("30s", "2m");
-    let token = w.bao.plugin_token("1h", "2h");
+    let token = blocking(|| w.bao.plugin_token("1h", "2h"));
     let plugin = start_serving(w.config("vault_logs", &token)).await;
-    round_trip(&mut plugin.client().await, "a").await;
-    // An error path too: the lease revoked behind the plugin's back.
-    let lease = w.bao.leases("cache-rw").pop().expect("a lease");
-    w.bao.revoke(&lease);
     let mut client = plugin.client().await;
+    round_trip(&mut client, "a").await;
+    // The Vault-issued password: the test knows it only by Redis' hash.
+    let mut hashes = blocking(|| vault_password_hashes(&w.redis));
+    assert!(!hashes.is_empty(), "a Vault-issued password to look for");
+    // An error path too: the lease revoked behind the plugin's back; the
+    // plugin then holds a second Vault-issued password.
+    let lease = blocking(|| w.bao.leases("cache-rw").pop().expect("a lease"));
+    blocking(|| w.bao.revoke(&lease));
+    let mut seen = String::new();
     for _ in 0..100 {
-        let get = client.get(GetRequest { key: "a".into() }).await;
-        if get.is_ok() {
-            break;
+        match client.get(GetRequest { key: "a".into() }).await {
+            Ok(_) => break,
+            Err(status) => seen.push_str(&format!("{status:?}\n")),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    round_trip(&mut client, "b").await;
+    hashes.extend(blocking(|| vault_password_hashes(&w.redis)));
+    assert!(hashes.len() >= 2, "a new user after the revocation");
+    seen.push_str(&scrape(&plugin).await);
+
+    // KV v2 static credentials, read with a second token.
+    let kv_token = blocking(|| {
+        let kv = &w.redis.cache_password;
+        w.bao.kv_creds("cache", common::CACHE_USER, kv);
+        w.bao.plugin_token("1h", "2h")
+    });
+    let mut c = w.config("vault_logs_kv", &kv_token);
+    c.vault.kv_path = "secret/redis/cache".into();
+    let kv_plugin = start_serving(c).await;
+    round_trip(&mut kv_plugin.client().await, "a").await;
+    seen.push_str(&scrape(&kv_plugin).await);
+    kv_plugin.stop().await;
     plugin.stop().await;
+
     let text = String::from_utf8_lossy(&logs.lock().expect("lock")).into_owned();
+    assert_capture_works(&text);
+    let text = text + &seen;
+    let kv_password = w.redis.cache_password.as_str();
+    for (what, secret) in [
+        ("vault token", token.as_str()),
+        ("KV reader's vault token", kv_token.as_str()),
+        ("KV static password", kv_password),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{what} leaked into logs, errors or /metrics"
+        );
+    }
+    assert_hash_search_works(&w.redis, kv_password);
+    assert!(
+        !leaks::contains_hashed(&text, &hashes, PASSWORD_LENGTHS),
+        "a Vault-issued password leaked into logs, errors or /metrics"
+    );
+}
+
+/// Lengths of password a hashed search tries (Vault's default policy
+/// issues 20 characters).
+const PASSWORD_LENGTHS: std::ops::RangeInclusive<usize> = 16..=40;
+
+/// Password hashes of every Vault-issued user in `redis`.
+fn vault_password_hashes(redis: &RedisServer) -> HashSet<String> {
+    let list: Vec<String> = redis::cmd("ACL")
+        .arg("LIST")
+        .query(&mut redis.admin())
+        .expect("ACL LIST");
+    vault_users(redis)
+        .iter()
+        .flat_map(|u| leaks::password_hashes(&list, u))
+        .collect()
+}
+
+/// The hashed search finds a password where there is one: checked on the
+/// harness' cache user, whose password the test knows and Redis hashes.
+fn assert_hash_search_works(redis: &RedisServer, password: &str) {
+    let list: Vec<String> = redis::cmd("ACL")
+        .arg("LIST")
+        .query(&mut redis.admin())
+        .expect("ACL LIST");
+    let hashes = leaks::password_hashes(&list, common::CACHE_USER);
+    assert!(hashes.contains(&leaks::sha256_hex(password.as_bytes())));
+    let planted = format!("{{\"msg\":\"x\",\"p\":\"{password}\"}}");
+    assert!(leaks::contains_hashed(&planted, &hashes, PASSWORD_LENGTHS));
+}
+
+fn assert_capture_works(text: &str) {
     assert!(
         text.contains("new redis credentials published"),
         "capture works"
@@ -386,12 +476,16 @@ async fn logs_never_carry_secrets() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    for (what, secret) in [
-        ("vault token", token.as_str()),
-        ("redis admin password", w.redis.admin_password.as_str()),
-    ] {
-        assert!(!text.contains(secret), "{what} leaked into the logs");
-    }
+}
+
+/// The text of `/metrics`.
+async fn scrape(plugin: &Plugin) -> String {
+    reqwest::get(format!("{}/metrics", plugin.url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
 }
 
 /// Installs a subscriber at `debug` (the plugin's own filter rules) that
@@ -424,7 +518,7 @@ impl std::io::Write for LogWriter {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_vault_with_ca_file_and_client_certificate() {
     let pki = common::pki::Pki::new();
     let (bao, tls_port) = OpenBao::dev_with_mtls(&pki.server.cert, &pki.server.key, &pki.ca_file);
@@ -448,7 +542,7 @@ async fn https_vault_with_ca_file_and_client_certificate() {
     assert!(vault_users(&w.redis).is_empty(), "revoked over mTLS too");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_is_reread_when_the_token_changes() {
     // The first token dies at 6 s whatever the plugin does; an operator (or
     // Vault Agent) writes a new one into the file at 2 s.
@@ -461,7 +555,8 @@ async fn token_file_is_reread_when_the_token_changes() {
     let plugin = start_serving(c).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    std::fs::write(&file, w.bao.plugin_token("1h", "2h")).expect("write token");
+    let new_token = blocking(|| w.bao.plugin_token("1h", "2h"));
+    std::fs::write(&file, new_token).expect("write token");
     tokio::time::sleep(Duration::from_secs(8)).await;
     let samples = load.finish().await;
     let failed = failures(&samples);
@@ -484,7 +579,7 @@ async fn token_file_is_reread_when_the_token_changes() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cert_login_works_over_mtls() {
     let pki = common::pki::Pki::new();
     let (bao, tls_port) = OpenBao::dev_with_mtls(&pki.server.cert, &pki.server.key, &pki.ca_file);
@@ -504,7 +599,7 @@ async fn cert_login_works_over_mtls() {
 
 // === lifecycle under load ===
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_drops_nothing() {
     let w = World::dev("4s", "10s");
     let token = w.bao.plugin_token("1h", "2h");
@@ -513,7 +608,7 @@ async fn rotation_under_load_drops_nothing() {
     let mut max_users = 0;
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
-        max_users = max_users.max(vault_users(&w.redis).len());
+        max_users = max_users.max(blocking(|| vault_users(&w.redis)).len());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let samples = load.finish().await;
@@ -542,17 +637,17 @@ async fn rotation_under_load_drops_nothing() {
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_revocation_recovers_within_two_seconds() {
     let w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
     let plugin = start_serving(w.config("vault_revoke", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let leases = w.bao.leases("cache-rw");
+    let leases = blocking(|| w.bao.leases("cache-rw"));
     assert_eq!(leases.len(), 1, "{leases:?}");
     let revoked_at = Instant::now();
-    w.bao.revoke(&leases[0]);
+    blocking(|| w.bao.revoke(&leases[0]));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let samples = load.finish().await;
     let failed = failures(&samples);
@@ -577,11 +672,13 @@ async fn external_revocation_recovers_within_two_seconds() {
     assert!(failed.len() <= 5, "{} failures", failed.len());
     let after: Vec<_> = samples.iter().filter(|(t, _)| *t > revoked_at).collect();
     assert!(after.iter().rev().take(20).all(|(_, c)| *c == Code::Ok));
-    assert_eq!(w.bao.leases("cache-rw").len(), 1, "one live lease again");
+    let leases_now = blocking(|| w.bao.leases("cache-rw"));
+    assert_eq!(leases_now.len(), 1, "one live lease again");
+    assert_ne!(leases_now[0], leases[0], "a new lease");
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
     // The user disappears from Redis while Vault still thinks its lease is
     // fine: WRONGPASS on reconnect must make the plugin ask for a new user.
@@ -590,14 +687,19 @@ async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
     let plugin = start_serving(w.config("vault_deluser", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let users = vault_users(&w.redis);
+    let users = blocking(|| vault_users(&w.redis));
     assert_eq!(users.len(), 1, "{users:?}");
     let deleted_at = Instant::now();
-    redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(&users[0])
-        .query::<i64>(&mut w.redis.admin())
-        .expect("ACL DELUSER");
+    let deleted = blocking(|| {
+        redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&users[0])
+            .query::<i64>(&mut w.redis.admin())
+            .expect("ACL DELUSER")
+    });
+    assert_eq!(deleted, 1, "the Vault user existed and was deleted");
+    // The delete also closes the user's connections: the plugin must
+    // reconnect, find WRONGPASS and ask Vault for a new user.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let samples = load.finish().await;
     let failed = failures(&samples);
@@ -614,29 +716,53 @@ async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
     );
     assert!(last_failure.is_none_or(|d| d < Duration::from_secs(2)));
     assert!(failed.len() <= 5, "{} failures", failed.len());
-    assert_eq!(vault_users(&w.redis).len(), 1, "a new Vault user serves");
+    let now = blocking(|| vault_users(&w.redis));
+    assert_eq!(now.len(), 1, "one Vault user: {now:?}");
+    assert_ne!(now[0], users[0], "a new Vault user serves");
+    let after: Vec<_> = samples.iter().filter(|(t, _)| *t > deleted_at).collect();
+    assert!(after.len() >= 20, "{} calls after the delete", after.len());
+    assert!(after.iter().rev().take(20).all(|(_, c)| *c == Code::Ok));
     plugin.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outages_short_and_past_expiry() {
-    // A 12 s lease: the short outage (3 s plus a restart of a few seconds on
-    // a busy machine) stays well inside it.
+    // A 12 s lease renewed at a fifth of what is left (about every 2.4 s):
+    // the short outage (3 s plus a restart) covers at least one renewal,
+    // and stays well inside the lease.
     let mut w = World::with(OpenBao::persistent(), "12s", "10m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_outage", &token)).await;
+    let mut config = w.config("vault_outage", &token);
+    config.vault.renew_fraction = 0.2;
+    let plugin = start_serving(config).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
+    let renew_errors = "redis_plugin_vault_errors_total{operation=\"renew\"}";
 
-    // Shorter than the lease: nothing fails.
+    // Shorter than the lease: a renewal fails, no call does.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let errors_before = metric(&plugin, renew_errors).await;
     let down = Instant::now();
-    w.bao.stop();
+    blocking(|| w.bao.stop());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    w.bao.restart();
-    let short = down.elapsed();
+    blocking(|| w.bao.restart());
+    let up = Instant::now();
+    let errors_during = metric(&plugin, renew_errors).await - errors_before;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failed = load.failures_so_far();
-    eprintln!("vault outage of {short:?}: {failed} failed calls");
+    let calls_while_down = load.calls_between(down, up);
+    eprintln!(
+        "vault outage of {:?}: {errors_during} failed renewals, {calls_while_down} calls \
+         while down, {failed} failed calls",
+        up - down
+    );
+    assert!(
+        errors_during >= 1.0,
+        "no renewal was tried while Vault was down"
+    );
+    assert!(
+        calls_while_down > 0,
+        "the plugin served no call while Vault was down"
+    );
     assert_eq!(
         failed, 0,
         "a Vault outage shorter than the lease fails no call"
@@ -645,20 +771,14 @@ async fn vault_outages_short_and_past_expiry() {
 
     // Past expiry: NOT_SERVING, then recovery once Vault is back.
     let down = Instant::now();
-    w.bao.stop();
+    blocking(|| w.bao.stop());
     let dropped = plugin
         .wait_health(NOT_SERVING, Duration::from_secs(20))
         .await;
     eprintln!("vault down: NOT_SERVING after {:?}", down.elapsed());
     assert!(dropped, "health must drop when the lease has expired");
-    let errors = metric(
-        &plugin,
-        "redis_plugin_vault_errors_total{operation=\"renew\"}",
-    )
-    .await;
-    assert!(errors >= 1.0, "failed renewals are counted");
     let back = Instant::now();
-    w.bao.restart();
+    blocking(|| w.bao.restart());
     assert!(
         plugin.wait_health(SERVING, Duration::from_secs(15)).await,
         "recovery after Vault returns"
@@ -671,7 +791,7 @@ async fn vault_outages_short_and_past_expiry() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = load.finish().await;
     let after: Vec<_> = samples.iter().filter(|(t, _)| *t > serving_at).collect();
-    assert!(!after.is_empty());
+    assert!(after.len() >= 20, "{} calls after recovery", after.len());
     assert!(
         after.iter().all(|(_, c)| *c == Code::Ok),
         "calls succeed once SERVING again: {after:?}"

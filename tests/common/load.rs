@@ -166,12 +166,12 @@ pub fn rss_kib() -> u64 {
 /// Resident set size in KiB of process `pid` (`"self"` for this one); 0
 /// when it cannot be read.
 pub fn rss_kib_of(pid: &str) -> u64 {
-    status_kib(pid, "VmRSS:")
+    status_kib_of(pid, "VmRSS:")
 }
 
 /// A `/proc/<pid>/status` field in KiB (`"VmRSS:"`, `"VmHWM:"`); 0 when it
 /// cannot be read.
-pub fn status_kib(pid: &str, field: &str) -> u64 {
+pub fn status_kib_of(pid: &str, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod leaks;
 pub mod load;
 pub mod openbao;
 pub mod pki;
@@ -96,6 +97,9 @@ pub struct RedisServer {
     extra_args: Vec<String>,
     /// Certificates the admin connection uses when the server speaks TLS.
     admin_tls: Option<redis::TlsCertificates>,
+    /// The admin connection skips the certificate check (the server's
+    /// certificate names a host other than 127.0.0.1, on purpose).
+    admin_insecure: bool,
 }
 
 impl RedisServer {
@@ -117,6 +121,7 @@ impl RedisServer {
             child: None,
             extra_args,
             admin_tls: None,
+            admin_insecure: false,
         };
         server.write_config();
         server.spawn();
@@ -126,6 +131,16 @@ impl RedisServer {
     /// A server speaking only TLS on its port, with `pki`'s server
     /// certificate; `auth_clients` requires client certificates.
     pub fn start_tls(flavor: Flavor, pki: &pki::Pki, auth_clients: bool) -> Self {
+        Self::start_tls_checked(flavor, pki, auth_clients, true)
+    }
+
+    /// Like [`RedisServer::start_tls`] for a server certificate that does not
+    /// name 127.0.0.1: only the harness' own admin connection skips the check.
+    pub fn start_tls_named(flavor: Flavor, pki: &pki::Pki) -> Self {
+        Self::start_tls_checked(flavor, pki, false, false)
+    }
+
+    fn start_tls_checked(flavor: Flavor, pki: &pki::Pki, auth_clients: bool, check: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let path = |p: &Path| p.display().to_string();
@@ -159,6 +174,7 @@ impl RedisServer {
                 client_tls,
                 root_cert: Some(pki.ca.cert_pem.clone().into_bytes()),
             }),
+            admin_insecure: !check,
         };
         server.write_config();
         server.spawn();
@@ -222,8 +238,9 @@ impl RedisServer {
         } else {
             "redis"
         };
+        let fragment = if self.admin_insecure { "#insecure" } else { "" };
         let url = format!(
-            "{scheme}://{ADMIN_USER}:{}@127.0.0.1:{}/",
+            "{scheme}://{ADMIN_USER}:{}@127.0.0.1:{}/{fragment}",
             self.admin_password, self.port
         );
         let client = match &self.admin_tls {
@@ -449,11 +466,18 @@ impl PluginProcess {
     /// Runs the plugin against `server` as the cache user and waits until it
     /// accepts connections.
     pub fn start(server: &RedisServer, prefix: &str) -> Self {
+        Self::start_with(server, prefix, "")
+    }
+
+    /// Like [`PluginProcess::start`], with `control_plane` entries appended
+    /// to its flow mapping (`", max_concurrent_requests: 16"`).
+    pub fn start_with(server: &RedisServer, prefix: &str, control_plane: &str) -> Self {
         let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n");
-        Self::start_with(
+        Self::spawn(
             &server.address(),
             Some(&server.cache_password),
             prefix,
+            control_plane,
             &backend,
         )
     }
@@ -461,16 +485,26 @@ impl PluginProcess {
     /// Runs the plugin against the Redis at `address` (a real one, or a
     /// fake on loopback) with `password` if any, and `backend_yaml` (lines
     /// of the `backend:` block, indented two spaces) added to its config.
-    pub fn start_with(
+    pub fn start_at(
         address: &str,
         password: Option<&str>,
         prefix: &str,
         backend_yaml: &str,
     ) -> Self {
+        Self::spawn(address, password, prefix, "", backend_yaml)
+    }
+
+    fn spawn(
+        address: &str,
+        password: Option<&str>,
+        prefix: &str,
+        control_plane: &str,
+        backend_yaml: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
+            "control_plane: {{ port: {port}, listen: 127.0.0.1{control_plane} }}\n\
              log: {{ level: warn }}\n\
              backend:\n  address: \"{address}\"\n  key_prefix: \"{prefix}\"\n{backend_yaml}",
         );
@@ -513,9 +547,22 @@ impl PluginProcess {
         load::rss_kib_of(&self.child.id().to_string())
     }
 
-    /// The plugin process' peak resident set size (VmHWM) in KiB.
+    /// The plugin process' peak resident set size so far (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        load::status_kib(&self.child.id().to_string(), "VmHWM:")
+        load::status_kib_of(&self.child.id().to_string(), "VmHWM:")
+    }
+
+    /// Serving status of `service` ("" = overall), -1 when it cannot answer.
+    pub async fn health(&self, service: &str) -> i32 {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let mut client = HealthClient::new(self.channel().await);
+        let req = HealthCheckRequest {
+            service: service.into(),
+        };
+        client
+            .check(req)
+            .await
+            .map_or(-1, |r| r.into_inner().status)
     }
 
     /// A cache client that takes replies up to 64 MiB (tonic's default is

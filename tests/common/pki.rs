@@ -71,6 +71,13 @@ impl Ca {
         self.issue(dir, name, params)
     }
 
+    /// A server certificate for exactly `names` (no `localhost`, no IP), so
+    /// only a connection that sends one of them as its server name accepts it.
+    pub fn server_named(&self, dir: &Path, name: &str, names: &[&str]) -> Pair {
+        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        self.issue(dir, name, CertificateParams::new(sans).expect("params"))
+    }
+
     /// A client certificate; `expired` makes one whose validity ended.
     pub fn client(&self, dir: &Path, name: &str, expired: bool) -> Pair {
         let mut params = CertificateParams::new(vec![format!("{name}.client")]).expect("params");
