@@ -22,6 +22,8 @@ pub const CONFIG_ENV: &str = "PRISM_PLUGIN_CONFIG";
 /// The last resort path.
 pub const DEFAULT_PATH: &str = "config.yaml";
 
+const MIB: usize = 1024 * 1024;
+
 /// Every variable the environment overlay reads, with the field it sets.
 /// `--help` prints this list and the deploy tests check examples against it,
 /// so keep it in step with [`Config::load`]'s overlay.
@@ -96,6 +98,22 @@ pub struct ControlPlaneConfig {
     pub health_interval: Dur,
     /// TLS (and mTLS) on the plugin's own port.
     pub tls: ServerTls,
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open (advertised in SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Request and response bytes held in memory, all connections together.
+    pub max_in_flight_bytes: usize,
+    /// The share of `max_in_flight_bytes` one connection may hold.
+    pub max_in_flight_bytes_per_connection: usize,
+    /// How long a request body may take to arrive (or the caller's deadline).
+    pub request_read_timeout: Dur,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Dur,
+    /// HTTP/2 PING interval on a connection, to find dead peers.
+    pub keepalive_interval: Dur,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Dur,
 }
 
 /// TLS on the gRPC port. With `client_ca_file`, clients must present a
@@ -248,6 +266,14 @@ impl Default for ControlPlaneConfig {
                 reload_interval: Dur::secs(5),
                 ..ServerTls::default()
             },
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            max_in_flight_bytes: 256 * MIB,
+            max_in_flight_bytes_per_connection: 64 * MIB,
+            request_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(300),
+            keepalive_interval: Dur::secs(60),
+            keepalive_timeout: Dur::secs(20),
         }
     }
 }
@@ -459,9 +485,44 @@ impl Config {
         )?;
         nonzero(c.drain_timeout, "control_plane.drain_timeout")?;
         nonzero(c.health_interval, "control_plane.health_interval")?;
+        self.validate_transport()?;
         if self.plugin.name.is_empty() {
             return Err(ConfigError::new("plugin.name", "must not be empty"));
         }
+        Ok(())
+    }
+
+    /// The connection and memory limits of the plugin's own port.
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let c = &self.control_plane;
+        positive(c.max_connections, "control_plane.max_connections")?;
+        positive(
+            c.max_concurrent_streams as usize,
+            "control_plane.max_concurrent_streams",
+        )?;
+        positive(c.max_in_flight_bytes, "control_plane.max_in_flight_bytes")?;
+        let per_conn = "control_plane.max_in_flight_bytes_per_connection";
+        if c.max_in_flight_bytes_per_connection > c.max_in_flight_bytes {
+            return Err(ConfigError::new(
+                per_conn,
+                "must be at most control_plane.max_in_flight_bytes",
+            ));
+        }
+        // A largest allowed Set (or Get reply) must fit, or it could never succeed.
+        let b = &self.backend;
+        let largest = b.max_value_bytes.saturating_add(b.max_key_bytes) + 64 * 1024;
+        if c.max_in_flight_bytes_per_connection < largest {
+            return Err(ConfigError::new(
+                per_conn,
+                format!(
+                    "must be at least backend.max_value_bytes + max_key_bytes + 64 KiB ({largest})"
+                ),
+            ));
+        }
+        nonzero(c.request_read_timeout, "control_plane.request_read_timeout")?;
+        nonzero(c.idle_timeout, "control_plane.idle_timeout")?;
+        nonzero(c.keepalive_interval, "control_plane.keepalive_interval")?;
+        nonzero(c.keepalive_timeout, "control_plane.keepalive_timeout")?;
         Ok(())
     }
 

@@ -1,0 +1,685 @@
+//! Admission on the plugin's port: which HTTP requests are served at all,
+//! how many cache calls run at once, and how many bytes they may hold.
+//!
+//! One [`Admission`] is shared by every connection; each connection serves
+//! through its own [`ConnService`], which carries that connection's byte
+//! share and its count of requests in flight (for the idle timeout).
+//! - HTTP policy: HTTP/1.x serves `GET /metrics` and nothing else (405 for
+//!   another method, 404 for another path). Over HTTP/2 everything except
+//!   `/metrics` must be `application/grpc*` (415 otherwise) — so a web page
+//!   cannot post a form to the cache API.
+//! - A cache call takes a permit (`max_concurrent_requests`) when its
+//!   headers arrive, before its body is read; without one it is answered
+//!   RESOURCE_EXHAUSTED at once. The permit is held until the response body
+//!   has been handed to HTTP/2 (or dropped), not just until the handler ends.
+//! - Request bytes count against the global and the per-connection budget
+//!   as they are buffered (the declared gRPC message length up front) and
+//!   must arrive within `request_read_timeout` or the caller's deadline.
+//! - Response bytes count from when the response is encoded until its last
+//!   piece is handed to HTTP/2. Pieces go out [`CHUNK`] bytes at a time:
+//!   hyper takes the next piece only once the last one fits the peer's
+//!   window, so a caller that never reads holds at most two pieces outside
+//!   the budget.
+//!
+//! Health, reflection and `/metrics` take no permit and no bytes. This
+//! module neither accepts connections (`transport`) nor runs the RPCs.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use axum::{Router, body::Body as AxumBody, routing::future::RouteFuture};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
+};
+use tonic::Status;
+use tower::Service;
+
+use crate::{metrics::Metrics, service::parse_grpc_timeout};
+
+/// The largest piece of a response body handed to HTTP/2 at once.
+pub const CHUNK: usize = 16 * 1024;
+
+/// Path prefix of the cache RPCs, the only admitted routes.
+const CACHE_PATH: &str = "/cache.v1.Cache/";
+
+/// The admission limits, from `control_plane` config.
+#[derive(Debug, Clone)]
+pub struct AdmissionLimits {
+    pub max_concurrent_requests: usize,
+    pub max_in_flight_bytes: usize,
+    pub max_in_flight_bytes_per_connection: usize,
+    pub request_read_timeout: Duration,
+    /// The largest request message the service decodes; a larger declared
+    /// length is left to the decoder to refuse (OUT_OF_RANGE).
+    pub max_request_bytes: usize,
+}
+
+/// Why a request was refused before (or instead of) running.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error("too many requests in flight (max_concurrent_requests = {0})")]
+    Requests(usize),
+    #[error(
+        "{what} of {bytes} bytes does not fit in {budget} ({limit} bytes) with what is already in flight"
+    )]
+    Bytes {
+        what: &'static str,
+        bytes: usize,
+        budget: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "request body not received within {0:?} (request_read_timeout or the caller's deadline); nothing was written"
+    )]
+    ReadTimeout(Duration),
+}
+
+impl Rejected {
+    /// The `reason` label of `redis_plugin_requests_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Requests(_) => "max_concurrent_requests",
+            Rejected::Bytes { budget, .. } => budget,
+            Rejected::ReadTimeout(_) => "request_read_timeout",
+        }
+    }
+}
+
+/// Admission shared by every connection.
+pub struct Admission {
+    router: Router,
+    /// One permit per cache call in flight; never waited on.
+    requests: Arc<Semaphore>,
+    /// One permit per byte held by requests and responses in flight.
+    bytes: Arc<Semaphore>,
+    limits: AdmissionLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// Admission in front of `router` (the gRPC routes and `/metrics`).
+    pub fn new(router: Router, limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        let max = Semaphore::MAX_PERMITS;
+        Arc::new(Self {
+            router,
+            requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.min(max))),
+            bytes: Arc::new(Semaphore::new(limits.max_in_flight_bytes.min(max))),
+            limits,
+            metrics,
+        })
+    }
+
+    /// The service for one new connection.
+    pub fn connection(self: &Arc<Self>) -> ConnService {
+        let share = self.limits.max_in_flight_bytes_per_connection;
+        ConnService {
+            admission: self.clone(),
+            conn: Arc::new(ConnState {
+                bytes: Arc::new(Semaphore::new(share.min(Semaphore::MAX_PERMITS))),
+                in_flight: AtomicUsize::new(0),
+                idle_since_ms: AtomicU64::new(0),
+                opened: Instant::now(),
+            }),
+        }
+    }
+
+    /// Counts a refused connection (the transport's cap).
+    pub fn reject_connection(&self) {
+        self.metrics.reject("max_connections");
+    }
+
+    fn refuse(&self, why: Rejected) -> Response<AxumBody> {
+        self.metrics.reject(why.reason());
+        Status::from(why).into_http()
+    }
+
+    /// `n` bytes from both budgets, or which one is short.
+    fn reserve(&self, conn: &ConnState, n: usize, what: &'static str) -> Result<Held, Rejected> {
+        let short = |budget, limit| Rejected::Bytes {
+            what,
+            bytes: n,
+            budget,
+            limit,
+        };
+        let Ok(count) = u32::try_from(n) else {
+            return Err(short(
+                "max_in_flight_bytes",
+                self.limits.max_in_flight_bytes,
+            ));
+        };
+        let conn_limit = self.limits.max_in_flight_bytes_per_connection;
+        let Ok(local) = conn.bytes.clone().try_acquire_many_owned(count) else {
+            return Err(short("max_in_flight_bytes_per_connection", conn_limit));
+        };
+        let Ok(global) = self.bytes.clone().try_acquire_many_owned(count) else {
+            return Err(short(
+                "max_in_flight_bytes",
+                self.limits.max_in_flight_bytes,
+            ));
+        };
+        Ok(Held { local, global })
+    }
+}
+
+/// What one connection holds: its byte share and its requests in flight.
+pub struct ConnState {
+    bytes: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    /// When the last request ended, in ms after `opened`.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl ConnState {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        // The time first, so a watchdog that sees zero in flight sees it too.
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(ms, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing starts.
+    pub fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.opened + since + idle
+    }
+
+    /// No request in flight, and none for `idle`.
+    pub fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(idle) <= Instant::now()
+    }
+}
+
+/// Bytes held from both budgets.
+struct Held {
+    local: OwnedSemaphorePermit,
+    global: OwnedSemaphorePermit,
+}
+
+impl Held {
+    fn merge(&mut self, more: Held) {
+        self.local.merge(more.local);
+        self.global.merge(more.global);
+    }
+}
+
+/// Held from a request's headers until its response body is done: the
+/// connection's in-flight count, the cache call's permit, response bytes.
+struct Ticket {
+    conn: Arc<ConnState>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _bytes: Option<Held>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.conn.end();
+    }
+}
+
+// === impl ConnService ===
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+pub struct ConnService {
+    admission: Arc<Admission>,
+    conn: Arc<ConnState>,
+}
+
+impl ConnService {
+    /// This connection's state, for the transport's idle watchdog.
+    pub fn state(&self) -> Arc<ConnState> {
+        self.conn.clone()
+    }
+
+    /// The HTTP policy: `Ok(true)` for a cache call, `Ok(false)` for an
+    /// exempt route, `Err` with the answer for anything not served.
+    fn classify(req: &Request<Incoming>) -> Result<bool, StatusCode> {
+        let path = req.uri().path();
+        if req.version() != Version::HTTP_2 {
+            return match (path, req.method()) {
+                ("/metrics", &Method::GET | &Method::HEAD) => Ok(false),
+                ("/metrics", _) => Err(StatusCode::METHOD_NOT_ALLOWED),
+                _ => Err(StatusCode::NOT_FOUND),
+            };
+        }
+        if path == "/metrics" {
+            return Ok(false);
+        }
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        Ok(path.starts_with(CACHE_PATH))
+    }
+
+    fn admit(&self, req: Request<Incoming>, mut ticket: Ticket) -> Admitted {
+        let a = &self.admission;
+        let Ok(permit) = a.requests.clone().try_acquire_owned() else {
+            let refused = a.refuse(Rejected::Requests(a.limits.max_concurrent_requests));
+            return Admitted::ready(refused, ticket);
+        };
+        ticket._permit = Some(permit);
+        let mut read = a.limits.request_read_timeout;
+        if let Some(caller) = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
+            read = read.min(caller);
+        }
+        let req = req.map(|inner| ReadBody {
+            inner,
+            admission: a.clone(),
+            conn: self.conn.clone(),
+            held: None,
+            held_bytes: 0,
+            received: 0,
+            header: [0; 5],
+            timeout: read,
+            deadline: Instant::now() + read,
+            timer: None,
+            failed: false,
+        });
+        let mut router = a.router.clone();
+        Admitted {
+            inner: Some(router.call(req)),
+            ready: None,
+            ticket: Some(ticket),
+            account: Some((a.clone(), self.conn.clone())),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<HeldBody>;
+    type Error = Infallible;
+    type Future = Admitted;
+
+    fn call(&self, req: Request<Incoming>) -> Admitted {
+        self.conn.begin();
+        let ticket = Ticket {
+            conn: self.conn.clone(),
+            _permit: None,
+            _bytes: None,
+        };
+        match Self::classify(&req) {
+            Ok(true) => self.admit(req, ticket),
+            Ok(false) => Admitted {
+                inner: Some(self.admission.router.clone().call(req)),
+                ready: None,
+                ticket: Some(ticket),
+                account: None,
+            },
+            Err(code) => {
+                let mut refused = Response::new(AxumBody::empty());
+                *refused.status_mut() = code;
+                if code == StatusCode::METHOD_NOT_ALLOWED {
+                    let allow = http::HeaderValue::from_static("GET, HEAD");
+                    refused.headers_mut().insert(header::ALLOW, allow);
+                }
+                Admitted::ready(refused, ticket)
+            }
+        }
+    }
+}
+
+// === impl Admitted ===
+
+pin_project_lite::pin_project! {
+    /// The response future: the route's, then response bytes accounted.
+    pub struct Admitted {
+        #[pin]
+        inner: Option<RouteFuture<Infallible>>,
+        ready: Option<Response<AxumBody>>,
+        ticket: Option<Ticket>,
+        account: Option<(Arc<Admission>, Arc<ConnState>)>,
+    }
+}
+
+impl Admitted {
+    fn ready(response: Response<AxumBody>, ticket: Ticket) -> Self {
+        Self {
+            inner: None,
+            ready: Some(response),
+            ticket: Some(ticket),
+            account: None,
+        }
+    }
+}
+
+impl Future for Admitted {
+    type Output = Result<Response<HeldBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.as_pin_mut() {
+            Some(route) => match ready!(route.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => this
+                .ready
+                .take()
+                .unwrap_or_else(|| Status::internal("polled after completion").into_http()),
+        };
+        let mut body = HeldBody {
+            inner: AxumBody::empty(),
+            pending: Bytes::new(),
+            first: None,
+            ended: false,
+            ticket: this.ticket.take(),
+        };
+        let (parts, inner) = response.into_parts();
+        body.inner = inner;
+        if let Some((admission, conn)) = this.account.take()
+            && let Err(why) = body.account(&admission, &conn, cx)
+        {
+            // The refusal carries the ticket, released once it is sent.
+            let refused = admission.refuse(why);
+            let ticket = body.ticket.take();
+            return Poll::Ready(Ok(refused.map(|inner| HeldBody::new(inner, ticket))));
+        }
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+// === impl HeldBody ===
+
+/// A response body holding its request's [`Ticket`] until it is done,
+/// handed out at most [`CHUNK`] bytes at a time.
+pub struct HeldBody {
+    inner: AxumBody,
+    /// Data polled from `inner` not yet handed out.
+    pending: Bytes,
+    /// A non-data frame polled early (trailers of a one-message answer).
+    first: Option<Frame<Bytes>>,
+    /// `inner` already ended when it was polled early.
+    ended: bool,
+    ticket: Option<Ticket>,
+}
+
+impl HeldBody {
+    fn new(inner: AxumBody, ticket: Option<Ticket>) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            first: None,
+            ended: false,
+            ticket,
+        }
+    }
+
+    /// Encodes the answer now (tonic encodes when first polled) and holds
+    /// its bytes from both budgets until it has been handed to HTTP/2.
+    fn account(
+        &mut self,
+        admission: &Admission,
+        conn: &ConnState,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Rejected> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => self.pending = data,
+                Err(frame) => self.first = Some(frame),
+            },
+            // An error or a body still pending is passed on as it comes.
+            Poll::Ready(Some(Err(_))) | Poll::Pending => return Ok(()),
+            Poll::Ready(None) => self.ended = true,
+        }
+        if !self.pending.is_empty() {
+            let held = admission.reserve(conn, self.pending.len(), "response")?;
+            if let Some(ticket) = &mut self.ticket {
+                ticket._bytes = Some(held);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_piece(&mut self) -> Frame<Bytes> {
+        let n = self.pending.len().min(CHUNK);
+        Frame::data(self.pending.split_to(n))
+    }
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if !this.pending.is_empty() {
+            return Poll::Ready(Some(Ok(this.next_piece())));
+        }
+        if let Some(frame) = this.first.take() {
+            this.ticket = None;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.ended {
+            this.ticket = None;
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.len() > CHUNK => {
+                    this.pending = data;
+                    Poll::Ready(Some(Ok(this.next_piece())))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => {
+                    this.ticket = None;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            done => {
+                this.ticket = None;
+                Poll::Ready(done)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty()
+            && self.first.is_none()
+            && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(self.pending.len() as u64);
+        }
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        if pending > 0 {
+            hint.set_lower(hint.lower() + pending);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + pending);
+            }
+        }
+        hint
+    }
+}
+
+// === impl ReadBody ===
+
+/// A cache call's request body: its bytes counted against both budgets as
+/// they arrive, and a deadline for all of it.
+pub struct ReadBody {
+    inner: Incoming,
+    admission: Arc<Admission>,
+    conn: Arc<ConnState>,
+    held: Option<Held>,
+    held_bytes: usize,
+    received: usize,
+    /// The 5-byte gRPC message header, as far as it has arrived.
+    header: [u8; 5],
+    timeout: Duration,
+    deadline: Instant,
+    /// Armed only when the body is not all there at once (the common case
+    /// for small calls needs no timer).
+    timer: Option<Pin<Box<Sleep>>>,
+    failed: bool,
+}
+
+impl ReadBody {
+    /// Counts `data`, holding the larger of what arrived and what the
+    /// message header declares (the decoder reserves that much).
+    fn count(&mut self, data: &Bytes) -> Result<(), Rejected> {
+        let before = self.received;
+        self.received += data.len();
+        if before < 5 {
+            let n = (5 - before).min(data.len());
+            self.header[before..before + n].copy_from_slice(&data[..n]);
+        }
+        let mut want = self.received;
+        if self.received >= 5 {
+            let [_, a, b, c, d] = self.header;
+            let declared = u32::from_be_bytes([a, b, c, d]) as usize + 5;
+            if declared <= self.admission.limits.max_request_bytes {
+                want = want.max(declared);
+            }
+        }
+        if want <= self.held_bytes {
+            return Ok(());
+        }
+        let more = self
+            .admission
+            .reserve(&self.conn, want - self.held_bytes, "request")?;
+        self.held_bytes = want;
+        match &mut self.held {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, why: Rejected) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.failed = true;
+        self.held = None;
+        self.admission.metrics.reject(why.reason());
+        Poll::Ready(Some(Err(Status::from(why))))
+    }
+}
+
+impl Body for ReadBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(why) = this.count(data)
+                {
+                    return this.fail(why);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Status::cancelled(format!("request body: {e}")))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
+                let timeout = this.timeout;
+                this.fail(Rejected::ReadTimeout(timeout))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(per_conn: usize, global: usize) -> Arc<Admission> {
+        let limits = AdmissionLimits {
+            max_concurrent_requests: 1,
+            max_in_flight_bytes: global,
+            max_in_flight_bytes_per_connection: per_conn,
+            request_read_timeout: Duration::from_secs(1),
+            max_request_bytes: 1024,
+        };
+        Admission::new(Router::new(), limits, Metrics::new())
+    }
+
+    #[test]
+    fn bytes_are_held_from_both_budgets_and_given_back() {
+        let a = admission(100, 150);
+        let (one, two) = (a.connection(), a.connection());
+        let held = a.reserve(&one.conn, 100, "response").expect("fits");
+        let err = a
+            .reserve(&one.conn, 1, "response")
+            .err()
+            .expect("share used up");
+        assert_eq!(err.reason(), "max_in_flight_bytes_per_connection");
+        let err = a
+            .reserve(&two.conn, 51, "request")
+            .err()
+            .expect("global used up");
+        assert_eq!(err.reason(), "max_in_flight_bytes");
+        assert!(err.to_string().contains("request of 51 bytes"), "{err}");
+        drop(held);
+        assert!(a.reserve(&one.conn, 100, "response").is_ok());
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let a = admission(10, 10);
+        let c = a.connection().conn;
+        let zero = Duration::ZERO;
+        assert!(c.is_idle(zero));
+        c.begin();
+        assert!(!c.is_idle(zero));
+        c.end();
+        assert!(c.is_idle(zero));
+        assert!(!c.is_idle(Duration::from_secs(60)));
+    }
+}
