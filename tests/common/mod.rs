@@ -11,6 +11,7 @@
 pub mod load;
 pub mod openbao;
 pub mod pki;
+pub mod rawh2;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -449,20 +450,50 @@ impl PluginProcess {
     /// Runs the plugin against `server` as the cache user and waits until it
     /// accepts connections.
     pub fn start(server: &RedisServer, prefix: &str) -> Self {
+        let backend = format!(
+            "backend:\n  address: \"{addr}\"\n  username: {CACHE_USER}\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
+            addr = server.address(),
+        );
+        Self::spawn(
+            "",
+            &backend,
+            &[("REDIS_PASSWORD", &server.cache_password)],
+            None,
+        )
+    }
+
+    /// Runs the plugin with `control_plane` fields added to the loopback
+    /// port (YAML flow pairs like `idle_timeout: 1s`) and a `backend` block,
+    /// under `prlimit --nofile=N` when given; waits until it accepts.
+    pub fn spawn(
+        control_plane: &str,
+        backend: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let extra = if control_plane.is_empty() {
+            String::new()
+        } else {
+            format!(", {control_plane}")
+        };
         let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
-             log: {{ level: warn }}\n\
-             backend:\n  address: \"{addr}\"\n  username: {CACHE_USER}\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
-            addr = server.address(),
+            "control_plane: {{ port: {port}, listen: 127.0.0.1{extra} }}\nlog: {{ level: warn }}\n{backend}"
         );
         let path = dir.path().join("plugin.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
-            .arg("--config")
-            .arg(&path)
-            .env("REDIS_PASSWORD", &server.cache_password)
+        let bin = env!("CARGO_BIN_EXE_redis-cache-plugin");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--config").arg(&path).envs(env.iter().copied());
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -480,6 +511,11 @@ impl PluginProcess {
         }
     }
 
+    /// The process id (prlimit execs the plugin, so it is the plugin's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .expect("url")
@@ -491,6 +527,35 @@ impl PluginProcess {
     /// The plugin process' resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
         load::rss_kib_of(&self.child.id().to_string())
+    }
+
+    /// The plugin process' peak resident set size (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the plugin process has used (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        tick(11) + tick(12)
     }
 }
 
