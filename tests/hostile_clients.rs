@@ -253,6 +253,40 @@ async fn silent_and_idle_connections_are_closed_after_the_idle_timeout() {
     plugin.stop().await;
 }
 
+// (c') A peer that completes the preface but never answers PINGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ignores_keepalive_pings_is_closed() {
+    let mut config = memory_config(&test_prefix("keepalive"));
+    let secs = |s| redis_cache_plugin::config::Dur(Duration::from_secs(s));
+    config.control_plane.idle_timeout = secs(3600);
+    config.control_plane.keepalive_interval = secs(1);
+    config.control_plane.keepalive_timeout = secs(1);
+    let plugin = Plugin::start(config).await;
+    let mut tcp = TcpStream::connect(plugin.addr).expect("connect");
+    // The client preface and an empty SETTINGS frame; then silence.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 256]);
+    let end = loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    println!("unanswered PINGs: closed after {:?}", started.elapsed());
+    assert!(end.is_ok(), "connection still open after 10 s: {end:?}");
+    // A PING frame (type 6) really was sent before the close.
+    let ping = seen
+        .windows(4)
+        .any(|w| w[0] == 0 && w[1] == 8 && w[2] == 6 && w[3] == 0);
+    assert!(ping, "no PING seen in {} bytes", seen.len());
+    plugin.stop().await;
+}
+
 // (d) Out of file descriptors: accept fails, and must not spin a core.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_errors_back_off_and_the_plugin_recovers() {
