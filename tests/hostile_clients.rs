@@ -208,6 +208,32 @@ async fn stalled_set_bodies_are_cut_off_and_memory_stays_bounded() {
     well_behaved_caller_is_answered(plugin.addr, None).await;
 }
 
+// (b') The caller's deadline bounds the read of its body too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_ends_at_the_callers_deadline() {
+    let plugin = Plugin::start(memory_config(&test_prefix("body-deadline"))).await;
+    let h2 = RawH2::connect(plugin.addr, None).await;
+    let whole = grpc_frame(&set_req("k", &[1u8; 1000]));
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("grpc-timeout", "300m"),
+    ];
+    let (response, mut body) = h2
+        .open_with(SET, &headers, Duration::from_secs(5))
+        .await
+        .expect("stream");
+    body.send_data(whole.slice(..100), false).expect("part");
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("ended well before request_read_timeout (10 s)")
+        .expect("answered");
+    println!("stalled body ended after {:?}", started.elapsed());
+    assert_eq!(status_in_headers(&response), Some(4), "{response:?}");
+    drop(body);
+    plugin.stop().await;
+}
+
 // (c) Connections that never send the preface, or idle after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed_after_the_idle_timeout() {

@@ -43,14 +43,25 @@ impl RawH2 {
         content_type: &str,
         wait: Duration,
     ) -> Option<(ResponseFuture, SendStream<Bytes>)> {
+        self.open_with(path, &[("content-type", content_type)], wait)
+            .await
+    }
+
+    /// [`RawH2::open`] with any request headers.
+    pub async fn open_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        wait: Duration,
+    ) -> Option<(ResponseFuture, SendStream<Bytes>)> {
         let ready = tokio::time::timeout(wait, self.send.clone().ready()).await;
         let mut send = ready.ok()?.ok()?;
-        let req = Request::post(format!("http://localhost{path}"))
-            .header("content-type", content_type)
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
-        send.send_request(req, false).ok()
+        let mut req = Request::post(format!("http://localhost{path}")).header("te", "trailers");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        send.send_request(req.body(()).expect("request"), false)
+            .ok()
     }
 
     /// A unary gRPC call whose body is sent at once.
