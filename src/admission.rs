@@ -41,10 +41,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::Service;
 
@@ -102,10 +99,10 @@ impl Rejected {
 /// Admission shared by every connection.
 pub struct Admission {
     router: Router,
-    /// One permit per cache call in flight; never waited on.
-    requests: Arc<Semaphore>,
-    /// One permit per byte held by requests and responses in flight.
-    bytes: Arc<Semaphore>,
+    /// Cache calls in flight.
+    requests: Budget,
+    /// Bytes held by requests and responses in flight, all connections.
+    bytes: Budget,
     limits: AdmissionLimits,
     metrics: Arc<Metrics>,
 }
@@ -113,11 +110,10 @@ pub struct Admission {
 impl Admission {
     /// Admission in front of `router` (the gRPC routes and `/metrics`).
     pub fn new(router: Router, limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
-        let max = Semaphore::MAX_PERMITS;
         Arc::new(Self {
             router,
-            requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.min(max))),
-            bytes: Arc::new(Semaphore::new(limits.max_in_flight_bytes.min(max))),
+            requests: Budget::new(limits.max_concurrent_requests),
+            bytes: Budget::new(limits.max_in_flight_bytes),
             limits,
             metrics,
         })
@@ -129,7 +125,7 @@ impl Admission {
         ConnService {
             admission: self.clone(),
             conn: Arc::new(ConnState {
-                bytes: Arc::new(Semaphore::new(share.min(Semaphore::MAX_PERMITS))),
+                bytes: Budget::new(share),
                 in_flight: AtomicUsize::new(0),
                 idle_since_ms: AtomicU64::new(0),
                 opened: Instant::now(),
@@ -148,36 +144,64 @@ impl Admission {
     }
 
     /// `n` bytes from both budgets, or which one is short.
-    fn reserve(&self, conn: &ConnState, n: usize, what: &'static str) -> Result<Held, Rejected> {
+    fn reserve(&self, conn: &ConnState, n: usize, what: &'static str) -> Result<(), Rejected> {
         let short = |budget, limit| Rejected::Bytes {
             what,
             bytes: n,
             budget,
             limit,
         };
-        let Ok(count) = u32::try_from(n) else {
+        if !conn.bytes.take(n) {
             return Err(short(
-                "max_in_flight_bytes",
-                self.limits.max_in_flight_bytes,
+                "max_in_flight_bytes_per_connection",
+                conn.bytes.limit,
             ));
-        };
-        let conn_limit = self.limits.max_in_flight_bytes_per_connection;
-        let Ok(local) = conn.bytes.clone().try_acquire_many_owned(count) else {
-            return Err(short("max_in_flight_bytes_per_connection", conn_limit));
-        };
-        let Ok(global) = self.bytes.clone().try_acquire_many_owned(count) else {
-            return Err(short(
-                "max_in_flight_bytes",
-                self.limits.max_in_flight_bytes,
-            ));
-        };
-        Ok(Held { local, global })
+        }
+        if !self.bytes.take(n) {
+            conn.bytes.give(n);
+            return Err(short("max_in_flight_bytes", self.bytes.limit));
+        }
+        Ok(())
+    }
+
+    fn release(&self, conn: &ConnState, n: usize) {
+        conn.bytes.give(n);
+        self.bytes.give(n);
+    }
+}
+
+/// Units in use under a limit, never waited on: an atomic, because the
+/// hot path takes and gives back several per call (a semaphore would lock
+/// its waiter list on every release).
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
 /// What one connection holds: its byte share and its requests in flight.
 pub struct ConnState {
-    bytes: Arc<Semaphore>,
+    bytes: Budget,
     in_flight: AtomicUsize,
     /// When the last request ended, in ms after `opened`.
     idle_since_ms: AtomicU64,
@@ -211,29 +235,22 @@ impl ConnState {
     }
 }
 
-/// Bytes held from both budgets.
-struct Held {
-    local: OwnedSemaphorePermit,
-    global: OwnedSemaphorePermit,
-}
-
-impl Held {
-    fn merge(&mut self, more: Held) {
-        self.local.merge(more.local);
-        self.global.merge(more.global);
-    }
-}
-
 /// Held from a request's headers until its response body is done: the
-/// connection's in-flight count, the cache call's permit, response bytes.
+/// connection's in-flight count and, for a cache call, its slot and the
+/// response bytes.
 struct Ticket {
     conn: Arc<ConnState>,
-    _permit: Option<OwnedSemaphorePermit>,
-    _bytes: Option<Held>,
+    /// Set when the ticket holds a cache call's slot.
+    admission: Option<Arc<Admission>>,
+    bytes: usize,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if let Some(a) = &self.admission {
+            a.requests.give(1);
+            a.release(&self.conn, self.bytes);
+        }
         self.conn.end();
     }
 }
@@ -279,11 +296,11 @@ impl ConnService {
 
     fn admit(&self, req: Request<Incoming>, mut ticket: Ticket) -> Admitted {
         let a = &self.admission;
-        let Ok(permit) = a.requests.clone().try_acquire_owned() else {
+        if !a.requests.take(1) {
             let refused = a.refuse(Rejected::Requests(a.limits.max_concurrent_requests));
             return Admitted::ready(refused, ticket);
-        };
-        ticket._permit = Some(permit);
+        }
+        ticket.admission = Some(a.clone());
         let mut read = a.limits.request_read_timeout;
         if let Some(caller) = req
             .headers()
@@ -297,7 +314,6 @@ impl ConnService {
             inner,
             admission: a.clone(),
             conn: self.conn.clone(),
-            held: None,
             held_bytes: 0,
             received: 0,
             header: [0; 5],
@@ -325,8 +341,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         self.conn.begin();
         let ticket = Ticket {
             conn: self.conn.clone(),
-            _permit: None,
-            _bytes: None,
+            admission: None,
+            bytes: 0,
         };
         match Self::classify(&req) {
             Ok(true) => self.admit(req, ticket),
@@ -417,8 +433,9 @@ pub struct HeldBody {
     inner: AxumBody,
     /// Data polled from `inner` not yet handed out.
     pending: Bytes,
-    /// A non-data frame polled early (trailers of a one-message answer).
-    first: Option<Frame<Bytes>>,
+    /// A non-data frame or an error polled early (trailers of a
+    /// one-message answer).
+    first: Option<Result<Frame<Bytes>, axum::Error>>,
     /// `inner` already ended when it was polled early.
     ended: bool,
     ticket: Option<Ticket>,
@@ -446,16 +463,18 @@ impl HeldBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => self.pending = data,
-                Err(frame) => self.first = Some(frame),
+                Err(frame) => self.first = Some(Ok(frame)),
             },
-            // An error or a body still pending is passed on as it comes.
-            Poll::Ready(Some(Err(_))) | Poll::Pending => return Ok(()),
+            Poll::Ready(Some(Err(e))) => self.first = Some(Err(e)),
+            // A body that is not ready yet is passed on as it comes.
+            Poll::Pending => return Ok(()),
             Poll::Ready(None) => self.ended = true,
         }
         if !self.pending.is_empty() {
-            let held = admission.reserve(conn, self.pending.len(), "response")?;
+            let n = self.pending.len();
+            admission.reserve(conn, n, "response")?;
             if let Some(ticket) = &mut self.ticket {
-                ticket._bytes = Some(held);
+                ticket.bytes = n;
             }
         }
         Ok(())
@@ -481,7 +500,7 @@ impl Body for HeldBody {
         }
         if let Some(frame) = this.first.take() {
             this.ticket = None;
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(frame));
         }
         if this.ended {
             this.ticket = None;
@@ -536,7 +555,7 @@ pub struct ReadBody {
     inner: Incoming,
     admission: Arc<Admission>,
     conn: Arc<ConnState>,
-    held: Option<Held>,
+    /// Bytes held from both budgets, given back on drop.
     held_bytes: usize,
     received: usize,
     /// The 5-byte gRPC message header, as far as it has arrived.
@@ -570,20 +589,16 @@ impl ReadBody {
         if want <= self.held_bytes {
             return Ok(());
         }
-        let more = self
-            .admission
+        self.admission
             .reserve(&self.conn, want - self.held_bytes, "request")?;
         self.held_bytes = want;
-        match &mut self.held {
-            Some(held) => held.merge(more),
-            None => self.held = Some(more),
-        }
         Ok(())
     }
 
     fn fail(&mut self, why: Rejected) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.failed = true;
-        self.held = None;
+        self.admission.release(&self.conn, self.held_bytes);
+        self.held_bytes = 0;
         self.admission.metrics.reject(why.reason());
         Poll::Ready(Some(Err(Status::from(why))))
     }
@@ -635,6 +650,12 @@ impl Body for ReadBody {
     }
 }
 
+impl Drop for ReadBody {
+    fn drop(&mut self) {
+        self.admission.release(&self.conn, self.held_bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,19 +675,17 @@ mod tests {
     fn bytes_are_held_from_both_budgets_and_given_back() {
         let a = admission(100, 150);
         let (one, two) = (a.connection(), a.connection());
-        let held = a.reserve(&one.conn, 100, "response").expect("fits");
+        a.reserve(&one.conn, 100, "response").expect("fits");
         let err = a
             .reserve(&one.conn, 1, "response")
-            .err()
-            .expect("share used up");
+            .expect_err("share used up");
         assert_eq!(err.reason(), "max_in_flight_bytes_per_connection");
         let err = a
             .reserve(&two.conn, 51, "request")
-            .err()
-            .expect("global used up");
+            .expect_err("global used up");
         assert_eq!(err.reason(), "max_in_flight_bytes");
         assert!(err.to_string().contains("request of 51 bytes"), "{err}");
-        drop(held);
+        a.release(&one.conn, 100);
         assert!(a.reserve(&one.conn, 100, "response").is_ok());
     }
 
