@@ -138,9 +138,20 @@ impl Admission {
         self.metrics.reject("max_connections");
     }
 
-    fn refuse(&self, why: Rejected) -> Response<AxumBody> {
-        self.metrics.reject(why.reason());
+    /// Counts a refused cache call `op` and answers it.
+    fn refuse(&self, op: &'static str, why: Rejected) -> Response<AxumBody> {
+        self.count(op, &why);
         Status::from(why).into_http()
+    }
+
+    /// Counts `why` as a rejection and as the operation's outcome.
+    fn count(&self, op: &'static str, why: &Rejected) {
+        self.metrics.reject(why.reason());
+        let status = match why {
+            Rejected::ReadTimeout(_) => "deadline_exceeded",
+            Rejected::Requests(_) | Rejected::Bytes { .. } => "resource_exhausted",
+        };
+        self.metrics.record(op, status, 0.0);
     }
 
     /// `n` bytes from both budgets, or which one is short.
@@ -296,8 +307,9 @@ impl ConnService {
 
     fn admit(&self, req: Request<Incoming>, mut ticket: Ticket) -> Admitted {
         let a = &self.admission;
+        let op = operation(req.uri().path());
         if !a.requests.take(1) {
-            let refused = a.refuse(Rejected::Requests(a.limits.max_concurrent_requests));
+            let refused = a.refuse(op, Rejected::Requests(a.limits.max_concurrent_requests));
             return Admitted::ready(refused, ticket);
         }
         ticket.admission = Some(a.clone());
@@ -320,6 +332,7 @@ impl ConnService {
             timeout: read,
             deadline: Instant::now() + read,
             timer: None,
+            op,
             failed: false,
         });
         let mut router = a.router.clone();
@@ -327,8 +340,20 @@ impl ConnService {
             inner: Some(router.call(req)),
             ready: None,
             ticket: Some(ticket),
-            account: Some((a.clone(), self.conn.clone())),
+            account: Some((a.clone(), self.conn.clone(), op)),
         }
+    }
+}
+
+/// The `operation` label of a cache RPC path.
+fn operation(path: &str) -> &'static str {
+    match path.strip_prefix(CACHE_PATH) {
+        Some("Get") => "get",
+        Some("Set") => "set",
+        Some("Delete") => "delete",
+        Some("MGet") => "mget",
+        Some("Expire") => "expire",
+        _ => "unknown",
     }
 }
 
@@ -374,7 +399,7 @@ pin_project_lite::pin_project! {
         inner: Option<RouteFuture<Infallible>>,
         ready: Option<Response<AxumBody>>,
         ticket: Option<Ticket>,
-        account: Option<(Arc<Admission>, Arc<ConnState>)>,
+        account: Option<(Arc<Admission>, Arc<ConnState>, &'static str)>,
     }
 }
 
@@ -413,11 +438,11 @@ impl Future for Admitted {
         };
         let (parts, inner) = response.into_parts();
         body.inner = inner;
-        if let Some((admission, conn)) = this.account.take()
+        if let Some((admission, conn, op)) = this.account.take()
             && let Err(why) = body.account(&admission, &conn, cx)
         {
             // The refusal carries the ticket, released once it is sent.
-            let refused = admission.refuse(why);
+            let refused = admission.refuse(op, why);
             let ticket = body.ticket.take();
             return Poll::Ready(Ok(refused.map(|inner| HeldBody::new(inner, ticket))));
         }
@@ -566,6 +591,8 @@ pub struct ReadBody {
     /// for small calls needs no timer).
     timer: Option<Pin<Box<Sleep>>>,
     failed: bool,
+    /// The operation label of its metrics.
+    op: &'static str,
 }
 
 impl ReadBody {
@@ -599,7 +626,7 @@ impl ReadBody {
         self.failed = true;
         self.admission.release(&self.conn, self.held_bytes);
         self.held_bytes = 0;
-        self.admission.metrics.reject(why.reason());
+        self.admission.count(self.op, &why);
         Poll::Ready(Some(Err(Status::from(why))))
     }
 }

@@ -142,6 +142,12 @@ async fn zero_window_readers_of_big_values_hold_bounded_memory() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            "redis_plugin_operations_total{operation=\"get\",status=\"resource_exhausted\"}"
+        ),
+        "{metrics}"
+    );
     drop(attacker);
 }
 
