@@ -50,6 +50,14 @@ use crate::{metrics::Metrics, service::parse_grpc_timeout};
 /// The largest piece of a response body handed to HTTP/2 at once.
 pub const CHUNK: usize = 16 * 1024;
 
+/// How long the rest of a refused request's body is read and thrown away
+/// before the answer goes out. Answering while the caller still sends makes
+/// HTTP/2 reset the stream, and h2 closes a connection after 1,024 such
+/// resets (its guard against reset floods) — which would cut off a good
+/// client that merely ran into `max_concurrent_requests` often. Nothing is
+/// buffered: each piece is dropped as it arrives.
+pub const REFUSED_BODY_GRACE: Duration = Duration::from_secs(1);
+
 /// Path prefix of the cache RPCs, the only admitted routes.
 const CACHE_PATH: &str = "/cache.v1.Cache/";
 
@@ -254,6 +262,11 @@ struct Ticket {
     /// Set when the ticket holds a cache call's slot.
     admission: Option<Arc<Admission>>,
     bytes: usize,
+    /// The body of a refused request still arriving after
+    /// [`REFUSED_BODY_GRACE`]. Dropped only after the answer has been handed
+    /// to HTTP/2, so the stream is reset with NO_ERROR ("stop sending, the
+    /// answer is complete") rather than CANCEL.
+    unread: Option<Incoming>,
 }
 
 impl Drop for Ticket {
@@ -310,7 +323,7 @@ impl ConnService {
         let op = operation(req.uri().path());
         if !a.requests.take(1) {
             let refused = a.refuse(op, Rejected::Requests(a.limits.max_concurrent_requests));
-            return Admitted::ready(refused, ticket);
+            return Admitted::refused(refused, ticket, req.into_body());
         }
         ticket.admission = Some(a.clone());
         let mut read = a.limits.request_read_timeout;
@@ -335,13 +348,9 @@ impl ConnService {
             op,
             failed: false,
         });
-        let mut router = a.router.clone();
-        Admitted {
-            inner: Some(router.call(req)),
-            ready: None,
-            ticket: Some(ticket),
-            account: Some((a.clone(), self.conn.clone(), op)),
-        }
+        let mut admitted = Admitted::route(a.router.clone().call(req), ticket);
+        admitted.account = Some((a.clone(), self.conn.clone(), op));
+        admitted
     }
 }
 
@@ -368,15 +377,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             conn: self.conn.clone(),
             admission: None,
             bytes: 0,
+            unread: None,
         };
         match Self::classify(&req) {
             Ok(true) => self.admit(req, ticket),
-            Ok(false) => Admitted {
-                inner: Some(self.admission.router.clone().call(req)),
-                ready: None,
-                ticket: Some(ticket),
-                account: None,
-            },
+            Ok(false) => Admitted::route(self.admission.router.clone().call(req), ticket),
             Err(code) => {
                 let mut refused = Response::new(AxumBody::empty());
                 *refused.status_mut() = code;
@@ -384,7 +389,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     let allow = http::HeaderValue::from_static("GET, HEAD");
                     refused.headers_mut().insert(header::ALLOW, allow);
                 }
-                Admitted::ready(refused, ticket)
+                Admitted::refused(refused, ticket, req.into_body())
             }
         }
     }
@@ -400,16 +405,53 @@ pin_project_lite::pin_project! {
         ready: Option<Response<AxumBody>>,
         ticket: Option<Ticket>,
         account: Option<(Arc<Admission>, Arc<ConnState>, &'static str)>,
+        // A refused request's body, read and dropped before the answer.
+        unread: Option<Incoming>,
+        grace: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl Admitted {
-    fn ready(response: Response<AxumBody>, ticket: Ticket) -> Self {
+    fn refused(response: Response<AxumBody>, ticket: Ticket, body: Incoming) -> Self {
         Self {
             inner: None,
             ready: Some(response),
             ticket: Some(ticket),
             account: None,
+            unread: (!body.is_end_stream()).then_some(body),
+            grace: None,
+        }
+    }
+
+    fn route(route: RouteFuture<Infallible>, ticket: Ticket) -> Self {
+        Self {
+            inner: Some(route),
+            ready: None,
+            ticket: Some(ticket),
+            account: None,
+            unread: None,
+            grace: None,
+        }
+    }
+}
+
+/// Reads and drops what arrives of `body` until it ends or `grace` passes;
+/// `Ready(true)` when it ended.
+fn drain(
+    body: &mut Incoming,
+    grace: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    loop {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(_) => return Poll::Ready(true),
+            Poll::Pending => {
+                let timer =
+                    grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(REFUSED_BODY_GRACE)));
+                ready!(timer.as_mut().poll(cx));
+                return Poll::Ready(false);
+            }
         }
     }
 }
@@ -419,6 +461,13 @@ impl Future for Admitted {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(body) = this.unread {
+            let ended = ready!(drain(body, this.grace, cx));
+            let body = this.unread.take();
+            if let (false, Some(ticket)) = (ended, this.ticket.as_mut()) {
+                ticket.unread = body;
+            }
+        }
         let response = match this.inner.as_pin_mut() {
             Some(route) => match ready!(route.poll(cx)) {
                 Ok(response) => response,
