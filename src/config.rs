@@ -26,6 +26,8 @@ pub const DEFAULT_PATH: &str = "config.yaml";
 /// (`$4194304\r\n` ... `\r\n`, an MGet's array header).
 const REPLY_FRAMING: usize = 1024;
 
+const MIB: usize = 1024 * 1024;
+
 /// Every variable the environment overlay reads, with the field it sets.
 /// `--help` prints this list and the deploy tests check examples against it,
 /// so keep it in step with [`Config::load`]'s overlay.
@@ -60,6 +62,11 @@ pub const MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 pub const MAX_BATCH_KEYS: usize = 100_000;
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 pub const MAX_POOL_SIZE: usize = 1024;
+/// Bounds on the port's own limits: far past any real deployment, low enough
+/// that no arithmetic on them overflows.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+pub const MAX_CONCURRENT_STREAMS: usize = 1_000_000;
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024 * 1024;
 pub const MAX_RETRIES: u32 = 100;
 /// Bound on every timeout and interval.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -127,6 +134,22 @@ pub struct ControlPlaneConfig {
     pub health_interval: Dur,
     /// TLS (and mTLS) on the plugin's own port.
     pub tls: ServerTls,
+    /// Connections served at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open (advertised in SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Request and response bytes held in memory, all connections together.
+    pub max_in_flight_bytes: usize,
+    /// The share of `max_in_flight_bytes` one connection may hold.
+    pub max_in_flight_bytes_per_connection: usize,
+    /// How long a request body may take to arrive (or the caller's deadline).
+    pub request_read_timeout: Dur,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Dur,
+    /// HTTP/2 PING interval on a connection, to find dead peers.
+    pub keepalive_interval: Dur,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Dur,
 }
 
 /// TLS on the gRPC port. With `client_ca_file`, clients must present a
@@ -301,6 +324,14 @@ impl Default for ControlPlaneConfig {
             max_concurrent_requests: 1024,
             health_interval: Dur::secs(5),
             tls: ServerTls::default(),
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            max_in_flight_bytes: 256 * MIB,
+            max_in_flight_bytes_per_connection: 64 * MIB,
+            request_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(300),
+            keepalive_interval: Dur::secs(60),
+            keepalive_timeout: Dur::secs(20),
         }
     }
 }
@@ -623,9 +654,56 @@ impl Config {
         timeout(c.drain_timeout, "control_plane.drain_timeout")?;
         timeout(c.health_interval, "control_plane.health_interval")?;
         timeout(c.tls.reload_interval, "control_plane.tls.reload_interval")?;
+        self.validate_transport()?;
         if self.plugin.name.is_empty() {
             return Err(ConfigError::new("plugin.name", "must not be empty"));
         }
+        Ok(())
+    }
+
+    /// The connection and memory limits of the plugin's own port.
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let c = &self.control_plane;
+        within(
+            c.max_connections,
+            MAX_CONNECTIONS,
+            "control_plane.max_connections",
+        )?;
+        within(
+            c.max_concurrent_streams as usize,
+            MAX_CONCURRENT_STREAMS,
+            "control_plane.max_concurrent_streams",
+        )?;
+        within(
+            c.max_in_flight_bytes,
+            MAX_IN_FLIGHT_BYTES,
+            "control_plane.max_in_flight_bytes",
+        )?;
+        let per_conn = "control_plane.max_in_flight_bytes_per_connection";
+        if c.max_in_flight_bytes_per_connection > c.max_in_flight_bytes {
+            return Err(ConfigError::new(
+                per_conn,
+                "must be at most control_plane.max_in_flight_bytes",
+            ));
+        }
+        // A largest allowed Set (or Get reply) must fit, or it could never succeed.
+        let b = &self.backend;
+        let largest = b
+            .max_value_bytes
+            .saturating_add(b.max_key_bytes)
+            .saturating_add(64 * 1024);
+        if c.max_in_flight_bytes_per_connection < largest {
+            return Err(ConfigError::new(
+                per_conn,
+                format!(
+                    "must be at least backend.max_value_bytes + max_key_bytes + 64 KiB ({largest})"
+                ),
+            ));
+        }
+        timeout(c.request_read_timeout, "control_plane.request_read_timeout")?;
+        timeout(c.idle_timeout, "control_plane.idle_timeout")?;
+        timeout(c.keepalive_interval, "control_plane.keepalive_interval")?;
+        timeout(c.keepalive_timeout, "control_plane.keepalive_timeout")?;
         Ok(())
     }
 
@@ -1001,6 +1079,46 @@ mod tests {
         assert_eq!(c.backend.default_ttl, Ttl(Some(Duration::from_secs(300))));
         assert_eq!(c.backend.operation_timeout.0, Duration::from_millis(500));
         assert_eq!(c.backend.max_batch_keys, 1000);
+    }
+
+    #[test]
+    fn transport_limits_have_defaults_and_are_validated() {
+        let c = load("control_plane: { idle_timeout: 1s }\n").expect("valid");
+        let cp = &c.control_plane;
+        assert_eq!(cp.idle_timeout.0, Duration::from_secs(1));
+        assert_eq!(cp.max_concurrent_streams, 256);
+        assert_eq!(cp.max_in_flight_bytes, 256 * MIB);
+        assert_eq!(cp.max_in_flight_bytes_per_connection, 64 * MIB);
+        let repo = include_str!("../config.yaml");
+        let from_repo = load(repo).expect("config.yaml is valid");
+        let (a, b) = (&from_repo.control_plane, &Config::default().control_plane);
+        assert_eq!(a.max_connections, b.max_connections);
+        assert_eq!(a.max_in_flight_bytes, b.max_in_flight_bytes);
+        assert_eq!(a.request_read_timeout.0, b.request_read_timeout.0);
+        assert_eq!(a.keepalive_timeout.0, b.keepalive_timeout.0);
+        for (yaml, field) in [
+            ("max_connections: 0", "control_plane.max_connections"),
+            (
+                "max_concurrent_streams: 0",
+                "control_plane.max_concurrent_streams",
+            ),
+            (
+                "max_in_flight_bytes: 1000",
+                "control_plane.max_in_flight_bytes_per_connection",
+            ),
+            (
+                "max_in_flight_bytes_per_connection: 1000",
+                "control_plane.max_in_flight_bytes_per_connection",
+            ),
+            (
+                "request_read_timeout: 0",
+                "control_plane.request_read_timeout",
+            ),
+            ("idle_timeout: 0", "control_plane.idle_timeout"),
+        ] {
+            let err = load(&format!("control_plane: {{ {yaml} }}\n")).unwrap_err();
+            assert_eq!(err.field, field, "{yaml}: {err}");
+        }
     }
 
     #[test]

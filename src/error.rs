@@ -74,6 +74,17 @@ impl From<Error> for Status {
     }
 }
 
+impl From<crate::admission::Rejected> for Status {
+    fn from(why: crate::admission::Rejected) -> Self {
+        use crate::admission::Rejected;
+        let code = match &why {
+            Rejected::Requests(_) | Rejected::Bytes { .. } => Code::ResourceExhausted,
+            Rejected::ReadTimeout(_) => Code::DeadlineExceeded,
+        };
+        Status::new(code, why.to_string())
+    }
+}
+
 /// Result of a cache operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -2,7 +2,9 @@
 //!
 //! A tour of the layout, outside in:
 //! - [`server`]: one port serving the cache API, health, reflection and
-//!   `/metrics`; start-up and drain order.
+//!   `/metrics`; start-up and drain order. [`transport`] accepts and
+//!   serves its connections; [`admission`] decides what a request may
+//!   hold (HTTP policy, permits, byte budgets, read deadline).
 //! - [`service`]: the `cache.v1.Cache` RPCs — validation, key prefix,
 //!   admission, deadlines, metrics, the error contract.
 //! - [`backend`]: the [`backend::Backend`] trait, with Redis and in-memory
@@ -16,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backend;
 pub mod codec;
 pub mod config;
@@ -28,6 +31,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 /// Generated `cache.v1` messages, client and server.
 pub mod pb {

@@ -20,6 +20,10 @@ use prometheus_client::{
 
 use crate::backend::PoolStats;
 
+/// The media type of `/metrics`: prometheus-client writes OpenMetrics 1.0
+/// text (with `# EOF`), which Prometheus asks for in its `Accept` header.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Labels of `redis_plugin_operations_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpStatus {
@@ -225,7 +229,7 @@ impl Metrics {
         }
     }
 
-    /// The registry in Prometheus text format.
+    /// The registry in OpenMetrics text format (served as [`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail; an error here would be a bug in

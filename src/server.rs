@@ -11,13 +11,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{http::header::CONTENT_TYPE, routing::get};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::service::Routes;
 use tracing::{info, warn};
 
 use crate::{
+    admission::{Admission, AdmissionLimits},
     backend::{
         Backend,
         memory::MemoryBackend,
@@ -27,10 +25,11 @@ use crate::{
     credentials::{self, CredentialsHandle},
     error::Error,
     health::Prober,
-    metrics::Metrics,
+    metrics::{self, Metrics},
     pb::{self, cache_server::CacheServer},
     service::{CacheService, Limits},
     tls::{self, ReloadingAcceptor, TlsError},
+    transport::{self, TransportLimits},
 };
 
 /// Why the server could not start or stopped with an error.
@@ -40,8 +39,6 @@ pub enum ServeError {
     Backend(#[from] Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("vault: {0}")]
     Vault(#[from] credentials::vault::VaultError),
     #[error("tls: {0}")]
@@ -127,7 +124,6 @@ fn limits(config: &Config) -> Limits {
         max_batch_keys: b.max_batch_keys,
         default_ttl: b.default_ttl.0,
         operation_timeout: b.operation_timeout.0,
-        max_concurrent_requests: config.control_plane.max_concurrent_requests,
     }
 }
 
@@ -165,13 +161,14 @@ async fn serve_backend<B: Backend>(
         metrics.clone(),
         prober.wake.clone(),
     );
-    let routes = routes(
+    let router = routes(
         cache,
         health_service,
         backend.clone(),
         metrics.clone(),
         max_request,
     )?;
+    let admission = Admission::new(router, admission_limits(&config, max_request), metrics);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval = config.control_plane.health_interval.0;
@@ -179,54 +176,59 @@ async fn serve_backend<B: Backend>(
     // tonic-health starts "" as SERVING; say NOT_SERVING before the port
     // opens, so nobody is told SERVING before Redis has answered.
     prober.set(false).await;
-    tokio::spawn(prober.run(backend, interval, probe_timeout, stop_rx.clone()));
+    tokio::spawn(prober.run(backend, interval, probe_timeout, stop_rx));
 
     log_start(&config, &listener);
+    let (close_tx, close_rx) = watch::channel(false);
     let signal = async move {
         shutdown.await;
         info!("shutdown requested: draining");
         stop_tx.send_replace(true);
         // Give the prober a moment to publish NOT_SERVING before GOAWAY.
         tokio::time::sleep(Duration::from_millis(20)).await;
+        close_tx.send_replace(true);
+        // Both senders stay alive until the transport has drained.
+        std::future::pending::<()>().await;
     };
-    let drain = config.control_plane.drain_timeout.0;
-    let builder = Server::builder().accept_http1(true).add_routes(routes);
-    if let Some(acceptor) = acceptor {
+    if let Some(acceptor) = &acceptor {
         tokio::spawn(acceptor.clone().watch());
-        let server = builder.serve_with_incoming_shutdown(acceptor.incoming(listener), signal);
-        drain_bounded(server, stop_rx, drain).await
-    } else {
-        let server = builder.serve_with_incoming_shutdown(incoming(listener), signal);
-        drain_bounded(server, stop_rx, drain).await
     }
-}
-
-/// Accepted connections with Nagle off: a gRPC response is several small
-/// writes, and Nagle would hold the last one for the peer's delayed ACK.
-/// (tonic sets this only on listeners it binds itself.)
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
-}
-
-/// Runs the server; once shutdown starts, waits at most `drain` for it.
-async fn drain_bounded(
-    server: impl Future<Output = Result<(), tonic::transport::Error>>,
-    mut stop: watch::Receiver<bool>,
-    drain: Duration,
-) -> Result<(), ServeError> {
-    tokio::pin!(server);
-    let deadline = async {
-        let _ = stop.wait_for(|s| *s).await;
-        tokio::time::sleep(drain).await;
-    };
+    let served = transport::serve(
+        listener,
+        acceptor,
+        admission,
+        transport_limits(&config),
+        close_rx,
+    );
     tokio::select! {
-        result = &mut server => result?,
-        () = deadline => warn!(?drain, "drain timeout reached; closing remaining calls"),
+        () = served => {}
+        () = signal => {}
     }
-    info!("stopped");
     Ok(())
+}
+
+fn admission_limits(config: &Config, max_request_bytes: usize) -> AdmissionLimits {
+    let c = &config.control_plane;
+    AdmissionLimits {
+        max_concurrent_requests: c.max_concurrent_requests,
+        max_in_flight_bytes: c.max_in_flight_bytes,
+        max_in_flight_bytes_per_connection: c.max_in_flight_bytes_per_connection,
+        request_read_timeout: c.request_read_timeout.0,
+        max_request_bytes,
+    }
+}
+
+fn transport_limits(config: &Config) -> TransportLimits {
+    let c = &config.control_plane;
+    TransportLimits {
+        max_connections: c.max_connections,
+        max_concurrent_streams: c.max_concurrent_streams,
+        idle_timeout: c.idle_timeout.0,
+        keepalive_interval: c.keepalive_interval.0,
+        keepalive_timeout: c.keepalive_timeout.0,
+        header_read_timeout: c.request_read_timeout.0,
+        drain_timeout: c.drain_timeout.0,
+    }
 }
 
 fn routes<B: Backend>(
@@ -237,7 +239,7 @@ fn routes<B: Backend>(
     backend: Arc<B>,
     metrics: Arc<Metrics>,
     max_request: usize,
-) -> Result<Routes, ServeError> {
+) -> Result<axum::Router, ServeError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -251,12 +253,10 @@ fn routes<B: Backend>(
         let (backend, metrics) = (backend.clone(), metrics.clone());
         async move {
             metrics.set_pool(backend.pool_stats());
-            let kind = "text/plain; version=0.0.4; charset=utf-8";
-            ([(CONTENT_TYPE, kind)], metrics.encode())
+            ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics.encode())
         }
     };
-    let router = grpc.into_axum_router().route("/metrics", get(scrape));
-    Ok(Routes::from(router))
+    Ok(grpc.into_axum_router().route("/metrics", get(scrape)))
 }
 
 /// The start-up line. TLS fields come from [`Config::tls_served`], the

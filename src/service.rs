@@ -1,11 +1,12 @@
 //! The `cache.v1.Cache` gRPC service: validation, key prefix, admission,
 //! deadlines, metrics and the error contract — then one backend call.
 //!
-//! Every RPC goes through [`CacheService::run`], which admits the request (or
-//! rejects it with `RESOURCE_EXHAUSTED`), bounds it by the shorter of
-//! `operation_timeout` and the caller's deadline, turns a panic into
-//! `INTERNAL`, records metrics and maps [`Error`] to a status. The service
-//! never sees Redis: only the [`Backend`] trait and its [`Error`]s.
+//! Every RPC goes through [`CacheService::run`], which bounds it by the
+//! shorter of `operation_timeout` and the caller's deadline, turns a panic
+//! into `INTERNAL`, records metrics and maps [`Error`] to a status. Admission
+//! (how many calls at once, their bytes) happens before, in
+//! [`crate::admission`]. The service never sees Redis: only the [`Backend`]
+//! trait and its [`Error`]s.
 
 use std::{
     future::Future,
@@ -18,7 +19,7 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{debug, error};
 
@@ -44,7 +45,6 @@ pub struct Limits {
     pub max_batch_keys: usize,
     pub default_ttl: Option<Duration>,
     pub operation_timeout: Duration,
-    pub max_concurrent_requests: usize,
 }
 
 /// The gRPC cache service over a backend `B`.
@@ -52,8 +52,6 @@ pub struct CacheService<B> {
     backend: Arc<B>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    /// Admission: one permit per request in flight; never waited on.
-    permits: Arc<Semaphore>,
     /// Wakes the health prober when a request saw the backend fail.
     health_wake: Arc<Notify>,
     next_request_id: AtomicU64,
@@ -82,27 +80,25 @@ impl Ops {
 }
 
 impl<B: Backend> CacheService<B> {
-    /// A service admitting at most `limits.max_concurrent_requests` at once.
+    /// The service over `backend` with `limits`.
     pub fn new(
         backend: Arc<B>,
         limits: Limits,
         metrics: Arc<Metrics>,
         health_wake: Arc<Notify>,
     ) -> Self {
-        let permits = Arc::new(Semaphore::new(limits.max_concurrent_requests));
         let ops = Ops::new(&metrics);
         Self {
             ops,
             backend,
             limits,
             metrics,
-            permits,
             health_wake,
             next_request_id: AtomicU64::new(1),
         }
     }
 
-    /// Admits, bounds, guards and accounts one RPC.
+    /// Bounds, guards and accounts one RPC.
     async fn run<T>(
         &self,
         op: &OpMetrics,
@@ -110,11 +106,6 @@ impl<B: Backend> CacheService<B> {
         work: impl Future<Output = Result<T>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let Ok(_permit) = self.permits.try_acquire() else {
-            self.metrics.reject("max_concurrent_requests");
-            self.metrics.record(op.operation, "resource_exhausted", 0.0);
-            return Err(Error::ResourceExhausted(self.limits.max_concurrent_requests).into());
-        };
         let bounded = tokio::time::timeout(deadline, work);
         let result = match AssertUnwindSafe(bounded).catch_unwind().await {
             Ok(Ok(result)) => result,
@@ -415,7 +406,6 @@ mod tests {
             max_batch_keys: 4,
             default_ttl: None,
             operation_timeout: Duration::from_secs(1),
-            max_concurrent_requests: 8,
         }
     }
 
@@ -440,26 +430,6 @@ mod tests {
             ttl: None,
         });
         assert!(svc.set(set).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn requests_beyond_the_limit_are_rejected_at_once() {
-        let metrics = Metrics::new();
-        let mut l = limits();
-        l.max_concurrent_requests = 1;
-        let backend = Arc::new(MemoryBackend::new());
-        let svc = CacheService::new(backend, l, metrics.clone(), Arc::new(Notify::new()));
-        let _held = svc.permits.try_acquire().expect("one permit");
-        let status = svc
-            .get(Request::new(GetRequest { key: "k".into() }))
-            .await
-            .expect_err("over the limit");
-        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            metrics
-                .encode()
-                .contains("redis_plugin_requests_rejected_total")
-        );
     }
 
     fn pd(seconds: i64, nanos: i32) -> prost_types::Duration {

@@ -9,7 +9,6 @@
 //! so a rotation drops no call. This module does not serve gRPC.
 
 use std::{
-    io,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -22,12 +21,8 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -36,7 +31,7 @@ use crate::{
 };
 
 /// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why TLS material could not be loaded. Names files, never their content.
 #[derive(Debug, thiserror::Error)]
@@ -266,42 +261,23 @@ impl ReloadingAcceptor {
         }
     }
 
-    /// TLS connections accepted from `listener`, handshaken in their own
-    /// tasks so a slow client cannot hold up others.
-    pub fn incoming(
-        self: Arc<Self>,
-        listener: TcpListener,
-    ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.current.load_full());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                    match handshake.await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake refused"),
-                        Err(_) => debug!(%peer, "tls handshake timed out"),
-                    }
-                });
+    /// The TLS handshake on an accepted connection, with the current
+    /// certificates, bounded by [`HANDSHAKE_TIMEOUT`] so a silent client
+    /// cannot hold a connection slot.
+    pub async fn handshake(&self, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
+        let peer = tcp.peer_addr().ok();
+        let acceptor = TlsAcceptor::from(self.current.load_full());
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                debug!(?peer, error = %e, "tls handshake refused");
+                None
             }
-        });
-        ReceiverStream::new(rx)
+            Err(_) => {
+                debug!(?peer, "tls handshake timed out");
+                None
+            }
+        }
     }
 }
 

@@ -105,6 +105,7 @@ async fn replies_over_max_reply_bytes_fail_alone() {
         &server.address(),
         Some(&server.cache_password),
         &prefix,
+        "",
         &backend,
     );
     let mut client = plugin.client().await;
@@ -284,6 +285,7 @@ async fn a_hostile_redis_cannot_make_the_plugin_grow() {
         &address,
         None,
         "p:",
+        "",
         "  pool_size: 1\n  max_retries: 1\n  operation_timeout: 30s\n",
     );
     let mut client = plugin.client().await;
@@ -348,6 +350,7 @@ async fn read_buffers_shrink_after_large_replies() {
         &server.address(),
         Some(&server.cache_password),
         &test_prefix("shrink"),
+        "",
         &backend,
     );
     let mut client = plugin.client().await;

@@ -12,6 +12,7 @@ pub mod leaks;
 pub mod load;
 pub mod openbao;
 pub mod pki;
+pub mod rawh2;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -469,11 +470,11 @@ impl PluginProcess {
         Self::start_with(server, prefix, "")
     }
 
-    /// Like [`PluginProcess::start`], with `control_plane` entries appended
-    /// to its flow mapping (`", max_concurrent_requests: 16"`).
+    /// Like [`PluginProcess::start`], with `control_plane` entries added to
+    /// its flow mapping (`"max_concurrent_requests: 16"`).
     pub fn start_with(server: &RedisServer, prefix: &str, control_plane: &str) -> Self {
         let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n");
-        Self::spawn(
+        Self::start_at(
             &server.address(),
             Some(&server.cache_password),
             prefix,
@@ -489,34 +490,52 @@ impl PluginProcess {
         address: &str,
         password: Option<&str>,
         prefix: &str,
-        backend_yaml: &str,
-    ) -> Self {
-        Self::spawn(address, password, prefix, "", backend_yaml)
-    }
-
-    fn spawn(
-        address: &str,
-        password: Option<&str>,
-        prefix: &str,
         control_plane: &str,
         backend_yaml: &str,
     ) -> Self {
+        let backend = format!(
+            "backend:\n  address: \"{address}\"\n  key_prefix: \"{prefix}\"\n{backend_yaml}"
+        );
+        let env: Vec<(&str, &str)> = password
+            .map(|p| ("REDIS_PASSWORD", p))
+            .into_iter()
+            .collect();
+        Self::spawn(control_plane, &backend, &env, None)
+    }
+
+    /// Runs the plugin with `control_plane` fields added to the loopback
+    /// port (YAML flow pairs like `idle_timeout: 1s`) and a `backend` block,
+    /// under `prlimit --nofile=N` when given; waits until it accepts.
+    pub fn spawn(
+        control_plane: &str,
+        backend: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let control_plane = control_plane.trim_start_matches([',', ' ']);
+        let extra = if control_plane.is_empty() {
+            String::new()
+        } else {
+            format!(", {control_plane}")
+        };
         let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1{control_plane} }}\n\
-             log: {{ level: warn }}\n\
-             backend:\n  address: \"{address}\"\n  key_prefix: \"{prefix}\"\n{backend_yaml}",
+            "control_plane: {{ port: {port}, listen: 127.0.0.1{extra} }}\nlog: {{ level: warn }}\n{backend}"
         );
         let path = dir.path().join("plugin.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
-        if let Some(password) = password {
-            command.env("REDIS_PASSWORD", password);
-        }
-        let child = command
-            .arg("--config")
-            .arg(&path)
+        let bin = env!("CARGO_BIN_EXE_redis-cache-plugin");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--config").arg(&path).envs(env.iter().copied());
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -532,6 +551,11 @@ impl PluginProcess {
             addr,
             _dir: dir,
         }
+    }
+
+    /// The process id (prlimit execs the plugin, so it is the plugin's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -550,6 +574,23 @@ impl PluginProcess {
     /// The plugin process' peak resident set size so far (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         load::status_kib_of(&self.child.id().to_string(), "VmHWM:")
+    }
+
+    /// CPU time the plugin process has used (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        tick(11) + tick(12)
     }
 
     /// Serving status of `service` ("" = overall), -1 when it cannot answer.

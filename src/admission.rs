@@ -1,0 +1,780 @@
+//! Admission on the plugin's port: which HTTP requests are served at all,
+//! how many cache calls run at once, and how many bytes they may hold.
+//!
+//! One [`Admission`] is shared by every connection; each connection serves
+//! through its own [`ConnService`], which carries that connection's byte
+//! share and its count of requests in flight (for the idle timeout).
+//! - HTTP policy: HTTP/1.x serves `GET /metrics` and nothing else (405 for
+//!   another method, 404 for another path). Over HTTP/2 everything except
+//!   `/metrics` must be `application/grpc*` (415 otherwise) — so a web page
+//!   cannot post a form to the cache API.
+//! - A cache call takes a permit (`max_concurrent_requests`) when its
+//!   headers arrive, before its body is read; without one it is answered
+//!   RESOURCE_EXHAUSTED at once. The permit is held until the response body
+//!   has been handed to HTTP/2 (or dropped), not just until the handler ends.
+//! - Request bytes count against the global and the per-connection budget
+//!   as they are buffered (the declared gRPC message length up front) and
+//!   must arrive within `request_read_timeout` or the caller's deadline.
+//! - Response bytes count from when the response is encoded until its last
+//!   piece is handed to HTTP/2. Pieces go out [`CHUNK`] bytes at a time:
+//!   hyper takes the next piece only once the last one fits the peer's
+//!   window, so a caller that never reads holds at most two pieces outside
+//!   the budget.
+//!
+//! Health, reflection and `/metrics` take no permit and no bytes. This
+//! module neither accepts connections (`transport`) nor runs the RPCs.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use axum::{Router, body::Body as AxumBody, routing::future::RouteFuture};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tower::Service;
+
+use crate::{metrics::Metrics, service::parse_grpc_timeout};
+
+/// The largest piece of a response body handed to HTTP/2 at once.
+pub const CHUNK: usize = 16 * 1024;
+
+/// How long the rest of a refused request's body is read and thrown away
+/// before the answer goes out. Answering while the caller still sends makes
+/// HTTP/2 reset the stream, and h2 closes a connection after 1,024 such
+/// resets (its guard against reset floods) — which would cut off a good
+/// client that merely ran into `max_concurrent_requests` often. Nothing is
+/// buffered: each piece is dropped as it arrives.
+pub const REFUSED_BODY_GRACE: Duration = Duration::from_secs(1);
+
+/// Path prefix of the cache RPCs, the only admitted routes.
+const CACHE_PATH: &str = "/cache.v1.Cache/";
+
+/// The admission limits, from `control_plane` config.
+#[derive(Debug, Clone)]
+pub struct AdmissionLimits {
+    pub max_concurrent_requests: usize,
+    pub max_in_flight_bytes: usize,
+    pub max_in_flight_bytes_per_connection: usize,
+    pub request_read_timeout: Duration,
+    /// The largest request message the service decodes; a larger declared
+    /// length is left to the decoder to refuse (OUT_OF_RANGE).
+    pub max_request_bytes: usize,
+}
+
+/// Why a request was refused before (or instead of) running.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error("too many requests in flight (max_concurrent_requests = {0})")]
+    Requests(usize),
+    #[error(
+        "{what} of {bytes} bytes does not fit in {budget} ({limit} bytes) with what is already in flight"
+    )]
+    Bytes {
+        what: &'static str,
+        bytes: usize,
+        budget: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "request body not received within {0:?} (request_read_timeout or the caller's deadline); nothing was written"
+    )]
+    ReadTimeout(Duration),
+}
+
+impl Rejected {
+    /// The `reason` label of `redis_plugin_requests_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Requests(_) => "max_concurrent_requests",
+            Rejected::Bytes { budget, .. } => budget,
+            Rejected::ReadTimeout(_) => "request_read_timeout",
+        }
+    }
+}
+
+/// Admission shared by every connection.
+pub struct Admission {
+    router: Router,
+    /// Cache calls in flight.
+    requests: Budget,
+    /// Bytes held by requests and responses in flight, all connections.
+    bytes: Budget,
+    limits: AdmissionLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// Admission in front of `router` (the gRPC routes and `/metrics`).
+    pub fn new(router: Router, limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            router,
+            requests: Budget::new(limits.max_concurrent_requests),
+            bytes: Budget::new(limits.max_in_flight_bytes),
+            limits,
+            metrics,
+        })
+    }
+
+    /// The service for one new connection.
+    pub fn connection(self: &Arc<Self>) -> ConnService {
+        let share = self.limits.max_in_flight_bytes_per_connection;
+        ConnService {
+            admission: self.clone(),
+            conn: Arc::new(ConnState {
+                bytes: Budget::new(share),
+                in_flight: AtomicUsize::new(0),
+                idle_since_ms: AtomicU64::new(0),
+                opened: Instant::now(),
+            }),
+        }
+    }
+
+    /// Counts a refused connection (the transport's cap).
+    pub fn reject_connection(&self) {
+        self.metrics.reject("max_connections");
+    }
+
+    /// Counts a refused cache call `op` and answers it.
+    fn refuse(&self, op: &'static str, why: Rejected) -> Response<AxumBody> {
+        self.count(op, &why);
+        Status::from(why).into_http()
+    }
+
+    /// Counts `why` as a rejection and as the operation's outcome.
+    fn count(&self, op: &'static str, why: &Rejected) {
+        self.metrics.reject(why.reason());
+        let status = match why {
+            Rejected::ReadTimeout(_) => "deadline_exceeded",
+            Rejected::Requests(_) | Rejected::Bytes { .. } => "resource_exhausted",
+        };
+        self.metrics.record(op, status, 0.0);
+    }
+
+    /// `n` bytes from both budgets, or which one is short.
+    fn reserve(&self, conn: &ConnState, n: usize, what: &'static str) -> Result<(), Rejected> {
+        let short = |budget, limit| Rejected::Bytes {
+            what,
+            bytes: n,
+            budget,
+            limit,
+        };
+        if !conn.bytes.take(n) {
+            return Err(short(
+                "max_in_flight_bytes_per_connection",
+                conn.bytes.limit,
+            ));
+        }
+        if !self.bytes.take(n) {
+            conn.bytes.give(n);
+            return Err(short("max_in_flight_bytes", self.bytes.limit));
+        }
+        Ok(())
+    }
+
+    fn release(&self, conn: &ConnState, n: usize) {
+        conn.bytes.give(n);
+        self.bytes.give(n);
+    }
+}
+
+/// Units in use under a limit, never waited on: an atomic, because the
+/// hot path takes and gives back several per call (a semaphore would lock
+/// its waiter list on every release).
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one connection holds: its byte share and its requests in flight.
+pub struct ConnState {
+    bytes: Budget,
+    in_flight: AtomicUsize,
+    /// When the last request ended, in ms after `opened`.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl ConnState {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        // The time first, so a watchdog that sees zero in flight sees it too.
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(ms, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing starts.
+    pub fn idle_deadline(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.opened + since + idle
+    }
+
+    /// No request in flight, and none for `idle`.
+    pub fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(idle) <= Instant::now()
+    }
+}
+
+/// Held from a request's headers until its response body is done: the
+/// connection's in-flight count and, for a cache call, its slot and the
+/// response bytes.
+struct Ticket {
+    conn: Arc<ConnState>,
+    /// Set when the ticket holds a cache call's slot.
+    admission: Option<Arc<Admission>>,
+    bytes: usize,
+    /// The body of a refused request still arriving after
+    /// [`REFUSED_BODY_GRACE`]. Dropped only after the answer has been handed
+    /// to HTTP/2, so the stream is reset with NO_ERROR ("stop sending, the
+    /// answer is complete") rather than CANCEL.
+    unread: Option<Incoming>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(a) = &self.admission {
+            a.requests.give(1);
+            a.release(&self.conn, self.bytes);
+        }
+        self.conn.end();
+    }
+}
+
+// === impl ConnService ===
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+pub struct ConnService {
+    admission: Arc<Admission>,
+    conn: Arc<ConnState>,
+}
+
+impl ConnService {
+    /// This connection's state, for the transport's idle watchdog.
+    pub fn state(&self) -> Arc<ConnState> {
+        self.conn.clone()
+    }
+
+    /// The HTTP policy: `Ok(true)` for a cache call, `Ok(false)` for an
+    /// exempt route, `Err` with the answer for anything not served.
+    fn classify(req: &Request<Incoming>) -> Result<bool, StatusCode> {
+        let path = req.uri().path();
+        if req.version() != Version::HTTP_2 {
+            return match (path, req.method()) {
+                ("/metrics", &Method::GET | &Method::HEAD) => Ok(false),
+                ("/metrics", _) => Err(StatusCode::METHOD_NOT_ALLOWED),
+                _ => Err(StatusCode::NOT_FOUND),
+            };
+        }
+        if path == "/metrics" {
+            return Ok(false);
+        }
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        Ok(path.starts_with(CACHE_PATH))
+    }
+
+    fn admit(&self, req: Request<Incoming>, mut ticket: Ticket) -> Admitted {
+        let a = &self.admission;
+        let op = operation(req.uri().path());
+        if !a.requests.take(1) {
+            let refused = a.refuse(op, Rejected::Requests(a.limits.max_concurrent_requests));
+            return Admitted::refused(refused, ticket, req.into_body());
+        }
+        ticket.admission = Some(a.clone());
+        let mut read = a.limits.request_read_timeout;
+        if let Some(caller) = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+        {
+            read = read.min(caller);
+        }
+        let req = req.map(|inner| ReadBody {
+            inner,
+            admission: a.clone(),
+            conn: self.conn.clone(),
+            held_bytes: 0,
+            received: 0,
+            header: [0; 5],
+            timeout: read,
+            deadline: Instant::now() + read,
+            timer: None,
+            op,
+            failed: false,
+        });
+        let mut admitted = Admitted::route(a.router.clone().call(req), ticket);
+        admitted.account = Some((a.clone(), self.conn.clone(), op));
+        admitted
+    }
+}
+
+/// The `operation` label of a cache RPC path.
+fn operation(path: &str) -> &'static str {
+    match path.strip_prefix(CACHE_PATH) {
+        Some("Get") => "get",
+        Some("Set") => "set",
+        Some("Delete") => "delete",
+        Some("MGet") => "mget",
+        Some("Expire") => "expire",
+        _ => "unknown",
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<HeldBody>;
+    type Error = Infallible;
+    type Future = Admitted;
+
+    fn call(&self, req: Request<Incoming>) -> Admitted {
+        self.conn.begin();
+        let ticket = Ticket {
+            conn: self.conn.clone(),
+            admission: None,
+            bytes: 0,
+            unread: None,
+        };
+        match Self::classify(&req) {
+            Ok(true) => self.admit(req, ticket),
+            Ok(false) => Admitted::route(self.admission.router.clone().call(req), ticket),
+            Err(code) => {
+                let mut refused = Response::new(AxumBody::empty());
+                *refused.status_mut() = code;
+                if code == StatusCode::METHOD_NOT_ALLOWED {
+                    let allow = http::HeaderValue::from_static("GET, HEAD");
+                    refused.headers_mut().insert(header::ALLOW, allow);
+                }
+                Admitted::refused(refused, ticket, req.into_body())
+            }
+        }
+    }
+}
+
+// === impl Admitted ===
+
+pin_project_lite::pin_project! {
+    /// The response future: the route's, then response bytes accounted.
+    pub struct Admitted {
+        #[pin]
+        inner: Option<RouteFuture<Infallible>>,
+        ready: Option<Response<AxumBody>>,
+        ticket: Option<Ticket>,
+        account: Option<(Arc<Admission>, Arc<ConnState>, &'static str)>,
+        // A refused request's body, read and dropped before the answer.
+        unread: Option<Incoming>,
+        grace: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl Admitted {
+    fn refused(response: Response<AxumBody>, ticket: Ticket, body: Incoming) -> Self {
+        Self {
+            inner: None,
+            ready: Some(response),
+            ticket: Some(ticket),
+            account: None,
+            unread: (!body.is_end_stream()).then_some(body),
+            grace: None,
+        }
+    }
+
+    fn route(route: RouteFuture<Infallible>, ticket: Ticket) -> Self {
+        Self {
+            inner: Some(route),
+            ready: None,
+            ticket: Some(ticket),
+            account: None,
+            unread: None,
+            grace: None,
+        }
+    }
+}
+
+/// Reads and drops what arrives of `body` until it ends or `grace` passes;
+/// `Ready(true)` when it ended.
+fn drain(
+    body: &mut Incoming,
+    grace: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<bool> {
+    loop {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(_) => return Poll::Ready(true),
+            Poll::Pending => {
+                let timer =
+                    grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(REFUSED_BODY_GRACE)));
+                ready!(timer.as_mut().poll(cx));
+                return Poll::Ready(false);
+            }
+        }
+    }
+}
+
+impl Future for Admitted {
+    type Output = Result<Response<HeldBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(body) = this.unread {
+            let ended = ready!(drain(body, this.grace, cx));
+            let body = this.unread.take();
+            if let (false, Some(ticket)) = (ended, this.ticket.as_mut()) {
+                ticket.unread = body;
+            }
+        }
+        let response = match this.inner.as_pin_mut() {
+            Some(route) => match ready!(route.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => this
+                .ready
+                .take()
+                .unwrap_or_else(|| Status::internal("polled after completion").into_http()),
+        };
+        let mut body = HeldBody {
+            inner: AxumBody::empty(),
+            pending: Bytes::new(),
+            first: None,
+            ended: false,
+            ticket: this.ticket.take(),
+        };
+        let (parts, inner) = response.into_parts();
+        body.inner = inner;
+        if let Some((admission, conn, op)) = this.account.take()
+            && let Err(why) = body.account(&admission, &conn, cx)
+        {
+            // The refusal carries the ticket, released once it is sent.
+            let refused = admission.refuse(op, why);
+            let ticket = body.ticket.take();
+            return Poll::Ready(Ok(refused.map(|inner| HeldBody::new(inner, ticket))));
+        }
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+// === impl HeldBody ===
+
+/// A response body holding its request's [`Ticket`] until it is done,
+/// handed out at most [`CHUNK`] bytes at a time.
+pub struct HeldBody {
+    inner: AxumBody,
+    /// Data polled from `inner` not yet handed out.
+    pending: Bytes,
+    /// A non-data frame or an error polled early (trailers of a
+    /// one-message answer).
+    first: Option<Result<Frame<Bytes>, axum::Error>>,
+    /// `inner` already ended when it was polled early.
+    ended: bool,
+    ticket: Option<Ticket>,
+}
+
+impl HeldBody {
+    fn new(inner: AxumBody, ticket: Option<Ticket>) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            first: None,
+            ended: false,
+            ticket,
+        }
+    }
+
+    /// Encodes the answer now (tonic encodes when first polled) and holds
+    /// its bytes from both budgets until it has been handed to HTTP/2.
+    fn account(
+        &mut self,
+        admission: &Admission,
+        conn: &ConnState,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Rejected> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => self.pending = data,
+                Err(frame) => self.first = Some(Ok(frame)),
+            },
+            Poll::Ready(Some(Err(e))) => self.first = Some(Err(e)),
+            // A body that is not ready yet is passed on as it comes.
+            Poll::Pending => return Ok(()),
+            Poll::Ready(None) => self.ended = true,
+        }
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            admission.reserve(conn, n, "response")?;
+            if let Some(ticket) = &mut self.ticket {
+                ticket.bytes = n;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_piece(&mut self) -> Frame<Bytes> {
+        let n = self.pending.len().min(CHUNK);
+        Frame::data(self.pending.split_to(n))
+    }
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if !this.pending.is_empty() {
+            return Poll::Ready(Some(Ok(this.next_piece())));
+        }
+        if let Some(frame) = this.first.take() {
+            this.ticket = None;
+            return Poll::Ready(Some(frame));
+        }
+        if this.ended {
+            this.ticket = None;
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.len() > CHUNK => {
+                    this.pending = data;
+                    Poll::Ready(Some(Ok(this.next_piece())))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => {
+                    this.ticket = None;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+            done => {
+                this.ticket = None;
+                Poll::Ready(done)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty()
+            && self.first.is_none()
+            && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(self.pending.len() as u64);
+        }
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        if pending > 0 {
+            hint.set_lower(hint.lower() + pending);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + pending);
+            }
+        }
+        hint
+    }
+}
+
+// === impl ReadBody ===
+
+/// A cache call's request body: its bytes counted against both budgets as
+/// they arrive, and a deadline for all of it.
+pub struct ReadBody {
+    inner: Incoming,
+    admission: Arc<Admission>,
+    conn: Arc<ConnState>,
+    /// Bytes held from both budgets, given back on drop.
+    held_bytes: usize,
+    received: usize,
+    /// The 5-byte gRPC message header, as far as it has arrived.
+    header: [u8; 5],
+    timeout: Duration,
+    deadline: Instant,
+    /// Armed only when the body is not all there at once (the common case
+    /// for small calls needs no timer).
+    timer: Option<Pin<Box<Sleep>>>,
+    failed: bool,
+    /// The operation label of its metrics.
+    op: &'static str,
+}
+
+impl ReadBody {
+    /// Counts `data`, holding the larger of what arrived and what the
+    /// message header declares (the decoder reserves that much).
+    fn count(&mut self, data: &Bytes) -> Result<(), Rejected> {
+        let before = self.received;
+        self.received += data.len();
+        if before < 5 {
+            let n = (5 - before).min(data.len());
+            self.header[before..before + n].copy_from_slice(&data[..n]);
+        }
+        let mut want = self.received;
+        if self.received >= 5 {
+            let [_, a, b, c, d] = self.header;
+            let declared = u32::from_be_bytes([a, b, c, d]) as usize + 5;
+            if declared <= self.admission.limits.max_request_bytes {
+                want = want.max(declared);
+            }
+        }
+        if want <= self.held_bytes {
+            return Ok(());
+        }
+        self.admission
+            .reserve(&self.conn, want - self.held_bytes, "request")?;
+        self.held_bytes = want;
+        Ok(())
+    }
+
+    fn fail(&mut self, why: Rejected) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.failed = true;
+        self.admission.release(&self.conn, self.held_bytes);
+        self.held_bytes = 0;
+        self.admission.count(self.op, &why);
+        Poll::Ready(Some(Err(Status::from(why))))
+    }
+}
+
+impl Body for ReadBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(why) = this.count(data)
+                {
+                    return this.fail(why);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Status::cancelled(format!("request body: {e}")))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                ready!(timer.as_mut().poll(cx));
+                let timeout = this.timeout;
+                this.fail(Rejected::ReadTimeout(timeout))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReadBody {
+    fn drop(&mut self) {
+        self.admission.release(&self.conn, self.held_bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(per_conn: usize, global: usize) -> Arc<Admission> {
+        let limits = AdmissionLimits {
+            max_concurrent_requests: 1,
+            max_in_flight_bytes: global,
+            max_in_flight_bytes_per_connection: per_conn,
+            request_read_timeout: Duration::from_secs(1),
+            max_request_bytes: 1024,
+        };
+        Admission::new(Router::new(), limits, Metrics::new())
+    }
+
+    #[test]
+    fn bytes_are_held_from_both_budgets_and_given_back() {
+        let a = admission(100, 150);
+        let (one, two) = (a.connection(), a.connection());
+        a.reserve(&one.conn, 100, "response").expect("fits");
+        let err = a
+            .reserve(&one.conn, 1, "response")
+            .expect_err("share used up");
+        assert_eq!(err.reason(), "max_in_flight_bytes_per_connection");
+        let err = a
+            .reserve(&two.conn, 51, "request")
+            .expect_err("global used up");
+        assert_eq!(err.reason(), "max_in_flight_bytes");
+        assert!(err.to_string().contains("request of 51 bytes"), "{err}");
+        a.release(&one.conn, 100);
+        assert!(a.reserve(&one.conn, 100, "response").is_ok());
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let a = admission(10, 10);
+        let c = a.connection().conn;
+        let zero = Duration::ZERO;
+        assert!(c.is_idle(zero));
+        c.begin();
+        assert!(!c.is_idle(zero));
+        c.end();
+        assert!(c.is_idle(zero));
+        assert!(!c.is_idle(Duration::from_secs(60)));
+    }
+}
