@@ -565,6 +565,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_control_plane()?;
         self.validate_backend()?;
+        // After the backend: the budgets must hold its largest request.
+        self.validate_transport()?;
         self.validate_tls()?;
         if self.backend.kind == BackendKind::Redis && self.backend.vault_enabled {
             self.validate_vault()?;
@@ -654,7 +656,6 @@ impl Config {
         timeout(c.drain_timeout, "control_plane.drain_timeout")?;
         timeout(c.health_interval, "control_plane.health_interval")?;
         timeout(c.tls.reload_interval, "control_plane.tls.reload_interval")?;
-        self.validate_transport()?;
         if self.plugin.name.is_empty() {
             return Err(ConfigError::new("plugin.name", "must not be empty"));
         }
@@ -1434,10 +1435,27 @@ mod tests {
                 "control_plane: { drain_timeout: 25h }",
                 "control_plane.drain_timeout",
             ),
+            (
+                "control_plane: { max_connections: 1000001 }",
+                "control_plane.max_connections",
+            ),
+            (
+                "control_plane: { max_concurrent_streams: 1000001 }",
+                "control_plane.max_concurrent_streams",
+            ),
+            (
+                "control_plane: { max_in_flight_bytes: 68719476737 }",
+                "control_plane.max_in_flight_bytes",
+            ),
+            (
+                "control_plane: { idle_timeout: 25h }",
+                "control_plane.idle_timeout",
+            ),
         ] {
             assert_eq!(load(yaml).unwrap_err().field, field, "{yaml}");
         }
-        let at_max = "backend: { max_value_bytes: 536870912, max_key_bytes: 65536, max_batch_keys: 100000, max_reply_bytes: 1073741824, default_ttl: 8760h, pool_timeout: 24h }";
+        let at_max = "backend: { max_value_bytes: 536870912, max_key_bytes: 65536, max_batch_keys: 100000, max_reply_bytes: 1073741824, default_ttl: 8760h, pool_timeout: 24h }\n\
+                      control_plane: { max_connections: 1000000, max_concurrent_streams: 1000000, max_in_flight_bytes: 68719476736, max_in_flight_bytes_per_connection: 1073741824, idle_timeout: 24h }";
         load(at_max).expect("the maxima themselves are accepted");
     }
 
