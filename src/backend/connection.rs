@@ -598,25 +598,11 @@ mod tests {
     /// A "Redis" that answers the handshake's PING and then never reads
     /// again, like a stopped server.
     async fn stalled_server() -> Connector {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.expect("accept");
-            let mut buf = [0u8; 64];
-            let n = sock.read(&mut buf).await.expect("read ping");
-            assert_eq!(&buf[..n], b"*1\r\n$4\r\nPING\r\n");
-            sock.write_all(b"+PONG\r\n").await.expect("pong");
+        fake_server(|sock| async move {
             std::future::pending::<()>().await;
             drop(sock);
-        });
-        Connector {
-            host: "127.0.0.1".into(),
-            port,
-            database: 0,
-            tls: None,
-            timeout: Duration::from_secs(5),
-            max_reply: 1 << 20,
-        }
+        })
+        .await
     }
 
     #[tokio::test]
