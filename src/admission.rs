@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::Service;
 
-use crate::{metrics::Metrics, service::parse_grpc_timeout};
+use crate::{error::Rejected, metrics::Metrics, service::parse_grpc_timeout};
 
 /// The largest piece of a response body handed to HTTP/2 at once.
 pub const CHUNK: usize = 16 * 1024;
@@ -71,37 +71,6 @@ pub struct AdmissionLimits {
     /// The largest request message the service decodes; a larger declared
     /// length is left to the decoder to refuse (OUT_OF_RANGE).
     pub max_request_bytes: usize,
-}
-
-/// Why a request was refused before (or instead of) running.
-#[derive(Debug, thiserror::Error)]
-pub enum Rejected {
-    #[error("too many requests in flight (max_concurrent_requests = {0})")]
-    Requests(usize),
-    #[error(
-        "{what} of {bytes} bytes does not fit in {budget} ({limit} bytes) with what is already in flight"
-    )]
-    Bytes {
-        what: &'static str,
-        bytes: usize,
-        budget: &'static str,
-        limit: usize,
-    },
-    #[error(
-        "request body not received within {0:?} (request_read_timeout or the caller's deadline); nothing was written"
-    )]
-    ReadTimeout(Duration),
-}
-
-impl Rejected {
-    /// The `reason` label of `redis_plugin_requests_rejected_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Rejected::Requests(_) => "max_concurrent_requests",
-            Rejected::Bytes { budget, .. } => budget,
-            Rejected::ReadTimeout(_) => "request_read_timeout",
-        }
-    }
 }
 
 /// Admission shared by every connection.

@@ -26,9 +26,6 @@ pub enum Error {
     /// a write may or may not have been applied.
     #[error("cache operation timed out after {0:?}; a write may or may not have been applied")]
     DeadlineExceeded(std::time::Duration),
-    /// More requests in flight than `max_concurrent_requests`.
-    #[error("too many requests in flight (max_concurrent_requests = {0})")]
-    ResourceExhausted(usize),
     /// The answer (a value, or the values of one MGet) is larger than
     /// `backend.max_reply_bytes`; nothing was buffered or returned.
     #[error(
@@ -48,7 +45,7 @@ impl Error {
             Error::PermissionDenied => "permission_denied",
             Error::Auth | Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
-            Error::ResourceExhausted(_) | Error::ReplyTooLarge(_) => "resource_exhausted",
+            Error::ReplyTooLarge(_) => "resource_exhausted",
             Error::Internal(_) => "internal",
         }
     }
@@ -67,21 +64,51 @@ impl From<Error> for Status {
             Error::PermissionDenied => Code::PermissionDenied,
             Error::Auth | Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::ResourceExhausted(_) | Error::ReplyTooLarge(_) => Code::ResourceExhausted,
+            Error::ReplyTooLarge(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
     }
 }
 
-impl From<crate::admission::Rejected> for Status {
-    fn from(why: crate::admission::Rejected) -> Self {
-        use crate::admission::Rejected;
+impl From<Rejected> for Status {
+    fn from(why: Rejected) -> Self {
         let code = match &why {
             Rejected::Requests(_) | Rejected::Bytes { .. } => Code::ResourceExhausted,
             Rejected::ReadTimeout(_) => Code::DeadlineExceeded,
         };
         Status::new(code, why.to_string())
+    }
+}
+
+/// Why a request was refused before (or instead of) running.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error("too many requests in flight (max_concurrent_requests = {0})")]
+    Requests(usize),
+    #[error(
+        "{what} of {bytes} bytes does not fit in {budget} ({limit} bytes) with what is already in flight"
+    )]
+    Bytes {
+        what: &'static str,
+        bytes: usize,
+        budget: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "request body not received within {0:?} (request_read_timeout or the caller's deadline); nothing was written"
+    )]
+    ReadTimeout(std::time::Duration),
+}
+
+impl Rejected {
+    /// The `reason` label of `redis_plugin_requests_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Requests(_) => "max_concurrent_requests",
+            Rejected::Bytes { budget, .. } => budget,
+            Rejected::ReadTimeout(_) => "request_read_timeout",
+        }
     }
 }
 
@@ -103,7 +130,6 @@ mod tests {
                 Error::DeadlineExceeded(std::time::Duration::from_millis(5)),
                 Code::DeadlineExceeded,
             ),
-            (Error::ResourceExhausted(4), Code::ResourceExhausted),
             (Error::ReplyTooLarge(64), Code::ResourceExhausted),
             (Error::Internal("x".into()), Code::Internal),
         ];

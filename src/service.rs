@@ -1,11 +1,11 @@
-//! The `cache.v1.Cache` gRPC service: validation, key prefix, admission,
+//! The `cache.v1.Cache` gRPC service: validation, key prefix,
 //! deadlines, metrics and the error contract — then one backend call.
 //!
 //! Every RPC goes through [`CacheService::run`], which bounds it by the
 //! shorter of `operation_timeout` and the caller's deadline, turns a panic
 //! into `INTERNAL`, records metrics and maps [`Error`] to a status. Admission
 //! (how many calls at once, their bytes) happens before, in
-//! [`crate::admission`]. The service never sees Redis: only the [`Backend`]
+//! the admission layer ahead of the routes (`admission.rs`). The service never sees Redis: only the [`Backend`]
 //! trait and its [`Error`]s.
 
 use std::{
