@@ -153,22 +153,7 @@ async fn serve_backend<B: Backend>(
     if let Some(creds) = creds {
         prober = prober.with_credentials(creds);
     }
-    let limits = limits(&config);
-    let max_request = max_request_bytes(&limits);
-    let cache = CacheService::new(
-        backend.clone(),
-        limits,
-        metrics.clone(),
-        prober.wake.clone(),
-    );
-    let router = routes(
-        cache,
-        health_service,
-        backend.clone(),
-        metrics.clone(),
-        max_request,
-    )?;
-    let admission = Admission::new(router, admission_limits(&config, max_request), metrics);
+    let admission = app(&config, &backend, health_service, &prober, metrics)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval = config.control_plane.health_interval.0;
@@ -205,6 +190,29 @@ async fn serve_backend<B: Backend>(
         () = signal => {}
     }
     Ok(())
+}
+
+/// The cache service, health, reflection and `/metrics` behind admission.
+fn app<B: Backend>(
+    config: &Config,
+    backend: &Arc<B>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    prober: &Prober,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Admission>, ServeError> {
+    let limits = limits(config);
+    let max_request = max_request_bytes(&limits);
+    let cache = CacheService::new(
+        backend.clone(),
+        limits,
+        metrics.clone(),
+        prober.wake.clone(),
+    );
+    let router = routes(cache, health, backend.clone(), metrics.clone(), max_request)?;
+    let limits = admission_limits(config, max_request);
+    Ok(Admission::new(router, limits, metrics))
 }
 
 fn admission_limits(config: &Config, max_request_bytes: usize) -> AdmissionLimits {
