@@ -6,7 +6,7 @@
 //!   serves its connections; [`admission`] decides what a request may
 //!   hold (HTTP policy, permits, byte budgets, read deadline).
 //! - [`service`]: the `cache.v1.Cache` RPCs — validation, key prefix,
-//!   admission, deadlines, metrics, the error contract.
+//!   deadlines, metrics, the error contract.
 //! - [`backend`]: the [`backend::Backend`] trait, with Redis and in-memory
 //!   implementations.
 //! - [`credentials`]: who the plugin is to Redis, and how a new identity
