@@ -371,24 +371,39 @@ mod tests {
     use crate::backend::{PoolStats, memory::MemoryBackend};
     use bytes::Bytes;
 
-    /// A backend whose reads panic, to prove a panic stays one request's.
-    struct PanickingGet(MemoryBackend);
+    /// The memory backend, recording the keys each batch call got; with
+    /// `panic_on_get`, its reads panic (to prove a panic stays one request's).
+    #[derive(Default)]
+    struct TestBackend {
+        inner: MemoryBackend,
+        batches: std::sync::Mutex<Vec<Vec<String>>>,
+        panic_on_get: bool,
+    }
 
-    impl Backend for PanickingGet {
-        async fn get(&self, _key: String) -> Result<Option<Bytes>> {
-            panic!("injected panic")
+    impl TestBackend {
+        fn record(&self, keys: &[String]) {
+            self.batches.lock().expect("lock").push(keys.to_vec());
+        }
+    }
+
+    impl Backend for TestBackend {
+        async fn get(&self, k: String) -> Result<Option<Bytes>> {
+            assert!(!self.panic_on_get, "injected panic");
+            self.inner.get(k).await
         }
         async fn set(&self, k: String, v: Bytes, t: Option<Duration>) -> Result<()> {
-            self.0.set(k, v, t).await
+            self.inner.set(k, v, t).await
         }
         async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-            self.0.delete(keys).await
+            self.record(&keys);
+            self.inner.delete(keys).await
         }
         async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
-            self.0.mget(keys).await
+            self.record(&keys);
+            self.inner.mget(keys).await
         }
         async fn expire(&self, k: String, t: Duration) -> Result<bool> {
-            self.0.expire(k, t).await
+            self.inner.expire(k, t).await
         }
         async fn ping(&self) -> Result<()> {
             Ok(())
@@ -412,7 +427,10 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_answers_internal_and_is_counted() {
         let metrics = Metrics::new();
-        let backend = Arc::new(PanickingGet(MemoryBackend::new()));
+        let backend = Arc::new(TestBackend {
+            panic_on_get: true,
+            ..TestBackend::default()
+        });
         let svc = CacheService::new(backend, limits(), metrics.clone(), Arc::new(Notify::new()));
         let req = Request::new(GetRequest { key: "k".into() });
         let status = svc.get(req).await.expect_err("panic becomes an error");
@@ -480,34 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_and_delete_send_each_key_once() {
-        /// Records the keys each call got.
-        struct Recording(MemoryBackend, std::sync::Mutex<Vec<Vec<String>>>);
-        impl Backend for Recording {
-            async fn get(&self, k: String) -> Result<Option<Bytes>> {
-                self.0.get(k).await
-            }
-            async fn set(&self, k: String, v: Bytes, t: Option<Duration>) -> Result<()> {
-                self.0.set(k, v, t).await
-            }
-            async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-                self.1.lock().expect("lock").push(keys.clone());
-                self.0.delete(keys).await
-            }
-            async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
-                self.1.lock().expect("lock").push(keys.clone());
-                self.0.mget(keys).await
-            }
-            async fn expire(&self, k: String, t: Duration) -> Result<bool> {
-                self.0.expire(k, t).await
-            }
-            async fn ping(&self) -> Result<()> {
-                Ok(())
-            }
-            fn pool_stats(&self) -> PoolStats {
-                PoolStats::default()
-            }
-        }
-        let backend = Arc::new(Recording(MemoryBackend::new(), Default::default()));
+        let backend = Arc::new(TestBackend::default());
         let mut l = limits();
         l.max_batch_keys = 300;
         let svc = CacheService::new(backend.clone(), l, Metrics::new(), Arc::new(Notify::new()));
@@ -533,7 +524,7 @@ mod tests {
             .into_inner()
             .deleted;
         assert_eq!(deleted, 1);
-        let seen = backend.1.lock().expect("lock").clone();
+        let seen = backend.batches.lock().expect("lock").clone();
         assert_eq!(
             seen,
             vec![
