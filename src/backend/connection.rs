@@ -638,14 +638,9 @@ mod tests {
 
     #[tokio::test]
     async fn replies_are_matched_to_commands_in_order_across_reads() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.expect("accept");
-            let mut buf = vec![0u8; 4096];
-            let _ = sock.read(&mut buf).await.expect("read ping");
-            sock.write_all(b"+PONG\r\n").await.expect("pong");
+        let connector = fake_server(|mut sock| async move {
             // Three GETs; answer them in one write cut at odd places.
+            let mut buf = vec![0u8; 4096];
             let mut seen = 0;
             while seen < 3 {
                 let n = sock.read(&mut buf).await.expect("read");
@@ -658,15 +653,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             std::future::pending::<()>().await;
-        });
-        let connector = Connector {
-            host: "127.0.0.1".into(),
-            port,
-            database: 0,
-            tls: None,
-            timeout: Duration::from_secs(5),
-            max_reply: 1 << 20,
-        };
+        })
+        .await;
         let conn = connector
             .connect(&Credentials::anonymous())
             .await
