@@ -640,12 +640,7 @@ mod tests {
     async fn replies_are_matched_to_commands_in_order_across_reads() {
         let connector = fake_server(|mut sock| async move {
             // Three GETs; answer them in one write cut at odd places.
-            let mut buf = vec![0u8; 4096];
-            let mut seen = 0;
-            while seen < 3 {
-                let n = sock.read(&mut buf).await.expect("read");
-                seen += buf[..n].iter().filter(|&&b| b == b'*').count();
-            }
+            read_commands(&mut sock, 3).await;
             let wire: &[u8] = b"$1\r\na\r\n$-1\r\n$3\r\nccc\r\n";
             for chunk in wire.chunks(5) {
                 sock.write_all(chunk).await.expect("write");
@@ -690,6 +685,16 @@ mod tests {
             tls: None,
             timeout: Duration::from_secs(5),
             max_reply: 1 << 20,
+        }
+    }
+
+    /// Reads until `n` commands (short GETs: one `*` each) have arrived.
+    async fn read_commands(sock: &mut TcpStream, n: usize) {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = 0;
+        while seen < n {
+            let read = sock.read(&mut buf).await.expect("read");
+            seen += buf[..read].iter().filter(|&&b| b == b'*').count();
         }
     }
 
@@ -763,12 +768,7 @@ mod tests {
         let counter = sent.clone();
         let connector = fake_server(|mut sock| async move {
             // Two GETs; the first gets a 200 MB value, the second "x".
-            let mut cmd = vec![0u8; 4096];
-            let mut seen = 0;
-            while seen < 2 {
-                let n = sock.read(&mut cmd).await.expect("read");
-                seen += cmd[..n].iter().filter(|&&b| b == b'*').count();
-            }
+            read_commands(&mut sock, 2).await;
             sock.write_all(format!("${BODY}\r\n").as_bytes())
                 .await
                 .expect("header");
