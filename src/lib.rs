@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod backend;
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod credentials;
@@ -27,8 +28,10 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod secret;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

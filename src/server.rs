@@ -281,7 +281,7 @@ fn log_start(config: &Config, listener: &TcpListener) {
     info!(
         listen = %addr,
         backend = ?b.kind,
-        redis_address = %crate::backend::redis::redact_address(&b.address),
+        redis_address = %crate::config::address::redact_address(&b.address),
         database = b.database,
         pool_size = b.pool_size,
         acl = !b.username.is_empty() || b.vault_enabled,

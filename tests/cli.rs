@@ -232,7 +232,7 @@ fn every_listed_env_var_sets_its_field() {
 
 #[test]
 fn env_vars_lists_every_variable_the_overlay_reads() {
-    let source = include_str!("../src/config.rs");
+    let source = include_str!("../src/config/mod.rs");
     let start = source.find("fn apply_env").expect("apply_env in config.rs");
     let body = &source[start..];
     let body = &body[..body.find("\n    }\n").expect("end of apply_env")];

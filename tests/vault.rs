@@ -496,7 +496,7 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
         let buf = buf.clone();
         move || LogWriter(buf.clone())
     };
-    let filter = redis_cache_plugin::telemetry::parse_level("debug").expect("filter");
+    let filter = redis_cache_plugin::config::log::parse_level("debug").expect("filter");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::{Notify, watch};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 pub mod lease;
 pub mod rotation;

@@ -18,7 +18,7 @@ use super::{
     vault::VaultError,
 };
 use crate::{
-    backend::redis::Backoff,
+    backoff::Backoff,
     config::Secret,
     metrics::{Metrics, Op, Outcome},
 };

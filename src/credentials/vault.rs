@@ -37,8 +37,8 @@ use super::{
     rotation::{self, Issued, Lease, Settings, Source},
 };
 use crate::{
-    backend::redis::Backoff,
-    config::{Config, Secret, VaultAuthMethod, VaultConfig},
+    backoff::Backoff,
+    config::{Config, Secret, VaultAuthMethod, VaultConfig, split_kv_path},
     metrics::Metrics,
 };
 
@@ -372,13 +372,6 @@ impl TokenTimes {
 enum Target {
     Database { path: String },
     Kv { mount: String, path: String },
-}
-
-/// Splits `kv_path` (`<mount>/<path>` or `<mount>/data/<path>`).
-pub fn split_kv_path(kv_path: &str) -> Option<(String, String)> {
-    let (mount, rest) = kv_path.trim_matches('/').split_once('/')?;
-    let path = rest.strip_prefix("data/").unwrap_or(rest);
-    (!mount.is_empty() && !path.is_empty()).then(|| (mount.to_string(), path.to_string()))
 }
 
 /// Vault as a [`Source`].
@@ -876,16 +869,6 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kv_paths_split_with_or_without_data() {
-        let want = Some(("secret".to_string(), "redis/cache".to_string()));
-        assert_eq!(split_kv_path("secret/redis/cache"), want);
-        assert_eq!(split_kv_path("secret/data/redis/cache"), want);
-        assert_eq!(split_kv_path("/secret/redis/cache/"), want);
-        assert_eq!(split_kv_path("secret"), None);
-        assert_eq!(split_kv_path("secret/"), None);
-    }
 
     #[test]
     fn errors_keep_vaults_message_but_no_body() {

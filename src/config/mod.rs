@@ -9,13 +9,17 @@
 
 use std::{
     collections::HashMap,
-    fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::secret::Secret;
+
+pub mod address;
+pub mod log;
 
 /// Where the config file is looked for when `--config` is not given.
 pub const CONFIG_ENV: &str = "PRISM_PLUGIN_CONFIG";
@@ -524,7 +528,7 @@ impl Config {
     /// and printed never carries them and AUTH is sent with them.
     fn take_address_credentials(&mut self) -> Result<(), ConfigError> {
         let b = &mut self.backend;
-        let split = crate::backend::redis::split_credentials(&b.address)
+        let split = address::split_credentials(&b.address)
             .map_err(|reason| ConfigError::new("backend.address", reason))?;
         let Some(split) = split else {
             return Ok(());
@@ -553,7 +557,7 @@ impl Config {
     pub fn tls_served(&self) -> TlsServed {
         let cp = &self.control_plane.tls;
         let b = &self.backend;
-        let implied = crate::backend::redis::parse_address(&b.address).is_ok_and(|(_, _, tls)| tls);
+        let implied = address::parse_address(&b.address).is_ok_and(|(_, _, tls)| tls);
         TlsServed {
             grpc_tls: cp.enabled,
             mtls: cp.enabled && !cp.client_ca_file.is_empty(),
@@ -571,7 +575,7 @@ impl Config {
         if self.backend.kind == BackendKind::Redis && self.backend.vault_enabled {
             self.validate_vault()?;
         }
-        crate::telemetry::parse_level(&self.log.level)
+        log::parse_level(&self.log.level)
             .map_err(|reason| ConfigError::new("log.level", reason))?;
         Ok(())
     }
@@ -763,7 +767,7 @@ impl Config {
                 "must not be empty (REDIS_ADDRESS)",
             ));
         }
-        crate::backend::redis::parse_address(&b.address)
+        address::parse_address(&b.address)
             .map_err(|reason| ConfigError::new("backend.address", reason))?;
         Ok(())
     }
@@ -807,7 +811,7 @@ impl Config {
                 "must look like <mount>/creds/<role>",
             ));
         }
-        if !v.kv_path.is_empty() && crate::credentials::vault::split_kv_path(&v.kv_path).is_none() {
+        if !v.kv_path.is_empty() && split_kv_path(&v.kv_path).is_none() {
             return Err(ConfigError::new(
                 "vault.kv_path",
                 "must look like <mount>/<path> (KV v2)",
@@ -927,50 +931,13 @@ fn at_most(d: Dur, field: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-// === impl Secret ===
+// === Vault paths ===
 
-/// A string that never prints: `Debug`, `Display` and serialisation show
-/// `[redacted]`, so a config dump or a log line cannot leak it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when no secret was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "[redacted]"
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
-    }
+/// Splits `kv_path` (`<mount>/<path>` or `<mount>/data/<path>`).
+pub fn split_kv_path(kv_path: &str) -> Option<(String, String)> {
+    let (mount, rest) = kv_path.trim_matches('/').split_once('/')?;
+    let path = rest.strip_prefix("data/").unwrap_or(rest);
+    (!mount.is_empty() && !path.is_empty()).then(|| (mount.to_string(), path.to_string()))
 }
 
 // === impl Dur ===
@@ -1067,6 +1034,16 @@ impl Serialize for Ttl {
 mod tests {
     use super::*;
 
+    #[test]
+    fn kv_paths_split_with_or_without_data() {
+        let want = Some(("secret".to_string(), "redis/cache".to_string()));
+        assert_eq!(split_kv_path("secret/redis/cache"), want);
+        assert_eq!(split_kv_path("secret/data/redis/cache"), want);
+        assert_eq!(split_kv_path("/secret/redis/cache/"), want);
+        assert_eq!(split_kv_path("secret"), None);
+        assert_eq!(split_kv_path("secret/"), None);
+    }
+
     fn load(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_and_env(yaml, &HashMap::new())
     }
@@ -1090,7 +1067,7 @@ mod tests {
         assert_eq!(cp.max_concurrent_streams, 256);
         assert_eq!(cp.max_in_flight_bytes, 256 * MIB);
         assert_eq!(cp.max_in_flight_bytes_per_connection, 64 * MIB);
-        let repo = include_str!("../config.yaml");
+        let repo = include_str!("../../config.yaml");
         let from_repo = load(repo).expect("config.yaml is valid");
         let (a, b) = (&from_repo.control_plane, &Config::default().control_plane);
         assert_eq!(a.max_connections, b.max_connections);
