@@ -18,11 +18,16 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
-use crate::{backend::Backend, credentials::CredentialsHandle, metrics::Metrics};
+use crate::{
+    backend::Backend,
+    credentials::CredentialsHandle,
+    metrics::Metrics,
+    shutdown::{Phase, Watch},
+};
 
 /// The gRPC name of the cache service, as health clients ask for it.
 pub const CACHE_SERVICE: &str = "cache.v1.Cache";
@@ -90,26 +95,26 @@ impl Prober {
         }
     }
 
-    /// Probes every `interval` (and when woken) until `stop` fires, then
-    /// reports NOT_SERVING for good.
+    /// Probes every `interval` (and when woken) until shutdown reaches
+    /// [`Phase::Closing`], then reports NOT_SERVING for good and returns:
+    /// the server awaits this task before it closes the listener, so no
+    /// client sees the port close while health still says SERVING.
     pub async fn run<B: Backend>(
         self,
         backend: Arc<B>,
         interval: Duration,
         timeout: Duration,
-        mut stop: watch::Receiver<bool>,
+        mut shutdown: Watch,
     ) {
         self.set(false).await;
         self.set_liveness(ServingStatus::Serving).await;
         loop {
-            let ok = self.credentials_valid()
-                && matches!(
-                    tokio::time::timeout(timeout, backend.ping()).await,
-                    Ok(Ok(()))
-                );
-            if *stop.borrow() {
-                break;
-            }
+            // A probe in flight (Redis slow or gone) must not hold up shutdown.
+            let ok = tokio::select! {
+                biased;
+                () = shutdown.reached(Phase::Closing) => break,
+                ok = self.probe(&*backend, timeout) => ok,
+            };
             self.set(ok).await;
             // When failing, look again soon so recovery shows quickly.
             let wait = if ok {
@@ -118,13 +123,23 @@ impl Prober {
                 interval.min(Duration::from_millis(100))
             };
             tokio::select! {
+                () = shutdown.reached(Phase::Closing) => break,
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => {}
-                _ = stop.changed() => break,
             }
         }
         self.set(false).await;
         self.set_liveness(ServingStatus::NotServing).await;
+    }
+
+    /// True when the credentials are valid and the backend answers a PING
+    /// within `timeout`.
+    async fn probe<B: Backend>(&self, backend: &B, timeout: Duration) -> bool {
+        self.credentials_valid()
+            && matches!(
+                tokio::time::timeout(timeout, backend.ping()).await,
+                Ok(Ok(()))
+            )
     }
 
     async fn set_liveness(&self, status: ServingStatus) {

@@ -7,10 +7,10 @@
 //! health NOT_SERVING, stop accepting, let calls in flight finish (bounded by
 //! `drain_timeout`), then release credentials.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use axum::{http::header::CONTENT_TYPE, routing::get};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tracing::{info, warn};
 
@@ -28,6 +28,7 @@ use crate::{
     metrics::{self, Metrics},
     pb::{self, cache_server::CacheServer},
     service::{CacheService, Limits},
+    shutdown::{Phase, Shutdown},
     tls::{self, ReloadingAcceptor, TlsError},
     transport::{self, TransportLimits},
 };
@@ -45,19 +46,27 @@ pub enum ServeError {
     Tls(#[from] TlsError),
 }
 
-/// Builds the backend named by the config and serves until `shutdown`.
+/// Builds the backend named by the config and serves until `signal`
+/// resolves, then shuts down in order (see [`crate::shutdown`]).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     tls::install_crypto_provider();
     let metrics = Metrics::new();
+    // Dropped on every return path, which stops whatever was started.
+    let shutdown = Shutdown::new();
+    let on = Serving {
+        listener,
+        signal,
+        shutdown: &shutdown,
+    };
     match config.backend.kind {
         BackendKind::Memory => {
             let backend =
                 Arc::new(MemoryBackend::new().max_reply_bytes(config.backend.max_reply_bytes));
-            serve_backend(config, backend, None, metrics, listener, shutdown).await
+            serve_backend(config, backend, None, metrics, on).await
         }
         BackendKind::Redis => {
             let (creds, vault) = if config.backend.vault_enabled {
@@ -71,17 +80,26 @@ pub async fn serve(
                 let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
                 backend.check_tls().await?;
                 let backend = Arc::new(backend);
-                serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await
+                serve_backend(config, backend, Some(creds), metrics, on).await
             };
             let result = run.await;
             // After the drain, or after a start-up error once a lease may
             // have been read: revoke it so no Vault user outlives us.
+            shutdown.advance(Phase::Stopped);
             if let Some(vault) = vault {
                 vault.shutdown().await;
             }
             result
         }
     }
+}
+
+/// Where to serve and when to stop.
+struct Serving<'a, F> {
+    listener: TcpListener,
+    /// The request to stop (SIGTERM in the binary).
+    signal: F,
+    shutdown: &'a Shutdown,
 }
 
 /// Redis connection settings from config (reads the TLS files).
@@ -138,9 +156,13 @@ async fn serve_backend<B: Backend>(
     backend: Arc<B>,
     creds: Option<CredentialsHandle>,
     metrics: Arc<Metrics>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    on: Serving<'_, impl Future<Output = ()> + Send>,
 ) -> Result<(), ServeError> {
+    let Serving {
+        listener,
+        signal,
+        shutdown,
+    } = on;
     let acceptor = match config.tls_served().grpc_tls {
         true => {
             let t = config.control_plane.tls.clone();
@@ -155,39 +177,33 @@ async fn serve_backend<B: Backend>(
     }
     let admission = app(&config, &backend, health_service, &prober, metrics)?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let interval = config.control_plane.health_interval.0;
     let probe_timeout = config.backend.operation_timeout.0;
     // tonic-health starts "" as SERVING; say NOT_SERVING before the port
     // opens, so nobody is told SERVING before Redis has answered.
     prober.set(false).await;
-    tokio::spawn(prober.run(backend, interval, probe_timeout, stop_rx));
+    let prober = tokio::spawn(prober.run(backend, interval, probe_timeout, shutdown.watch()));
+    if let Some(acceptor) = &acceptor {
+        tokio::spawn(acceptor.clone().watch(shutdown.watch()));
+    }
 
     log_start(&config, &listener);
-    let (close_tx, close_rx) = watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        info!("shutdown requested: draining");
-        stop_tx.send_replace(true);
-        // Give the prober a moment to publish NOT_SERVING before GOAWAY.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        close_tx.send_replace(true);
-        // Both senders stay alive until the transport has drained.
-        std::future::pending::<()>().await;
-    };
-    if let Some(acceptor) = &acceptor {
-        tokio::spawn(acceptor.clone().watch());
-    }
-    let served = transport::serve(
-        listener,
-        acceptor,
-        admission,
-        transport_limits(&config),
-        close_rx,
-    );
+    let limits = transport_limits(&config);
+    let served = transport::serve(listener, acceptor, admission, limits, shutdown.watch());
+    tokio::pin!(served);
     tokio::select! {
-        () = served => {}
-        () = signal => {}
+        () = &mut served => return Ok(()),
+        () = signal => info!("shutdown requested: draining"),
+    }
+    shutdown.advance(Phase::Closing);
+    // The prober publishes NOT_SERVING as it ends; only then close the port.
+    let _ = prober.await;
+    shutdown.advance(Phase::Draining);
+    let drain = config.control_plane.drain_timeout.0;
+    if tokio::time::timeout(drain, &mut served).await.is_err() {
+        warn!(?drain, "drain timeout reached; closing remaining calls");
+        shutdown.advance(Phase::Stopped);
+        served.await;
     }
     Ok(())
 }
@@ -235,7 +251,6 @@ fn transport_limits(config: &Config) -> TransportLimits {
         keepalive_interval: c.keepalive_interval.0,
         keepalive_timeout: c.keepalive_timeout.0,
         header_read_timeout: c.request_read_timeout.0,
-        drain_timeout: c.drain_timeout.0,
     }
 }
 

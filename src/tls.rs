@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{RedisTls, ServerTls},
     metrics::{Metrics, Outcome},
+    shutdown::{Phase, Watch},
 };
 
 /// How long a client may take to finish the TLS handshake.
@@ -240,23 +241,23 @@ impl ReloadingAcceptor {
             .inc();
     }
 
-    /// Polls the files every `reload_interval` and reloads on change. Ends
-    /// when the acceptor is dropped.
-    pub async fn watch(self: Arc<Self>) {
+    /// Polls the files every `reload_interval` and reloads on change, until
+    /// shutdown reaches [`Phase::Stopped`] (connections draining still
+    /// handshake with the newest certificate).
+    pub async fn watch(self: Arc<Self>, mut shutdown: Watch) {
         let interval = self.settings.reload_interval.0;
         let mut seen = self.stamp();
-        let weak = Arc::downgrade(&self);
-        drop(self);
         loop {
-            tokio::time::sleep(interval).await;
-            let Some(this) = weak.upgrade() else { return };
-            let now = this.stamp();
-            if now != seen {
+            tokio::select! {
+                () = shutdown.reached(Phase::Stopped) => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            if self.stamp() != seen {
                 // Writers replace cert and key one after the other; a short
                 // pause lets both land before reading.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                seen = this.stamp();
-                this.reload();
+                seen = self.stamp();
+                self.reload();
             }
         }
     }

@@ -12,8 +12,9 @@
 //!   ignores the GOAWAY is dropped [`CLOSE_GRACE`] later.
 //! - HTTP/2 advertises `max_concurrent_streams` and PINGs every
 //!   `keepalive_interval`; an unanswered PING closes the connection.
-//! - At shutdown: stop accepting, GOAWAY to every connection, wait for calls
-//!   in flight at most `drain_timeout`, then drop what is left.
+//! - At shutdown ([`crate::shutdown`]): at `Draining` stop accepting and send
+//!   GOAWAY to every connection; at `Stopped` (the server's `drain_timeout`)
+//!   drop what is left.
 //!
 //! What a request may do once it arrives is `admission`'s business.
 
@@ -26,12 +27,16 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::Instant,
 };
 use tracing::{debug, info, warn};
 
-use crate::{admission::Admission, tls::ReloadingAcceptor};
+use crate::{
+    admission::Admission,
+    shutdown::{Phase, Watch},
+    tls::ReloadingAcceptor,
+};
 
 /// Pause after a failed accept (for example out of file descriptors).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -50,7 +55,6 @@ pub struct TransportLimits {
     pub keepalive_timeout: Duration,
     /// How long HTTP/1.1 request headers may take to arrive.
     pub header_read_timeout: Duration,
-    pub drain_timeout: Duration,
 }
 
 type Http = auto::Builder<TokioExecutor>;
@@ -70,22 +74,24 @@ fn http(limits: &TransportLimits) -> Http {
     http
 }
 
-/// Serves `listener` until `stop` turns true, then drains.
+/// Serves `listener` until shutdown reaches [`Phase::Draining`]; then
+/// stops accepting, sends every connection GOAWAY and returns once the
+/// last one has gone. At [`Phase::Stopped`] (the server's drain deadline)
+/// the connections still open are dropped, calls and all.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ReloadingAcceptor>>,
     admission: Arc<Admission>,
     limits: TransportLimits,
-    mut stop: watch::Receiver<bool>,
+    mut shutdown: Watch,
 ) {
     let http = Arc::new(http(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (force_tx, force) = watch::channel(false);
     // Every connection task holds a sender; all gone = drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            () = shutdown.reached(Phase::Draining) => break,
             accepted = listener.accept() => accepted,
         };
         let tcp = match accepted {
@@ -93,7 +99,7 @@ pub async fn serve(
             Err(e) => {
                 warn!(error = %e, "accept failed; pausing");
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
+                    () = shutdown.reached(Phase::Draining) => break,
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
             }
@@ -110,8 +116,7 @@ pub async fn serve(
             http: http.clone(),
             admission: admission.clone(),
             idle: limits.idle_timeout,
-            stop: stop.clone(),
-            force: force.clone(),
+            shutdown: shutdown.clone(),
             _slot: slot,
             _alive: alive.clone(),
         };
@@ -119,11 +124,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(alive);
-    let drain = limits.drain_timeout;
-    if tokio::time::timeout(drain, drained.recv()).await.is_err() {
-        warn!(?drain, "drain timeout reached; closing remaining calls");
-        force_tx.send_replace(true);
-    }
+    drained.recv().await;
     info!("stopped");
 }
 
@@ -132,8 +133,7 @@ struct Conn {
     http: Arc<Http>,
     admission: Arc<Admission>,
     idle: Duration,
-    stop: watch::Receiver<bool>,
-    force: watch::Receiver<bool>,
+    shutdown: Watch,
     _slot: OwnedSemaphorePermit,
     _alive: mpsc::Sender<()>,
 }
@@ -145,7 +145,7 @@ impl Conn {
         };
         let tls = tokio::select! {
             tls = acceptor.handshake(tcp) => tls,
-            _ = self.force.wait_for(|f| *f) => None,
+            () = self.shutdown.reached(Phase::Stopped) => None,
         };
         if let Some(tls) = tls {
             self.drive(tls).await;
@@ -161,10 +161,11 @@ impl Conn {
             http,
             admission,
             idle,
-            mut stop,
-            mut force,
+            mut shutdown,
             ..
         } = self;
+        // Two phases matter here (GOAWAY, then drop); one view each.
+        let mut force = shutdown.clone();
         let service = admission.connection();
         let state = service.state();
         let conn = http.serve_connection(TokioIo::new(io), service);
@@ -181,11 +182,11 @@ impl Conn {
                     }
                     return;
                 }
-                _ = stop.wait_for(|s| *s), if !draining => {
+                () = shutdown.reached(Phase::Draining), if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = force.wait_for(|f| *f) => return,
+                () = force.reached(Phase::Stopped) => return,
                 () = tokio::time::sleep_until(wake) => {
                     if closing.is_some() {
                         debug!("idle peer ignored GOAWAY; dropping it");
