@@ -45,7 +45,11 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::Service;
 
-use crate::{error::Rejected, metrics::Metrics, service::parse_grpc_timeout};
+use crate::{
+    error::{Error, Rejected},
+    metrics::Metrics,
+    service::parse_grpc_timeout,
+};
 
 /// The largest piece of a response body handed to HTTP/2 at once.
 pub const CHUNK: usize = 16 * 1024;
@@ -442,10 +446,9 @@ impl Future for Admitted {
                 Ok(response) => response,
                 Err(never) => match never {},
             },
-            None => this
-                .ready
-                .take()
-                .unwrap_or_else(|| Status::internal("polled after completion").into_http()),
+            None => this.ready.take().unwrap_or_else(|| {
+                Status::from(Error::Internal("polled after completion".into())).into_http()
+            }),
         };
         let mut body = HeldBody {
             inner: AxumBody::empty(),
@@ -670,9 +673,10 @@ impl Body for ReadBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                Poll::Ready(Some(Err(Status::cancelled(format!("request body: {e}")))))
-            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Cancelled(format!(
+                "request body: {e}"
+            ))
+            .into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = this.deadline;

@@ -16,6 +16,8 @@ use tonic::{
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
+use crate::error::Error;
+
 /// prost codec whose decode errors are `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Default)]
 pub struct CacheCodec<T, U> {
@@ -77,7 +79,7 @@ impl<U: Message + Default> Decoder for CacheDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
             // prost's message names the field and the reason, never the bytes.
-            Status::invalid_argument(format!("malformed request: {e}"))
+            Error::InvalidArgument(format!("malformed request: {e}")).into()
         })
     }
 

@@ -1,7 +1,8 @@
 //! The one error type of the library and its mapping to gRPC status codes.
 //!
-//! Backends and the service speak [`Error`]; only [`From<Error> for Status`]
-//! knows about gRPC. Messages never carry values or credentials — callers see
+//! Backends, the service, admission and the codec speak [`Error`] (or
+//! [`Rejected`]); only the two `From<_> for Status` here know about gRPC
+//! codes: no other file builds a `Status`. Messages never carry values or credentials — callers see
 //! the field and limit that was broken, or a generic reason.
 
 use tonic::{Code, Status};
@@ -35,6 +36,13 @@ pub enum Error {
     /// Anything unexpected; logged with a request id, reported generically.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An [`Error::Internal`] already logged under this request id: all the
+    /// caller sees, so the detail stays in our log.
+    #[error("internal error (request id {0})")]
+    Logged(u64),
+    /// The caller went away or broke its request stream mid-way.
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl Error {
@@ -46,7 +54,8 @@ impl Error {
             Error::Auth | Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::ReplyTooLarge(_) => "resource_exhausted",
-            Error::Internal(_) => "internal",
+            Error::Internal(_) | Error::Logged(_) => "internal",
+            Error::Cancelled(_) => "cancelled",
         }
     }
 
@@ -65,7 +74,8 @@ impl From<Error> for Status {
             Error::Auth | Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::ReplyTooLarge(_) => Code::ResourceExhausted,
-            Error::Internal(_) => Code::Internal,
+            Error::Internal(_) | Error::Logged(_) => Code::Internal,
+            Error::Cancelled(_) => Code::Cancelled,
         };
         Status::new(code, err.to_string())
     }
@@ -132,6 +142,8 @@ mod tests {
             ),
             (Error::ReplyTooLarge(64), Code::ResourceExhausted),
             (Error::Internal("x".into()), Code::Internal),
+            (Error::Logged(7), Code::Internal),
+            (Error::Cancelled("body".into()), Code::Cancelled),
         ];
         for (err, code) in cases {
             assert_eq!(Status::from(err).code(), code);

@@ -132,7 +132,7 @@ impl<B: Backend> CacheService<B> {
         if let Error::Internal(detail) = &err {
             let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
             error!(request_id = id, operation = op, error = %detail, "internal error");
-            return Status::internal(format!("internal error (request id {id})"));
+            return Error::Logged(id).into();
         }
         debug!(operation = op, error = %err, "request failed");
         err.into()
