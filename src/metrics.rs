@@ -120,69 +120,83 @@ impl Metrics {
             tls_reloads: Family::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        m.register_requests(&mut registry);
+        m.register_serving(&mut registry);
+        m.register_credentials(&mut registry);
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// What callers asked for and how it went.
+    fn register_requests(&self, r: &mut Registry) {
         r.register(
             "redis_plugin_operations",
             "Cache operations by result",
-            m.operations.clone(),
+            self.operations.clone(),
         );
         r.register(
             "redis_plugin_operation_duration_seconds",
             "Cache operation latency, from request to response",
-            m.duration.clone(),
+            self.duration.clone(),
         );
-        r.register("redis_plugin_cache_hits", "Keys found", m.hits.clone());
+        r.register("redis_plugin_cache_hits", "Keys found", self.hits.clone());
         r.register(
             "redis_plugin_cache_misses",
             "Keys not found",
-            m.misses.clone(),
-        );
-        r.register(
-            "redis_plugin_pool_size",
-            "Configured Redis connections",
-            m.pool_size.clone(),
-        );
-        r.register(
-            "redis_plugin_pool_connections",
-            "Redis connections by state (idle, in_use, disconnected)",
-            m.pool_connections.clone(),
-        );
-        r.register(
-            "redis_plugin_health_status",
-            "1 when serving, 0 when not",
-            m.health_status.clone(),
-        );
-        r.register(
-            "redis_plugin_credential_lease_expiry_seconds",
-            "Seconds until the current Redis credential lease ends",
-            m.lease_expiry_seconds.clone(),
-        );
-        r.register(
-            "redis_plugin_credential_rotations",
-            "Switches to new Redis credentials",
-            m.rotations.clone(),
-        );
-        r.register(
-            "redis_plugin_credential_renewals",
-            "Credential lease renewals by result",
-            m.renewals.clone(),
-        );
-        r.register(
-            "redis_plugin_vault_errors",
-            "Failed Vault calls by operation",
-            m.vault_errors.clone(),
+            self.misses.clone(),
         );
         r.register(
             "redis_plugin_requests_rejected",
             "Requests refused before reaching Redis, by reason",
-            m.rejected.clone(),
+            self.rejected.clone(),
+        );
+    }
+
+    /// The pool, health and TLS state of the serving side.
+    fn register_serving(&self, r: &mut Registry) {
+        r.register(
+            "redis_plugin_pool_size",
+            "Configured Redis connections",
+            self.pool_size.clone(),
+        );
+        r.register(
+            "redis_plugin_pool_connections",
+            "Redis connections by state (idle, in_use, disconnected)",
+            self.pool_connections.clone(),
+        );
+        r.register(
+            "redis_plugin_health_status",
+            "1 when serving, 0 when not",
+            self.health_status.clone(),
         );
         r.register(
             "redis_plugin_tls_reloads",
             "Reloads of the gRPC port's TLS certificates by result",
-            m.tls_reloads.clone(),
+            self.tls_reloads.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The Redis identity from Vault: lease, renewals, rotations.
+    fn register_credentials(&self, r: &mut Registry) {
+        r.register(
+            "redis_plugin_credential_lease_expiry_seconds",
+            "Seconds until the current Redis credential lease ends",
+            self.lease_expiry_seconds.clone(),
+        );
+        r.register(
+            "redis_plugin_credential_rotations",
+            "Switches to new Redis credentials",
+            self.rotations.clone(),
+        );
+        r.register(
+            "redis_plugin_credential_renewals",
+            "Credential lease renewals by result",
+            self.renewals.clone(),
+        );
+        r.register(
+            "redis_plugin_vault_errors",
+            "Failed Vault calls by operation",
+            self.vault_errors.clone(),
+        );
     }
 
     /// Records one finished operation.
