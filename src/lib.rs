@@ -25,6 +25,7 @@ pub mod codec;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod grpc_timeout;
 pub mod health;
 pub mod metrics;
 pub mod probe;

@@ -26,6 +26,7 @@ use tracing::{debug, error};
 use crate::{
     backend::Backend,
     error::{Error, Result},
+    grpc_timeout::parse_grpc_timeout,
     metrics::{Metrics, OpMetrics},
     pb::{
         DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
@@ -253,24 +254,6 @@ pub fn check_ttl(field: &str, ttl: &prost_types::Duration) -> Result<Duration> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[tonic::async_trait]
 impl<B: Backend> Cache for CacheService<B> {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -470,17 +453,6 @@ mod tests {
             check_ttl("ttl", &pd(0, 1_500_000)).ok(),
             Some(Duration::from_millis(2))
         );
-    }
-
-    #[test]
-    fn grpc_timeout_header_parses_every_unit() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("500u"), Some(Duration::from_micros(500)));
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("10x"), None);
     }
 
     #[test]

@@ -28,10 +28,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -39,16 +36,23 @@ use std::{
 use axum::{Router, body::Body as AxumBody, routing::future::RouteFuture};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::Service;
 
+mod body;
+mod budget;
+
+pub use body::{HeldBody, ReadBody};
+pub use budget::ConnState;
+use budget::{Budget, Ticket};
+
 use crate::{
     error::{Error, Rejected},
+    grpc_timeout::parse_grpc_timeout,
     metrics::Metrics,
-    service::parse_grpc_timeout,
 };
 
 /// The largest piece of a response body handed to HTTP/2 at once.
@@ -105,12 +109,7 @@ impl Admission {
         let share = self.limits.max_in_flight_bytes_per_connection;
         ConnService {
             admission: self.clone(),
-            conn: Arc::new(ConnState {
-                bytes: Budget::new(share),
-                in_flight: AtomicUsize::new(0),
-                idle_since_ms: AtomicU64::new(0),
-                opened: Instant::now(),
-            }),
+            conn: Arc::new(ConnState::new(share)),
         }
     }
 
@@ -159,96 +158,6 @@ impl Admission {
     fn release(&self, conn: &ConnState, n: usize) {
         conn.bytes.give(n);
         self.bytes.give(n);
-    }
-}
-
-/// Units in use under a limit, never waited on: an atomic, because the
-/// hot path takes and gives back several per call (a semaphore would lock
-/// its waiter list on every release).
-struct Budget {
-    used: AtomicUsize,
-    limit: usize,
-}
-
-impl Budget {
-    fn new(limit: usize) -> Self {
-        Self {
-            used: AtomicUsize::new(0),
-            limit,
-        }
-    }
-
-    fn take(&self, n: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-    }
-}
-
-/// What one connection holds: its byte share and its requests in flight.
-pub struct ConnState {
-    bytes: Budget,
-    in_flight: AtomicUsize,
-    /// When the last request ended, in ms after `opened`.
-    idle_since_ms: AtomicU64,
-    opened: Instant,
-}
-
-impl ConnState {
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn end(&self) {
-        // The time first, so a watchdog that sees zero in flight sees it too.
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.idle_since_ms.store(ms, Ordering::Release);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// When the connection will have been idle for `idle`, if nothing starts.
-    pub fn idle_deadline(&self, idle: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + idle;
-        }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        self.opened + since + idle
-    }
-
-    /// No request in flight, and none for `idle`.
-    pub fn is_idle(&self, idle: Duration) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(idle) <= Instant::now()
-    }
-}
-
-/// Held from a request's headers until its response body is done: the
-/// connection's in-flight count and, for a cache call, its slot and the
-/// response bytes.
-struct Ticket {
-    conn: Arc<ConnState>,
-    /// Set when the ticket holds a cache call's slot.
-    admission: Option<Arc<Admission>>,
-    bytes: usize,
-    /// The body of a refused request still arriving after
-    /// [`REFUSED_BODY_GRACE`]. Dropped only after the answer has been handed
-    /// to HTTP/2, so the stream is reset with NO_ERROR ("stop sending, the
-    /// answer is complete") rather than CANCEL.
-    unread: Option<Incoming>,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if let Some(a) = &self.admission {
-            a.requests.give(1);
-            a.release(&self.conn, self.bytes);
-        }
-        self.conn.end();
     }
 }
 
@@ -468,240 +377,6 @@ impl Future for Admitted {
             return Poll::Ready(Ok(refused.map(|inner| HeldBody::new(inner, ticket))));
         }
         Poll::Ready(Ok(Response::from_parts(parts, body)))
-    }
-}
-
-// === impl HeldBody ===
-
-/// A response body holding its request's [`Ticket`] until it is done,
-/// handed out at most [`CHUNK`] bytes at a time.
-pub struct HeldBody {
-    inner: AxumBody,
-    /// Data polled from `inner` not yet handed out.
-    pending: Bytes,
-    /// A non-data frame or an error polled early (trailers of a
-    /// one-message answer).
-    first: Option<Result<Frame<Bytes>, axum::Error>>,
-    /// `inner` already ended when it was polled early.
-    ended: bool,
-    ticket: Option<Ticket>,
-}
-
-impl HeldBody {
-    fn new(inner: AxumBody, ticket: Option<Ticket>) -> Self {
-        Self {
-            inner,
-            pending: Bytes::new(),
-            first: None,
-            ended: false,
-            ticket,
-        }
-    }
-
-    /// Encodes the answer now (tonic encodes when first polled) and holds
-    /// its bytes from both budgets until it has been handed to HTTP/2.
-    fn account(
-        &mut self,
-        admission: &Admission,
-        conn: &ConnState,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Rejected> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => self.pending = data,
-                Err(frame) => self.first = Some(Ok(frame)),
-            },
-            Poll::Ready(Some(Err(e))) => self.first = Some(Err(e)),
-            // A body that is not ready yet is passed on as it comes.
-            Poll::Pending => return Ok(()),
-            Poll::Ready(None) => self.ended = true,
-        }
-        if !self.pending.is_empty() {
-            let n = self.pending.len();
-            admission.reserve(conn, n, "response")?;
-            if let Some(ticket) = &mut self.ticket {
-                ticket.bytes = n;
-            }
-        }
-        Ok(())
-    }
-
-    fn next_piece(&mut self) -> Frame<Bytes> {
-        let n = self.pending.len().min(CHUNK);
-        Frame::data(self.pending.split_to(n))
-    }
-}
-
-impl Body for HeldBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        if !this.pending.is_empty() {
-            return Poll::Ready(Some(Ok(this.next_piece())));
-        }
-        if let Some(frame) = this.first.take() {
-            this.ticket = None;
-            return Poll::Ready(Some(frame));
-        }
-        if this.ended {
-            this.ticket = None;
-            return Poll::Ready(None);
-        }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if data.len() > CHUNK => {
-                    this.pending = data;
-                    Poll::Ready(Some(Ok(this.next_piece())))
-                }
-                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                Err(frame) => {
-                    this.ticket = None;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-            },
-            done => {
-                this.ticket = None;
-                Poll::Ready(done)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pending.is_empty()
-            && self.first.is_none()
-            && (self.ended || self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.ended {
-            return SizeHint::with_exact(self.pending.len() as u64);
-        }
-        let mut hint = self.inner.size_hint();
-        let pending = self.pending.len() as u64;
-        if pending > 0 {
-            hint.set_lower(hint.lower() + pending);
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper + pending);
-            }
-        }
-        hint
-    }
-}
-
-// === impl ReadBody ===
-
-/// A cache call's request body: its bytes counted against both budgets as
-/// they arrive, and a deadline for all of it.
-pub struct ReadBody {
-    inner: Incoming,
-    admission: Arc<Admission>,
-    conn: Arc<ConnState>,
-    /// Bytes held from both budgets, given back on drop.
-    held_bytes: usize,
-    received: usize,
-    /// The 5-byte gRPC message header, as far as it has arrived.
-    header: [u8; 5],
-    timeout: Duration,
-    deadline: Instant,
-    /// Armed only when the body is not all there at once (the common case
-    /// for small calls needs no timer).
-    timer: Option<Pin<Box<Sleep>>>,
-    failed: bool,
-    /// The operation label of its metrics.
-    op: &'static str,
-}
-
-impl ReadBody {
-    /// Counts `data`, holding the larger of what arrived and what the
-    /// message header declares (the decoder reserves that much).
-    fn count(&mut self, data: &Bytes) -> Result<(), Rejected> {
-        let before = self.received;
-        self.received += data.len();
-        if before < 5 {
-            let n = (5 - before).min(data.len());
-            self.header[before..before + n].copy_from_slice(&data[..n]);
-        }
-        let mut want = self.received;
-        if self.received >= 5 {
-            let [_, a, b, c, d] = self.header;
-            let declared = u32::from_be_bytes([a, b, c, d]) as usize + 5;
-            if declared <= self.admission.limits.max_request_bytes {
-                want = want.max(declared);
-            }
-        }
-        if want <= self.held_bytes {
-            return Ok(());
-        }
-        self.admission
-            .reserve(&self.conn, want - self.held_bytes, "request")?;
-        self.held_bytes = want;
-        Ok(())
-    }
-
-    fn fail(&mut self, why: Rejected) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        self.failed = true;
-        self.admission.release(&self.conn, self.held_bytes);
-        self.held_bytes = 0;
-        self.admission.count(self.op, &why);
-        Poll::Ready(Some(Err(Status::from(why))))
-    }
-}
-
-impl Body for ReadBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(why) = this.count(data)
-                {
-                    return this.fail(why);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Cancelled(format!(
-                "request body: {e}"
-            ))
-            .into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let deadline = this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                ready!(timer.as_mut().poll(cx));
-                let timeout = this.timeout;
-                this.fail(Rejected::ReadTimeout(timeout))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ReadBody {
-    fn drop(&mut self) {
-        self.admission.release(&self.conn, self.held_bytes);
     }
 }
 
