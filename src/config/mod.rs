@@ -205,6 +205,8 @@ impl Config {
 mod tests {
     use std::time::Duration;
 
+    use serde_norway::Value;
+
     use super::*;
 
     const MIB: usize = 1024 * 1024;
@@ -400,6 +402,94 @@ mod tests {
         assert_eq!(load(&yaml).unwrap_err().field, "vault.client_cert_file");
         let yaml = format!("{base}  request_timeout: 0s\n  auth: {{ token: t }}\n");
         assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
+    }
+
+    /// Every leaf of a value tree, as (dotted path, value).
+    fn leaves(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
+        match value {
+            Value::Mapping(m) => {
+                for (k, v) in m {
+                    let key = k.as_str().expect("string keys");
+                    let path = if path.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(v, &path, out);
+                }
+            }
+            leaf => out.push((path.to_string(), leaf.clone())),
+        }
+    }
+
+    fn tree(config: &Config) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        leaves(
+            &serde_norway::to_value(config).expect("to value"),
+            "",
+            &mut out,
+        );
+        out
+    }
+
+    /// A document holding only `value` at the dotted `path`.
+    fn only(path: &str, value: Value) -> String {
+        let doc = path.rsplit('.').fold(value, |inner, key| {
+            let mut m = serde_norway::Mapping::new();
+            m.insert(Value::from(key), inner);
+            Value::Mapping(m)
+        });
+        serde_norway::to_string(&doc).expect("yaml")
+    }
+
+    /// Values of the default's type other than `default`, to try in turn:
+    /// a duration one second longer, the other variants of the enums, ...
+    fn other_values(default: &Value) -> Vec<Value> {
+        match default {
+            Value::Bool(b) => vec![Value::from(!b)],
+            Value::Number(n) => match n.as_u64() {
+                Some(n) => vec![Value::from(n + 1)],
+                None => vec![Value::from(n.as_f64().expect("a number") / 2.0)],
+            },
+            Value::String(s) => {
+                let longer = parse_duration(s).map(|d| d + Duration::from_secs(1));
+                let longer = longer.map(duration::format_duration);
+                let variants = ["memory", "text", "approle"].map(String::from);
+                longer
+                    .into_iter()
+                    .chain(variants)
+                    .chain([format!("{s}x")])
+                    .map(Value::from)
+                    .collect()
+            }
+            other => panic!("no other value for {other:?}"),
+        }
+    }
+
+    /// Any one field written alone, with a value other than its default,
+    /// takes that value and leaves every other field at its documented
+    /// default: no block falls back to a derived (zero) `Default` for the
+    /// fields it leaves out. Parsing only, so the values need not be valid.
+    #[test]
+    fn one_field_written_keeps_every_other_default() {
+        let defaults = tree(&Config::default());
+        assert!(defaults.len() > 60, "walks the whole schema");
+        for (path, default) in &defaults {
+            let changed = other_values(default).into_iter().find_map(|v| {
+                let parsed = tree(&Config::parse(&only(path, v)).ok()?);
+                let written = parsed.iter().find(|(p, _)| p == path)?;
+                (written.1 != *default).then_some(parsed)
+            });
+            let parsed = changed.unwrap_or_else(|| panic!("{path}: no other value parses"));
+            let moved: Vec<&str> = parsed
+                .iter()
+                .zip(&defaults)
+                .filter(|((p, v), (_, d))| p != path && v != d)
+                .map(|((p, _), _)| p.as_str())
+                .collect();
+            assert!(moved.is_empty(), "{path} written alone changed {moved:?}");
+            assert_eq!(parsed.len(), defaults.len(), "{path}");
+        }
     }
 
     /// Each block written with one field keeps every other documented
