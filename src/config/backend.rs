@@ -13,7 +13,7 @@ use crate::{
         address,
         duration::{Dur, Ttl, format_duration},
         error::ConfigError,
-        rules::{at_most, readable, timeout, tls_off, within},
+        rules::{at_most, cert_and_key, readable, timeout, tls_off, within},
     },
     secret::Secret,
 };
@@ -270,14 +270,10 @@ impl BackendConfig {
             }
         }
         readable("backend.tls.ca_file", &r.ca_file, false)?;
-        readable("backend.tls.cert_file", &r.cert_file, false)?;
-        readable("backend.tls.key_file", &r.key_file, false)?;
-        if r.cert_file.is_empty() != r.key_file.is_empty() {
-            return Err(ConfigError::new(
-                "backend.tls.key_file",
-                "cert_file and key_file go together",
-            ));
-        }
-        Ok(())
+        cert_and_key(
+            "backend.tls",
+            ("cert_file", &r.cert_file),
+            ("key_file", &r.key_file),
+        )
     }
 }

@@ -27,6 +27,24 @@ pub(crate) fn readable(field: &str, path: &str, required: bool) -> Result<(), Co
         .map_err(|e| ConfigError::new(field, format!("{path}: {e}")))
 }
 
+/// A client certificate and its key in `block`: each readable when given,
+/// and both or neither (a certificate without its key cannot be presented).
+pub(crate) fn cert_and_key(
+    block: &str,
+    (cert_name, cert): (&str, &str),
+    (key_name, key): (&str, &str),
+) -> Result<(), ConfigError> {
+    readable(&format!("{block}.{cert_name}"), cert, false)?;
+    readable(&format!("{block}.{key_name}"), key, false)?;
+    if cert.is_empty() != key.is_empty() {
+        return Err(ConfigError::new(
+            format!("{block}.{key_name}"),
+            format!("{cert_name} and {key_name} go together"),
+        ));
+    }
+    Ok(())
+}
+
 /// TLS material in `block` while its `enabled` is off.
 pub(crate) fn tls_off(block: &str, given: &str, instead: &str) -> ConfigError {
     ConfigError::new(

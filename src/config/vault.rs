@@ -10,7 +10,7 @@ use crate::{
     config::{
         duration::Dur,
         error::ConfigError,
-        rules::{readable, timeout},
+        rules::{cert_and_key, timeout},
     },
     secret::Secret,
 };
@@ -107,15 +107,11 @@ impl Default for VaultAuthConfig {
 impl VaultConfig {
     /// The client certificate files, checked whether or not Vault is used.
     pub(crate) fn validate_client_cert(&self) -> Result<(), ConfigError> {
-        readable("vault.client_cert_file", &self.client_cert_file, false)?;
-        readable("vault.client_key_file", &self.client_key_file, false)?;
-        if self.client_cert_file.is_empty() != self.client_key_file.is_empty() {
-            return Err(ConfigError::new(
-                "vault.client_key_file",
-                "client_cert_file and client_key_file go together",
-            ));
-        }
-        Ok(())
+        cert_and_key(
+            "vault",
+            ("client_cert_file", &self.client_cert_file),
+            ("client_key_file", &self.client_key_file),
+        )
     }
 
     /// The whole section, when Vault supplies the credentials read from
