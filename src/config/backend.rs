@@ -277,3 +277,82 @@ impl BackendConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, tests::load};
+
+    use super::*;
+
+    #[test]
+    fn missing_address_is_rejected() {
+        let err = load("backend:\n  address: \"\"\n").unwrap_err();
+        assert_eq!(err.field, "backend.address");
+    }
+
+    #[test]
+    fn memory_backend_needs_no_address() {
+        let c = load("backend:\n  kind: memory\n  address: \"\"\n").expect("valid");
+        assert_eq!(c.backend.kind, BackendKind::Memory);
+    }
+
+    #[test]
+    fn default_ttl_accepts_none() {
+        let c = load("backend:\n  default_ttl: none\n").expect("valid");
+        assert_eq!(c.backend.default_ttl, Ttl(None));
+        assert!(load("backend:\n  default_ttl: 0s\n").is_err());
+    }
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        for field in [
+            "max_key_bytes",
+            "max_value_bytes",
+            "max_batch_keys",
+            "pool_size",
+        ] {
+            let err = load(&format!("backend:\n  {field}: 0\n")).unwrap_err();
+            assert_eq!(err.field, format!("backend.{field}"));
+        }
+    }
+
+    #[test]
+    fn max_reply_bytes_must_hold_the_largest_value() {
+        let c = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2024\n");
+        assert_eq!(c.expect("valid").backend.max_reply_bytes, 2024);
+        let err = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2023\n").unwrap_err();
+        assert_eq!(err.field, "backend.max_reply_bytes");
+        assert!(err.to_string().contains("2024"), "{err}");
+        assert_eq!(Config::default().backend.max_reply_bytes, 64 << 20);
+        let err = load("backend:\n  max_reply_bytes: 1073741825\n").unwrap_err();
+        assert_eq!(err.field, "backend.max_reply_bytes");
+    }
+
+    #[test]
+    fn address_credentials_move_to_username_and_password() {
+        let c = load("backend: { address: \"redis://cache:p%40ss%2Fw@127.0.0.1:6379/0\" }\n")
+            .expect("valid");
+        assert_eq!(c.backend.address, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.backend.username, "cache");
+        assert_eq!(c.backend.password.expose(), "p@ss/w");
+        let c = load("backend: { address: \"rediss://:a@b@h:1\" }\n").expect("password only");
+        assert_eq!(
+            (c.backend.address.as_str(), c.backend.username.as_str()),
+            ("rediss://h:1", "")
+        );
+        assert_eq!(c.backend.password.expose(), "a@b");
+        let err = load("backend: { address: \"u:s3cret@h:1\", password: x }\n").unwrap_err();
+        assert_eq!(err.field, "backend.address");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = load("backend: { address: \"redis://u:s3cret@h:1\", vault_enabled: true }\n")
+            .unwrap_err();
+        assert_eq!(err.field, "backend.address");
+        let err = load("backend: { address: \"redis://u:s3%zzcret@h:1\" }\n").unwrap_err();
+        assert!(!err.to_string().contains("s3"), "{err}");
+        // A config built in code cannot smuggle them past validation.
+        let mut c = Config::default();
+        c.backend.address = "redis://u:s3cret@h:1".into();
+        let err = c.validate().unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}

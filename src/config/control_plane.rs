@@ -219,3 +219,52 @@ impl ServerTls {
         nonzero(self.reload_interval, "control_plane.tls.reload_interval")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, tests::load};
+
+    use super::*;
+
+    #[test]
+    fn transport_limits_have_defaults_and_are_validated() {
+        let c = load("control_plane: { idle_timeout: 1s }\n").expect("valid");
+        let cp = &c.control_plane;
+        assert_eq!(cp.idle_timeout.0, Duration::from_secs(1));
+        assert_eq!(cp.max_concurrent_streams, 256);
+        assert_eq!(cp.max_in_flight_bytes, 256 * MIB);
+        assert_eq!(cp.max_in_flight_bytes_per_connection, 64 * MIB);
+        let repo = include_str!("../../config.yaml");
+        let from_repo = load(repo).expect("config.yaml is valid");
+        let (a, b) = (&from_repo.control_plane, &Config::default().control_plane);
+        assert_eq!(a.max_connections, b.max_connections);
+        assert_eq!(a.max_in_flight_bytes, b.max_in_flight_bytes);
+        assert_eq!(a.request_read_timeout.0, b.request_read_timeout.0);
+        assert_eq!(a.keepalive_timeout.0, b.keepalive_timeout.0);
+        for (yaml, field) in [
+            ("max_connections: 0", "control_plane.max_connections"),
+            (
+                "max_concurrent_streams: 0",
+                "control_plane.max_concurrent_streams",
+            ),
+            (
+                "max_in_flight_bytes: 1000",
+                "control_plane.max_in_flight_bytes_per_connection",
+            ),
+            (
+                "max_in_flight_bytes_per_connection: 1000",
+                "control_plane.max_in_flight_bytes_per_connection",
+            ),
+            (
+                "request_read_timeout: 0",
+                "control_plane.request_read_timeout",
+            ),
+            ("idle_timeout: 0", "control_plane.idle_timeout"),
+        ] {
+            let err = load(&format!("control_plane: {{ {yaml} }}\n")).unwrap_err();
+            assert_eq!(err.field, field, "{yaml}: {err}");
+        }
+    }
+}

@@ -107,6 +107,8 @@ fn parsed<T: FromStr>(value: &str) -> Result<T, String> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::Config;
+
     use super::*;
 
     #[test]
@@ -120,5 +122,30 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ENV_VARS.len(), "a variable listed twice");
+    }
+
+    #[test]
+    fn env_overlays_file() {
+        let env = HashMap::from([
+            (
+                "REDIS_ADDRESS".to_string(),
+                "redis://127.0.0.1:7000".to_string(),
+            ),
+            ("REDIS_DATABASE".to_string(), "3".to_string()),
+            ("REDIS_PASSWORD".to_string(), "hunter2".to_string()),
+            ("PRISM_LOG_LEVEL".to_string(), "debug".to_string()),
+        ]);
+        let c = Config::from_yaml_and_env("backend:\n  address: a:1\n", &env).expect("valid");
+        assert_eq!(c.backend.address, "redis://127.0.0.1:7000");
+        assert_eq!(c.backend.database, 3);
+        assert_eq!(c.backend.password.expose(), "hunter2");
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let env = HashMap::from([("REDIS_DATABASE".to_string(), "x".to_string())]);
+        let err = Config::from_yaml_and_env("", &env).unwrap_err();
+        assert_eq!(err.field, "REDIS_DATABASE");
     }
 }

@@ -209,9 +209,8 @@ mod tests {
 
     use super::*;
 
-    const MIB: usize = 1024 * 1024;
-
-    fn load(yaml: &str) -> Result<Config, ConfigError> {
+    /// Loads `yaml` with no environment (the section files' tests use it too).
+    pub(super) fn load(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml_and_env(yaml, &HashMap::new())
     }
 
@@ -224,46 +223,6 @@ mod tests {
         assert_eq!(c.backend.default_ttl, Ttl(Some(Duration::from_secs(300))));
         assert_eq!(c.backend.operation_timeout.0, Duration::from_millis(500));
         assert_eq!(c.backend.max_batch_keys, 1000);
-    }
-
-    #[test]
-    fn transport_limits_have_defaults_and_are_validated() {
-        let c = load("control_plane: { idle_timeout: 1s }\n").expect("valid");
-        let cp = &c.control_plane;
-        assert_eq!(cp.idle_timeout.0, Duration::from_secs(1));
-        assert_eq!(cp.max_concurrent_streams, 256);
-        assert_eq!(cp.max_in_flight_bytes, 256 * MIB);
-        assert_eq!(cp.max_in_flight_bytes_per_connection, 64 * MIB);
-        let repo = include_str!("../../config.yaml");
-        let from_repo = load(repo).expect("config.yaml is valid");
-        let (a, b) = (&from_repo.control_plane, &Config::default().control_plane);
-        assert_eq!(a.max_connections, b.max_connections);
-        assert_eq!(a.max_in_flight_bytes, b.max_in_flight_bytes);
-        assert_eq!(a.request_read_timeout.0, b.request_read_timeout.0);
-        assert_eq!(a.keepalive_timeout.0, b.keepalive_timeout.0);
-        for (yaml, field) in [
-            ("max_connections: 0", "control_plane.max_connections"),
-            (
-                "max_concurrent_streams: 0",
-                "control_plane.max_concurrent_streams",
-            ),
-            (
-                "max_in_flight_bytes: 1000",
-                "control_plane.max_in_flight_bytes_per_connection",
-            ),
-            (
-                "max_in_flight_bytes_per_connection: 1000",
-                "control_plane.max_in_flight_bytes_per_connection",
-            ),
-            (
-                "request_read_timeout: 0",
-                "control_plane.request_read_timeout",
-            ),
-            ("idle_timeout: 0", "control_plane.idle_timeout"),
-        ] {
-            let err = load(&format!("control_plane: {{ {yaml} }}\n")).unwrap_err();
-            assert_eq!(err.field, field, "{yaml}: {err}");
-        }
     }
 
     #[test]
@@ -289,43 +248,6 @@ mod tests {
     }
 
     #[test]
-    fn missing_address_is_rejected() {
-        let err = load("backend:\n  address: \"\"\n").unwrap_err();
-        assert_eq!(err.field, "backend.address");
-    }
-
-    #[test]
-    fn memory_backend_needs_no_address() {
-        let c = load("backend:\n  kind: memory\n  address: \"\"\n").expect("valid");
-        assert_eq!(c.backend.kind, BackendKind::Memory);
-    }
-
-    #[test]
-    fn env_overlays_file() {
-        let env = HashMap::from([
-            (
-                "REDIS_ADDRESS".to_string(),
-                "redis://127.0.0.1:7000".to_string(),
-            ),
-            ("REDIS_DATABASE".to_string(), "3".to_string()),
-            ("REDIS_PASSWORD".to_string(), "hunter2".to_string()),
-            ("PRISM_LOG_LEVEL".to_string(), "debug".to_string()),
-        ]);
-        let c = Config::from_yaml_and_env("backend:\n  address: a:1\n", &env).expect("valid");
-        assert_eq!(c.backend.address, "redis://127.0.0.1:7000");
-        assert_eq!(c.backend.database, 3);
-        assert_eq!(c.backend.password.expose(), "hunter2");
-        assert_eq!(c.log.level, "debug");
-    }
-
-    #[test]
-    fn bad_env_value_names_the_variable() {
-        let env = HashMap::from([("REDIS_DATABASE".to_string(), "x".to_string())]);
-        let err = Config::from_yaml_and_env("", &env).unwrap_err();
-        assert_eq!(err.field, "REDIS_DATABASE");
-    }
-
-    #[test]
     fn secrets_never_print() {
         let yaml = "backend:\n  password: hunter2\nvault:\n  auth:\n    token: s.abc\n";
         let c = load(yaml).expect("valid");
@@ -336,72 +258,6 @@ mod tests {
             assert!(!text.contains("s.abc"), "{text}");
             assert!(text.contains("[redacted]"));
         }
-    }
-
-    #[test]
-    fn default_ttl_accepts_none() {
-        let c = load("backend:\n  default_ttl: none\n").expect("valid");
-        assert_eq!(c.backend.default_ttl, Ttl(None));
-        assert!(load("backend:\n  default_ttl: 0s\n").is_err());
-    }
-
-    #[test]
-    fn zero_limits_are_rejected() {
-        for field in [
-            "max_key_bytes",
-            "max_value_bytes",
-            "max_batch_keys",
-            "pool_size",
-        ] {
-            let err = load(&format!("backend:\n  {field}: 0\n")).unwrap_err();
-            assert_eq!(err.field, format!("backend.{field}"));
-        }
-    }
-
-    #[test]
-    fn max_reply_bytes_must_hold_the_largest_value() {
-        let c = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2024\n");
-        assert_eq!(c.expect("valid").backend.max_reply_bytes, 2024);
-        let err = load("backend:\n  max_value_bytes: 1000\n  max_reply_bytes: 2023\n").unwrap_err();
-        assert_eq!(err.field, "backend.max_reply_bytes");
-        assert!(err.to_string().contains("2024"), "{err}");
-        assert_eq!(Config::default().backend.max_reply_bytes, 64 << 20);
-        let err = load("backend:\n  max_reply_bytes: 1073741825\n").unwrap_err();
-        assert_eq!(err.field, "backend.max_reply_bytes");
-    }
-
-    #[test]
-    fn vault_token_required_when_enabled() {
-        let err = load("backend:\n  vault_enabled: true\n").unwrap_err();
-        assert_eq!(err.field, "vault.auth.token");
-    }
-
-    #[test]
-    fn vault_approle_and_kv_are_validated() {
-        let base = "backend:\n  vault_enabled: true\nvault:\n";
-        let err = load(&format!(
-            "{base}  auth: {{ method: approle, role_id: r }}\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.field, "vault.auth.secret_id");
-        let env = HashMap::from([
-            ("VAULT_ROLE_ID".to_string(), "r".to_string()),
-            ("VAULT_SECRET_ID".to_string(), "s-secret".to_string()),
-        ]);
-        let c = Config::from_yaml_and_env(&format!("{base}  auth: {{ method: approle }}\n"), &env)
-            .expect("role and secret id from env");
-        assert_eq!(c.vault.auth.secret_id.expose(), "s-secret");
-        let yaml = format!("{base}  kv_path: secret\n  auth: {{ token: t }}\n");
-        assert_eq!(load(&yaml).unwrap_err().field, "vault.kv_path");
-        let yaml = format!(
-            "{base}  kv_path: secret/redis\n  request_timeout: 2s\n  auth: {{ token: t }}\n"
-        );
-        let c = load(&yaml).expect("kv path");
-        assert_eq!(c.vault.request_timeout.0, Duration::from_secs(2));
-        let yaml = format!("{base}  auth: {{ method: cert }}\n");
-        assert_eq!(load(&yaml).unwrap_err().field, "vault.client_cert_file");
-        let yaml = format!("{base}  request_timeout: 0s\n  auth: {{ token: t }}\n");
-        assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
     }
 
     /// Every leaf of a value tree, as (dotted path, value).
@@ -598,34 +454,6 @@ mod tests {
                 redis_tls: false
             }
         );
-    }
-
-    #[test]
-    fn address_credentials_move_to_username_and_password() {
-        let c = load("backend: { address: \"redis://cache:p%40ss%2Fw@127.0.0.1:6379/0\" }\n")
-            .expect("valid");
-        assert_eq!(c.backend.address, "redis://127.0.0.1:6379/0");
-        assert_eq!(c.backend.username, "cache");
-        assert_eq!(c.backend.password.expose(), "p@ss/w");
-        let c = load("backend: { address: \"rediss://:a@b@h:1\" }\n").expect("password only");
-        assert_eq!(
-            (c.backend.address.as_str(), c.backend.username.as_str()),
-            ("rediss://h:1", "")
-        );
-        assert_eq!(c.backend.password.expose(), "a@b");
-        let err = load("backend: { address: \"u:s3cret@h:1\", password: x }\n").unwrap_err();
-        assert_eq!(err.field, "backend.address");
-        assert!(!err.to_string().contains("s3cret"), "{err}");
-        let err = load("backend: { address: \"redis://u:s3cret@h:1\", vault_enabled: true }\n")
-            .unwrap_err();
-        assert_eq!(err.field, "backend.address");
-        let err = load("backend: { address: \"redis://u:s3%zzcret@h:1\" }\n").unwrap_err();
-        assert!(!err.to_string().contains("s3"), "{err}");
-        // A config built in code cannot smuggle them past validation.
-        let mut c = Config::default();
-        c.backend.address = "redis://u:s3cret@h:1".into();
-        let err = c.validate().unwrap_err();
-        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -207,6 +207,10 @@ pub fn split_kv_path(kv_path: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, time::Duration};
+
+    use crate::config::{Config, tests::load};
+
     use super::*;
 
     #[test]
@@ -217,5 +221,39 @@ mod tests {
         assert_eq!(split_kv_path("/secret/redis/cache/"), want);
         assert_eq!(split_kv_path("secret"), None);
         assert_eq!(split_kv_path("secret/"), None);
+    }
+
+    #[test]
+    fn vault_token_required_when_enabled() {
+        let err = load("backend:\n  vault_enabled: true\n").unwrap_err();
+        assert_eq!(err.field, "vault.auth.token");
+    }
+
+    #[test]
+    fn vault_approle_and_kv_are_validated() {
+        let base = "backend:\n  vault_enabled: true\nvault:\n";
+        let err = load(&format!(
+            "{base}  auth: {{ method: approle, role_id: r }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "vault.auth.secret_id");
+        let env = HashMap::from([
+            ("VAULT_ROLE_ID".to_string(), "r".to_string()),
+            ("VAULT_SECRET_ID".to_string(), "s-secret".to_string()),
+        ]);
+        let c = Config::from_yaml_and_env(&format!("{base}  auth: {{ method: approle }}\n"), &env)
+            .expect("role and secret id from env");
+        assert_eq!(c.vault.auth.secret_id.expose(), "s-secret");
+        let yaml = format!("{base}  kv_path: secret\n  auth: {{ token: t }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.kv_path");
+        let yaml = format!(
+            "{base}  kv_path: secret/redis\n  request_timeout: 2s\n  auth: {{ token: t }}\n"
+        );
+        let c = load(&yaml).expect("kv path");
+        assert_eq!(c.vault.request_timeout.0, Duration::from_secs(2));
+        let yaml = format!("{base}  auth: {{ method: cert }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.client_cert_file");
+        let yaml = format!("{base}  request_timeout: 0s\n  auth: {{ token: t }}\n");
+        assert_eq!(load(&yaml).unwrap_err().field, "vault.request_timeout");
     }
 }
