@@ -1,14 +1,15 @@
 //! Configuration: the whole [`Config`] and how it is loaded — parse the file
-//! (unknown fields are errors), overlay the environment ([`env`]), move
+//! (unknown fields are errors), overlay the environment ([`ENV_VARS`]), move
 //! credentials out of the Redis address, validate each section. Any failure
 //! is a [`ConfigError`] whose one-line message names the field, so `main`
 //! can print it and exit before a socket opens. Owns no I/O besides reading
 //! the file and the environment.
 //!
 //! Each section's schema, documented defaults and validation live in its own
-//! file: [`control_plane`], [`backend`], [`vault`], [`log`]; the value types
-//! shared by them in [`duration`], [`address`], [`rules`]. Their public items
-//! are re-exported here, so `config::{Dur, RedisTls, ...}` is the path.
+//! file: `control_plane.rs`, `backend.rs`, `vault.rs`, `log.rs`; what they
+//! share in `duration.rs`, `address.rs`, `rules.rs`, `error.rs`; the
+//! environment table in `env.rs`. Their public items are re-exported here,
+//! so `config::{Dur, RedisTls, ...}` is the path.
 
 use std::{
     collections::HashMap,
