@@ -121,8 +121,8 @@ fn env_help() -> String {
         "  {:<22}config file path (when --config is not given)\n",
         config::CONFIG_ENV
     ));
-    for (var, field) in config::ENV_VARS {
-        out.push_str(&format!("  {var:<22}{field}\n"));
+    for var in config::ENV_VARS {
+        out.push_str(&format!("  {:<22}{}\n", var.name, var.field));
     }
     out
 }

@@ -38,9 +38,9 @@ fn help_lists_every_flag_and_env_var() {
     let out = plugin().arg("--help").output().expect("run --help");
     assert!(out.status.success(), "{out:?}");
     let help = stdout(&out);
-    for (var, field) in config::ENV_VARS {
-        assert!(help.contains(var), "--help lacks {var}:\n{help}");
-        assert!(help.contains(field), "--help lacks {field}:\n{help}");
+    for var in config::ENV_VARS {
+        assert!(help.contains(var.name), "--help lacks {var:?}:\n{help}");
+        assert!(help.contains(var.field), "--help lacks {var:?}:\n{help}");
     }
     for word in [
         config::CONFIG_ENV,
@@ -154,7 +154,7 @@ fn missing_config_file_and_bad_arguments_exit_64() {
     }
 }
 
-// === ENV_VARS is the overlay ===
+// === ENV_VARS is the overlay, documented ===
 
 /// A valid value for each overlay variable, different from its default.
 /// A new variable needs a line here, which keeps `--help` and the deploy
@@ -199,12 +199,21 @@ fn every_listed_env_var_sets_its_field() {
     // File-valued variables get a real (empty) file: validation may read it.
     let files = tempfile::tempdir().expect("tempdir");
     let mut sample_files = Vec::new();
-    for (var, _) in config::ENV_VARS.iter().filter(|(v, _)| file_valued(v)) {
+    for var in config::ENV_VARS
+        .iter()
+        .map(|v| v.name)
+        .filter(|v| file_valued(v))
+    {
         let path = files.path().join(var);
         std::fs::write(&path, "").expect("write sample file");
         sample_files.push((var.to_string(), path.to_str().expect("utf-8").to_string()));
     }
-    for (var, dotted) in config::ENV_VARS {
+    for &config::EnvVar {
+        name: var,
+        field: dotted,
+        ..
+    } in config::ENV_VARS
+    {
         let value = match sample(var) {
             Some(v) => v.to_string(),
             None if file_valued(var) => files.path().join(var).to_str().expect("utf-8").into(),
@@ -230,29 +239,48 @@ fn every_listed_env_var_sets_its_field() {
     }
 }
 
-#[test]
-fn env_vars_lists_every_variable_the_overlay_reads() {
-    let source = include_str!("../src/config/mod.rs");
-    let start = source.find("fn apply_env").expect("apply_env in config.rs");
-    let body = &source[start..];
-    let body = &body[..body.find("\n    }\n").expect("end of apply_env")];
-    let read: Vec<&str> = body
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.len() > 3 && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-        .collect();
-    let listed: Vec<&str> = config::ENV_VARS.iter().map(|(v, _)| *v).collect();
-    for var in &read {
-        assert!(
-            listed.contains(var),
-            "apply_env reads {var} but config::ENV_VARS does not list it"
-        );
+/// The dotted path of each field line of config.yaml (block style, two
+/// spaces a level), with the line itself.
+fn config_yaml_lines() -> Vec<(String, &'static str)> {
+    let mut path: Vec<(usize, &str)> = Vec::new();
+    let mut out = Vec::new();
+    for line in include_str!("../config.yaml").lines() {
+        let indent = line.len() - line.trim_start().len();
+        let Some((key, _)) = line.trim_start().split_once(':') else {
+            continue;
+        };
+        if key.starts_with('#') || key.contains(' ') {
+            continue;
+        }
+        path.retain(|(i, _)| *i < indent);
+        path.push((indent, key));
+        let dotted: Vec<&str> = path.iter().map(|(_, k)| *k).collect();
+        out.push((dotted.join("."), line));
     }
-    for var in &listed {
+    out
+}
+
+#[test]
+fn every_env_var_is_documented_with_its_field() {
+    let lines = config_yaml_lines();
+    let readme = include_str!("../README.md");
+    for var in config::ENV_VARS {
+        let line = lines
+            .iter()
+            .find(|(path, _)| path == var.field)
+            .map(|(_, line)| *line)
+            .unwrap_or_else(|| panic!("{var:?}: config.yaml has no field {}", var.field));
+        let comment = line.split_once('#').map_or("", |(_, c)| c);
         assert!(
-            read.contains(var),
-            "ENV_VARS lists {var} that apply_env does not read"
+            comment.contains(var.name),
+            "{var:?}: config.yaml's line for {} does not name {}: {line:?}",
+            var.field,
+            var.name
+        );
+        assert!(
+            readme.contains(&format!("`{}`", var.name)),
+            "{var:?}: README's config table does not name {}",
+            var.name
         );
     }
 }

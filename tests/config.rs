@@ -171,15 +171,44 @@ fn only(path: &[String], value: Value) -> Value {
     })
 }
 
+/// The fields (dotted) where `config` differs from `Config::default()`.
+fn differing(config: &Config) -> Vec<String> {
+    let tree = |c: &Config| {
+        let mut out = Vec::new();
+        leaves(
+            &serde_norway::to_value(c).expect("to value"),
+            &mut Vec::new(),
+            &mut out,
+        );
+        out
+    };
+    let (have, want) = (tree(config), tree(&Config::default()));
+    let mut names: Vec<String> = have
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a != b)
+        .map(|((p, _), _)| p.join("."))
+        .collect();
+    if names.is_empty() {
+        // Secrets print alike whatever they hold.
+        names.push("a secret field".into());
+    }
+    names
+}
+
+/// config.yaml is the reference of every field and its default: each leaf of
+/// `Config::default()` is in it with the same value, it names no field the
+/// schema lacks, and each of its fields written alone gives the defaults
+/// (so no partly written block loses a documented default).
 #[test]
 fn config_yaml_lists_every_field_and_each_alone_gives_the_defaults() {
     let yaml = include_str!("../config.yaml");
     let none = HashMap::new();
     let full = Config::from_yaml_and_env(yaml, &none).expect("config.yaml loads");
-    assert_eq!(
-        full,
-        Config::default(),
-        "config.yaml's values are the defaults"
+    assert!(
+        full == Config::default(),
+        "config.yaml's values are the defaults; these differ: {:?}",
+        differing(&full)
     );
 
     let mut in_file = Vec::new();
@@ -203,11 +232,11 @@ fn config_yaml_lists_every_field_and_each_alone_gives_the_defaults() {
         let doc = serde_norway::to_string(&only(path, value.clone())).expect("yaml");
         let config = Config::from_yaml_and_env(&doc, &none)
             .unwrap_or_else(|e| panic!("only {}: {e}", path.join(".")));
-        assert_eq!(
-            config,
-            Config::default(),
-            "a config with only {} differs from the defaults",
-            path.join(".")
+        assert!(
+            config == Config::default(),
+            "a config with only {} differs from the defaults in {:?}",
+            path.join("."),
+            differing(&config)
         );
     }
 }

@@ -79,7 +79,7 @@ fn env_map(v: &Value) -> HashMap<String, String> {
 fn assert_env_is_read(env: &HashMap<String, String>, where_: &str) {
     let known: Vec<&str> = config::ENV_VARS
         .iter()
-        .map(|(v, _)| *v)
+        .map(|v| v.name)
         .chain([config::CONFIG_ENV])
         .collect();
     for name in env.keys() {

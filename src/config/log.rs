@@ -1,8 +1,45 @@
-//! The `log.level` string: which levels and filters are accepted, and the
-//! client crates kept quiet unless named. Owns parsing only; installing the
+//! The `log` section: [`LogConfig`] with its defaults, and the `log.level`
+//! string — which levels and filters are accepted, and the client crates
+//! kept quiet unless named. Owns the schema and parsing only; installing the
 //! subscriber is `telemetry`'s.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+
+use crate::config::error::ConfigError;
+
+/// Log level and format.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// JSON for machines, text for people at a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+impl LogConfig {
+    /// The level must be one the subscriber accepts.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        parse_level(&self.level).map_err(|reason| ConfigError::new("log.level", reason))?;
+        Ok(())
+    }
+}
 
 /// The Vault client crates log every failed call at ERROR (and Vault's own
 /// messages with it); the credentials module already logs each failure once,
