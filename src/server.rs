@@ -60,8 +60,12 @@ pub async fn serve(
             serve_backend(config, backend, None, metrics, listener, shutdown).await
         }
         BackendKind::Redis => {
+            // The one shutdown signal; for now only the credential loop
+            // watches it (the lead threads it to the other tasks).
+            let stop = crate::shutdown::Shutdown::new();
             let (creds, vault) = if config.backend.vault_enabled {
-                let (handle, task) = credentials::vault::start(&config, metrics.clone())?;
+                let (handle, task) =
+                    credentials::vault::start(&config, metrics.clone(), stop.watch())?;
                 (handle, Some(task))
             } else {
                 let b = &config.backend;
@@ -76,8 +80,9 @@ pub async fn serve(
             let result = run.await;
             // After the drain, or after a start-up error once a lease may
             // have been read: revoke it so no Vault user outlives us.
+            stop.advance(crate::shutdown::Phase::Stopped);
             if let Some(vault) = vault {
-                vault.shutdown().await;
+                vault.join().await;
             }
             result
         }
