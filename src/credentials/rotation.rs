@@ -440,6 +440,8 @@ mod tests {
         ttl: Duration,
         renewable: bool,
         fail_fetch: Arc<Mutex<bool>>,
+        /// `Some(permanent)`: renewals fail, permanently or not.
+        fail_renew: Arc<Mutex<Option<bool>>>,
         issued: u32,
     }
 
@@ -470,6 +472,17 @@ mod tests {
         }
 
         async fn renew(&mut self, id: &str, increment: Duration) -> Result<Grant, SourceError> {
+            if let Some(permanent) = *self.fail_renew.lock().expect("lock") {
+                self.log
+                    .lock()
+                    .expect("lock")
+                    .push(format!("renew-failed {id}"));
+                return Err(if permanent {
+                    SourceError::Permanent("fake: lease not found".into())
+                } else {
+                    SourceError::Transient("fake: unreachable".into())
+                });
+            }
             self.log.lock().expect("lock").push(format!("renew {id}"));
             Ok(Grant {
                 ttl: increment,
@@ -508,6 +521,7 @@ mod tests {
     struct Harness {
         log: Arc<Mutex<Vec<String>>>,
         fail_fetch: Arc<Mutex<bool>>,
+        fail_renew: Arc<Mutex<Option<bool>>>,
         stop: Shutdown,
         task: tokio::task::JoinHandle<()>,
         handle: crate::credentials::CredentialsHandle,
@@ -523,11 +537,13 @@ mod tests {
     fn start_with(ttl: Duration, renewable: bool, pool_applies: bool) -> Harness {
         let log = Arc::new(Mutex::new(Vec::new()));
         let fail_fetch = Arc::new(Mutex::new(false));
+        let fail_renew = Arc::new(Mutex::new(None));
         let fake = Fake {
             log: log.clone(),
             ttl,
             renewable,
             fail_fetch: fail_fetch.clone(),
+            fail_renew: fail_renew.clone(),
             issued: 0,
         };
         let (publisher, handle) = channel(super::super::placeholder(), true);
@@ -553,6 +569,7 @@ mod tests {
         Harness {
             log,
             fail_fetch,
+            fail_renew,
             stop,
             task,
             handle,
@@ -700,6 +717,70 @@ mod tests {
         assert_eq!(creds.username.as_deref(), Some("u1"));
         let left = creds.valid_until.expect("a lease") - Instant::now().into_std();
         assert!(left <= lease::MAX_TTL, "{left:?}");
+        h.stop.advance(Phase::Stopped);
+        h.task.await.expect("loop");
+        assert_eq!(
+            entries(&h.log),
+            [
+                "fetch redis/creds/r/1",
+                "revoke redis/creds/r/1",
+                "end-session"
+            ]
+        );
+    }
+
+    fn count(log: &Mutex<Vec<String>>, prefix: &str) -> usize {
+        entries(log)
+            .iter()
+            .filter(|e| e.starts_with(prefix))
+            .count()
+    }
+
+    fn renew_errors(metrics: &Metrics) -> u64 {
+        let op = Op { operation: "renew" };
+        metrics.vault_errors.get_or_create(&op).get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_renewal_failure_rotates_at_once() {
+        // Renewal due at 5 s (half of 10 s); its deadline is 7.5 s.
+        let h = start(Duration::from_secs(10), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *h.fail_renew.lock().expect("lock") = Some(true);
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        assert_eq!(count(&h.log, "renew-failed "), 1, "{:?}", entries(&h.log));
+        assert_eq!(renew_errors(&h.metrics), 1);
+        // Lost lease: new credentials at once, well before the deadline.
+        assert_eq!(count(&h.log, "fetch "), 2, "{:?}", entries(&h.log));
+        assert_eq!(h.handle.current().username.as_deref(), Some("u2"));
+        assert_eq!(h.metrics.rotations.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_renewal_failure_retries_until_the_deadline() {
+        let h = start(Duration::from_secs(10), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *h.fail_renew.lock().expect("lock") = Some(false);
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        // At 6.5 s: failed, retried, and still on the first lease.
+        assert!(count(&h.log, "renew-failed ") >= 2, "{:?}", entries(&h.log));
+        assert!(renew_errors(&h.metrics) >= 2);
+        assert_eq!(count(&h.log, "fetch "), 1, "{:?}", entries(&h.log));
+        assert_eq!(h.handle.current().username.as_deref(), Some("u1"));
+        // Past the deadline (7.5 s) the loop gives up on the lease.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(count(&h.log, "fetch "), 2, "{:?}", entries(&h.log));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_revoked_at_stopped_not_while_draining() {
+        let h = start(Duration::from_secs(60), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.stop.advance(Phase::Closing);
+        h.stop.advance(Phase::Draining);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!h.task.is_finished(), "the loop ended before Stopped");
+        assert_eq!(count(&h.log, "revoke "), 0, "{:?}", entries(&h.log));
         h.stop.advance(Phase::Stopped);
         h.task.await.expect("loop");
         assert_eq!(

@@ -163,4 +163,33 @@ mod tests {
         assert!(!format!("{e} {e:?}").contains("hunter2"));
         assert!(!e.is_permanent());
     }
+
+    #[test]
+    fn only_client_errors_are_permanent_for_the_loop() {
+        let api = |code| VaultError::Api {
+            operation: "renew",
+            code,
+            message: "m".into(),
+        };
+        for (e, permanent) in [
+            (api(400), true),
+            (api(403), true),
+            (api(404), true),
+            (api(500), false),
+            (api(503), false),
+            (
+                VaultError::Transport {
+                    operation: "renew",
+                    reason: "refused".into(),
+                },
+                false,
+            ),
+            (VaultError::Timeout { operation: "renew" }, false),
+        ] {
+            let text = e.to_string();
+            let mapped = SourceError::from(e);
+            assert_eq!(mapped.is_permanent(), permanent, "{text}");
+            assert_eq!(mapped.to_string(), text, "the loop logs Vault's text");
+        }
+    }
 }
