@@ -4,7 +4,9 @@
 //! It owns the order of a rotation — fetch new → publish → wait until the
 //! pool has switched → brief drain → revoke the old lease — and the retry
 //! policy (backoff with jitter; old credentials are kept while they are
-//! valid). When to act comes from the pure functions in [`super::lease`].
+//! valid; a [`SourceError`] that is permanent ends renewal at once). When to
+//! act comes from the pure functions in [`super::lease`]; when to stop, from
+//! the one shutdown signal ([`Phase::Stopped`], after the server's drain).
 //! It does not talk HTTP (the source does) nor Redis (the pool does).
 
 use std::{sync::Arc, time::Duration};
@@ -201,6 +203,8 @@ impl<S: Source> Loop<S> {
             Err(e) => {
                 self.count_renewal("error");
                 self.source_error("renew", &e);
+                // A permanent failure (lease gone, denied) cannot heal by
+                // asking again; a transient one may, until the deadline.
                 self.held.plan = if e.is_permanent() || now >= self.held.deadline {
                     Plan {
                         step: Step::Rotate,
