@@ -526,7 +526,7 @@ mod tests {
         log: Arc<Mutex<Vec<String>>>,
         fail_fetch: Arc<Mutex<bool>>,
         fail_renew: Arc<Mutex<Option<bool>>>,
-        stop: Shutdown,
+        shutdown: Shutdown,
         task: tokio::task::JoinHandle<()>,
         handle: crate::credentials::CredentialsHandle,
         metrics: Arc<Metrics>,
@@ -562,19 +562,19 @@ mod tests {
             }
         });
         let metrics = Metrics::new();
-        let stop = Shutdown::new();
+        let shutdown = Shutdown::new();
         let task = tokio::spawn(run(
             fake,
             publisher,
             settings(),
             metrics.clone(),
-            stop.watch(),
+            shutdown.watch(),
         ));
         Harness {
             log,
             fail_fetch,
             fail_renew,
-            stop,
+            shutdown,
             task,
             handle,
             metrics,
@@ -585,13 +585,39 @@ mod tests {
         log.lock().expect("lock").clone()
     }
 
+    impl Harness {
+        /// Makes the fake's fetches fail (transiently) or work again.
+        fn fetches_fail(&self, on: bool) {
+            *self.fail_fetch.lock().expect("lock") = on;
+        }
+
+        /// `Some(permanent)`: renewals fail that way; `None`: they work.
+        fn renewals_fail(&self, how: Option<bool>) {
+            *self.fail_renew.lock().expect("lock") = how;
+        }
+
+        /// Advances shutdown to Stopped, waits for the loop to end and
+        /// returns every call it made.
+        async fn stop(&mut self) -> Vec<String> {
+            self.shutdown.advance(Phase::Stopped);
+            (&mut self.task).await.expect("loop");
+            entries(&self.log)
+        }
+
+        /// How many calls the fake logged starting with `prefix`.
+        fn count(&self, prefix: &str) -> usize {
+            entries(&self.log)
+                .iter()
+                .filter(|e| e.starts_with(prefix))
+                .count()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn renews_at_the_fraction_and_revokes_at_shutdown() {
-        let h = start(Duration::from_secs(10), true);
+        let mut h = start(Duration::from_secs(10), true);
         tokio::time::sleep(Duration::from_secs(12)).await;
-        h.stop.advance(Phase::Stopped);
-        h.task.await.expect("loop");
-        let log = entries(&h.log);
+        let log = h.stop().await;
         assert_eq!(
             log,
             [
@@ -626,14 +652,14 @@ mod tests {
     async fn vault_down_keeps_old_credentials_until_they_expire() {
         let h = start(Duration::from_secs(4), false);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        *h.fail_fetch.lock().expect("lock") = true;
+        h.fetches_fail(true);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let creds = h.handle.current();
         assert_eq!(creds.username.as_deref(), Some("u1"));
         assert!(creds.is_valid(Instant::now().into_std()));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!h.handle.current().is_valid(Instant::now().into_std()));
-        *h.fail_fetch.lock().expect("lock") = false;
+        h.fetches_fail(false);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let creds = h.handle.current();
         assert_ne!(
@@ -643,10 +669,7 @@ mod tests {
             entries(&h.log)
         );
         assert!(creds.is_valid(Instant::now().into_std()));
-        let failed = entries(&h.log)
-            .iter()
-            .filter(|e| *e == "fetch-failed")
-            .count();
+        let failed = h.count("fetch-failed");
         assert!(failed >= 3, "{failed} failed fetches");
     }
 
@@ -661,27 +684,21 @@ mod tests {
             h.handle.refresh_after_rejection(generation, wait)
         );
         assert!(a && b);
-        let fetches = entries(&h.log)
-            .iter()
-            .filter(|e| e.starts_with("fetch "))
-            .count();
-        assert_eq!(fetches, 2);
+        assert_eq!(h.count("fetch "), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_cuts_a_rotation_short_and_revokes_both_leases() {
-        let h = start_with(Duration::from_secs(60), false, false);
+        let mut h = start_with(Duration::from_secs(60), false, false);
         // Rotation at 30 s; the pool never switches, so it waits (1 s).
         tokio::time::sleep(Duration::from_millis(30_500)).await;
         let asked = Instant::now();
-        h.stop.advance(Phase::Stopped);
-        h.task.await.expect("loop");
+        let log = h.stop().await;
         assert!(
             asked.elapsed() < Duration::from_secs(1),
             "{:?}",
             asked.elapsed()
         );
-        let log = entries(&h.log);
         assert_eq!(
             log,
             [
@@ -696,12 +713,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_left_to_expire_are_revoked_at_shutdown() {
-        let h = start_with(Duration::from_secs(60), false, false);
+        let mut h = start_with(Duration::from_secs(60), false, false);
         tokio::time::sleep(Duration::from_secs(35)).await;
         assert_eq!(entries(&h.log).len(), 2, "old lease not revoked yet");
-        h.stop.advance(Phase::Stopped);
-        h.task.await.expect("loop");
-        let log = entries(&h.log);
+        let log = h.stop().await;
         assert_eq!(
             &log[2..],
             [
@@ -714,17 +729,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_huge_lease_ttl_is_clamped_and_the_loop_lives_on() {
-        let h = start(Duration::from_secs(u64::MAX), true);
+        let mut h = start(Duration::from_secs(u64::MAX), true);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!h.task.is_finished(), "the credential loop died");
         let creds = h.handle.current();
         assert_eq!(creds.username.as_deref(), Some("u1"));
         let left = creds.valid_until.expect("a lease") - Instant::now().into_std();
         assert!(left <= lease::MAX_TTL, "{left:?}");
-        h.stop.advance(Phase::Stopped);
-        h.task.await.expect("loop");
         assert_eq!(
-            entries(&h.log),
+            h.stop().await,
             [
                 "fetch redis/creds/r/1",
                 "revoke redis/creds/r/1",
@@ -733,62 +746,57 @@ mod tests {
         );
     }
 
-    fn count(log: &Mutex<Vec<String>>, prefix: &str) -> usize {
-        entries(log)
-            .iter()
-            .filter(|e| e.starts_with(prefix))
-            .count()
-    }
-
     fn renew_errors(metrics: &Metrics) -> u64 {
         let op = Op { operation: "renew" };
         metrics.vault_errors.get_or_create(&op).get()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_permanent_renewal_failure_rotates_at_once() {
-        // Renewal due at 5 s (half of 10 s); its deadline is 7.5 s.
+    /// A 10 s renewable lease whose renewals fail from 1 s on: the first
+    /// renewal is due at 5 s (half of 10 s), its deadline is 7.5 s.
+    async fn failing_renewals(permanent: bool) -> Harness {
         let h = start(Duration::from_secs(10), true);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        *h.fail_renew.lock().expect("lock") = Some(true);
+        h.renewals_fail(Some(permanent));
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_renewal_failure_rotates_at_once() {
+        let h = failing_renewals(true).await;
         tokio::time::sleep(Duration::from_millis(4500)).await;
-        assert_eq!(count(&h.log, "renew-failed "), 1, "{:?}", entries(&h.log));
+        assert_eq!(h.count("renew-failed "), 1, "{:?}", entries(&h.log));
         assert_eq!(renew_errors(&h.metrics), 1);
         // Lost lease: new credentials at once, well before the deadline.
-        assert_eq!(count(&h.log, "fetch "), 2, "{:?}", entries(&h.log));
+        assert_eq!(h.count("fetch "), 2, "{:?}", entries(&h.log));
         assert_eq!(h.handle.current().username.as_deref(), Some("u2"));
         assert_eq!(h.metrics.rotations.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_transient_renewal_failure_retries_until_the_deadline() {
-        let h = start(Duration::from_secs(10), true);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        *h.fail_renew.lock().expect("lock") = Some(false);
+        let h = failing_renewals(false).await;
         tokio::time::sleep(Duration::from_millis(5500)).await;
         // At 6.5 s: failed, retried, and still on the first lease.
-        assert!(count(&h.log, "renew-failed ") >= 2, "{:?}", entries(&h.log));
+        assert!(h.count("renew-failed ") >= 2, "{:?}", entries(&h.log));
         assert!(renew_errors(&h.metrics) >= 2);
-        assert_eq!(count(&h.log, "fetch "), 1, "{:?}", entries(&h.log));
+        assert_eq!(h.count("fetch "), 1, "{:?}", entries(&h.log));
         assert_eq!(h.handle.current().username.as_deref(), Some("u1"));
         // Past the deadline (7.5 s) the loop gives up on the lease.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(count(&h.log, "fetch "), 2, "{:?}", entries(&h.log));
+        assert_eq!(h.count("fetch "), 2, "{:?}", entries(&h.log));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_lease_is_revoked_at_stopped_not_while_draining() {
-        let h = start(Duration::from_secs(60), true);
+        let mut h = start(Duration::from_secs(60), true);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        h.stop.advance(Phase::Closing);
-        h.stop.advance(Phase::Draining);
+        h.shutdown.advance(Phase::Closing);
+        h.shutdown.advance(Phase::Draining);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!h.task.is_finished(), "the loop ended before Stopped");
-        assert_eq!(count(&h.log, "revoke "), 0, "{:?}", entries(&h.log));
-        h.stop.advance(Phase::Stopped);
-        h.task.await.expect("loop");
+        assert_eq!(h.count("revoke "), 0, "{:?}", entries(&h.log));
         assert_eq!(
-            entries(&h.log),
+            h.stop().await,
             [
                 "fetch redis/creds/r/1",
                 "revoke redis/creds/r/1",
