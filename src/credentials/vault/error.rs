@@ -26,9 +26,6 @@ pub enum VaultError {
         operation: &'static str,
         reason: String,
     },
-    /// The call took longer than its bound.
-    #[error("{operation}: timed out")]
-    Timeout { operation: &'static str },
     /// Vault's answer lacked what we need.
     #[error("{operation}: unexpected answer: {what}")]
     Malformed {
@@ -184,7 +181,6 @@ mod tests {
                 },
                 false,
             ),
-            (VaultError::Timeout { operation: "renew" }, false),
         ] {
             let text = e.to_string();
             let mapped = SourceError::from(e);
