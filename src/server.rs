@@ -70,7 +70,8 @@ pub async fn serve(
         }
         BackendKind::Redis => {
             let (creds, vault) = if config.backend.vault_enabled {
-                let (handle, task) = credentials::vault::start(&config, metrics.clone())?;
+                let (handle, task) =
+                    credentials::vault::start(&config, metrics.clone(), shutdown.watch())?;
                 (handle, Some(task))
             } else {
                 let b = &config.backend;
@@ -87,7 +88,7 @@ pub async fn serve(
             // have been read: revoke it so no Vault user outlives us.
             shutdown.advance(Phase::Stopped);
             if let Some(vault) = vault {
-                vault.shutdown().await;
+                vault.join().await;
             }
             result
         }

@@ -2,7 +2,7 @@
 //!
 //! Pure functions of a lease's duration, its renewability and the clock, so
 //! every rule is unit-tested without Vault or sleeping. The loop that acts on
-//! them lives in [`super::vault`]; this module performs no I/O.
+//! them lives in [`super::rotation`]; this module performs no I/O.
 
 use std::time::Duration;
 

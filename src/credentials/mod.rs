@@ -4,9 +4,10 @@
 //! A [`CredentialsHandle`] is the pool's view: it reads the current
 //! [`Credentials`] each time it opens a connection, reports which generation
 //! it has switched to ([`CredentialsHandle::mark_applied`]), and asks for a
-//! refresh when Redis rejects the current ones. The source side (static config
-//! or Vault, see [`vault`]) publishes through a [`Publisher`]. This module does
-//! not talk to Redis.
+//! refresh when Redis rejects the current ones. The source side publishes
+//! through a [`Publisher`]: static config ([`fixed()`]) once, or the loop in
+//! [`rotation`] over a [`source::Source`] (Vault's database engine or KV v2,
+//! see [`vault`]). This module does not talk to Redis.
 
 use std::{
     fmt,
@@ -18,9 +19,13 @@ use tokio::sync::{Notify, watch};
 
 use crate::secret::Secret;
 
+mod fixed;
 pub mod lease;
 pub mod rotation;
+pub mod source;
 pub mod vault;
+
+pub use fixed::fixed;
 
 /// One Redis identity. `generation` grows by one with every new identity, so
 /// the pool can tell which connections were opened with stale credentials.
@@ -113,20 +118,6 @@ pub fn placeholder() -> Credentials {
         valid_until: Some(Instant::now()),
         ..Credentials::anonymous()
     }
-}
-
-/// Credentials that never change: from config, or none.
-pub fn fixed(username: &str, password: &Secret) -> CredentialsHandle {
-    let creds = Credentials {
-        username: (!username.is_empty()).then(|| username.to_string()),
-        password: password.clone(),
-        generation: 0,
-        valid_until: None,
-    };
-    // Dropping the publisher ends `changed()` at once: a fixed identity
-    // never changes, so the pool's watcher simply stops.
-    let (_publisher, handle) = channel(creds, false);
-    handle
 }
 
 // === impl CredentialsHandle ===
@@ -256,15 +247,5 @@ mod tests {
         let generation = publisher.publish(creds("u2"));
         handle.mark_applied(generation);
         assert!(waiter.await.expect("task"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fixed_credentials_never_refresh() {
-        let handle = fixed("u", &Secret::new("p"));
-        assert!(
-            !handle
-                .refresh_after_rejection(0, Duration::from_secs(1))
-                .await
-        );
     }
 }

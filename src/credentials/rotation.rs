@@ -4,63 +4,26 @@
 //! It owns the order of a rotation — fetch new → publish → wait until the
 //! pool has switched → brief drain → revoke the old lease — and the retry
 //! policy (backoff with jitter; old credentials are kept while they are
-//! valid). When to act comes from the pure functions in [`super::lease`].
+//! valid; a [`SourceError`] that is permanent ends renewal at once). When to
+//! act comes from the pure functions in [`super::lease`]; when to stop, from
+//! the one shutdown signal ([`Phase::Stopped`], after the server's drain).
 //! It does not talk HTTP (the source does) nor Redis (the pool does).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{
     Credentials, Publisher,
     lease::{self, Grant, Plan, Renewal, Step},
-    vault::VaultError,
+    source::{Issued, Lease, Source, SourceError},
 };
 use crate::{
     backoff::Backoff,
-    config::Secret,
     metrics::{Metrics, Op, Outcome},
+    shutdown::{Phase, Watch},
 };
-
-/// A Redis identity as a source hands it out.
-pub struct Issued {
-    pub username: String,
-    pub password: Secret,
-    /// `None` for credentials without a lease (KV v2).
-    pub lease: Option<Lease>,
-}
-
-/// A lease on issued credentials.
-#[derive(Clone, Debug)]
-pub struct Lease {
-    pub id: String,
-    pub grant: Grant,
-}
-
-/// Where credentials come from. One owner (the loop) calls it, one call at a
-/// time.
-pub trait Source: Send + 'static {
-    /// Reads new credentials.
-    fn fetch(&mut self) -> impl Future<Output = Result<Issued, VaultError>> + Send;
-    /// Extends `lease_id` by `increment`.
-    fn renew(
-        &mut self,
-        lease_id: &str,
-        increment: Duration,
-    ) -> impl Future<Output = Result<Grant, VaultError>> + Send;
-    /// Ends `lease_id` now.
-    fn revoke(&mut self, lease_id: &str) -> impl Future<Output = Result<(), VaultError>> + Send;
-    /// When the source's own session (its Vault token) next needs upkeep.
-    fn session_due(&self) -> Option<Instant>;
-    /// Renews or replaces the session. `Ok(true)` when it logged in anew:
-    /// credentials read with the old token die with it, so fetch new ones.
-    fn upkeep(&mut self) -> impl Future<Output = Result<bool, VaultError>> + Send;
-    /// At shutdown, after the leases: ends the session the source opened
-    /// itself (its own login token). `Ok(false)` when there is nothing of
-    /// its own to end (an operator's token is left alone).
-    fn end_session(&mut self) -> impl Future<Output = Result<bool, VaultError>> + Send;
-}
 
 /// Timing knobs of the loop.
 #[derive(Clone, Debug)]
@@ -111,13 +74,14 @@ impl Held {
     }
 }
 
-/// Runs until `stop` turns true, then revokes the current lease (bounded).
+/// Runs until shutdown reaches [`Phase::Stopped`] (after the server's
+/// drain), then revokes the current lease (bounded).
 pub async fn run<S: Source>(
     source: S,
     publisher: Publisher,
     settings: Settings,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
+    shutdown: Watch,
 ) {
     let mut l = Loop {
         source,
@@ -126,7 +90,7 @@ pub async fn run<S: Source>(
         metrics,
         held: Held::empty(Instant::now()),
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
-        stop,
+        shutdown,
         lingering: Vec::new(),
     };
     let mut gauge = tokio::time::interval(Duration::from_secs(1));
@@ -135,7 +99,7 @@ pub async fn run<S: Source>(
         // Biased: once shutdown is asked for, nothing new starts.
         tokio::select! {
             biased;
-            () = stopped(&mut l.stop) => break,
+            () = l.shutdown.reached(Phase::Stopped) => break,
             () = l.publisher.refresh_requested() => {
                 l.on_refresh();
                 l.act().await;
@@ -147,16 +111,6 @@ pub async fn run<S: Source>(
     l.release().await;
 }
 
-/// Resolves once `stop` is true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        let now = *stop.borrow_and_update();
-        if now || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 struct Loop<S> {
     source: S,
     publisher: Publisher,
@@ -164,8 +118,9 @@ struct Loop<S> {
     metrics: Arc<Metrics>,
     held: Held,
     backoff: Backoff,
-    /// Shutdown: cuts waits short so the current lease is revoked promptly.
-    stop: watch::Receiver<bool>,
+    /// Shutdown: at Stopped, cuts waits short so the current lease is
+    /// revoked promptly.
+    shutdown: Watch,
     /// Old leases left to expire because the pool did not switch in time;
     /// revoked at shutdown if still alive.
     lingering: Vec<(Lease, Instant)>,
@@ -202,7 +157,7 @@ impl<S: Source> Loop<S> {
 
     /// Does whatever is due: session upkeep first, then the lease.
     async fn act(&mut self) {
-        if *self.stop.borrow() {
+        if self.shutdown.is_reached(Phase::Stopped) {
             return;
         }
         let now = Instant::now();
@@ -222,7 +177,8 @@ impl<S: Source> Loop<S> {
     async fn upkeep(&mut self, now: Instant) {
         match self.source.upkeep().await {
             Ok(true) => {
-                info!("vault session replaced; fetching credentials under the new token");
+                let source = self.source.name();
+                info!("{source} session replaced; fetching credentials under the new token");
                 self.held.plan = Plan {
                     step: Step::Rotate,
                     at: now,
@@ -230,7 +186,7 @@ impl<S: Source> Loop<S> {
             }
             Ok(false) => {}
             Err(e) => {
-                self.vault_error("token", &e);
+                self.source_error("token", &e);
             }
         }
     }
@@ -246,7 +202,9 @@ impl<S: Source> Loop<S> {
             Ok(grant) => self.renewed(&lease, &grant),
             Err(e) => {
                 self.count_renewal("error");
-                self.vault_error("renew", &e);
+                self.source_error("renew", &e);
+                // A permanent failure (lease gone, denied) cannot heal by
+                // asking again; a transient one may, until the deadline.
                 self.held.plan = if e.is_permanent() || now >= self.held.deadline {
                     Plan {
                         step: Step::Rotate,
@@ -300,7 +258,7 @@ impl<S: Source> Loop<S> {
         let issued = match self.source.fetch().await {
             Ok(i) => i,
             Err(e) => {
-                self.vault_error("fetch", &e);
+                self.source_error("fetch", &e);
                 let at = Instant::now() + self.backoff.next_delay();
                 self.held.not_before = at;
                 self.held.plan = Plan {
@@ -380,10 +338,10 @@ impl<S: Source> Loop<S> {
                 }
                 tokio::select! {
                     () = tokio::time::sleep(s.drain) => {}
-                    () = stopped(&mut self.stop) => {}
+                    () = self.shutdown.reached(Phase::Stopped) => {}
                 }
             }
-            () = stopped(&mut self.stop) => {}
+            () = self.shutdown.reached(Phase::Stopped) => {}
         }
         self.revoke(&old.id).await;
     }
@@ -392,12 +350,12 @@ impl<S: Source> Loop<S> {
         let wait = self.settings.revoke_wait;
         match tokio::time::timeout(wait, self.source.revoke(lease_id)).await {
             Ok(Ok(())) => debug!(lease = short_lease(lease_id), "old lease revoked"),
-            Ok(Err(e)) => self.vault_error("revoke", &e),
+            Ok(Err(e)) => self.source_error("revoke", &e),
             Err(_) => {
-                let e = VaultError::Timeout {
+                let e = SourceError::TimedOut {
                     operation: "revoke",
                 };
-                self.vault_error("revoke", &e);
+                self.source_error("revoke", &e);
             }
         }
     }
@@ -411,14 +369,15 @@ impl<S: Source> Loop<S> {
         let expired = self.held.expires.is_some_and(|e| e <= now);
         if expired && !self.held.expired_logged {
             self.held.expired_logged = true;
+            let source = self.source.name();
             warn!(
                 user = %self.held.username,
-                "redis credentials expired and could not be replaced; not serving until Vault answers"
+                "redis credentials expired and could not be replaced; not serving until {source} answers"
             );
         }
     }
 
-    /// At shutdown: revokes the current lease so no Vault user outlives us,
+    /// At shutdown: revokes the current lease so no Redis user outlives us,
     /// then the source's own login token.
     async fn release(&mut self) {
         let now = Instant::now();
@@ -434,12 +393,12 @@ impl<S: Source> Loop<S> {
         }
         let wait = self.settings.revoke_wait;
         match tokio::time::timeout(wait, self.source.end_session()).await {
-            Ok(Ok(true)) => info!("vault login token revoked at shutdown"),
+            Ok(Ok(true)) => info!("{} login token revoked at shutdown", self.source.name()),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => self.vault_error("token", &e),
-            Err(_) => self.vault_error(
+            Ok(Err(e)) => self.source_error("token", &e),
+            Err(_) => self.source_error(
                 "token",
-                &VaultError::Timeout {
+                &SourceError::TimedOut {
                     operation: "token revoke",
                 },
             ),
@@ -453,12 +412,15 @@ impl<S: Source> Loop<S> {
             .inc();
     }
 
-    fn vault_error(&self, operation: &'static str, e: &VaultError) {
+    /// Counts and logs a failed source call. The metric keeps its contract
+    /// name (`redis_plugin_vault_errors_total{operation}`).
+    fn source_error(&self, operation: &'static str, e: &SourceError) {
         self.metrics
             .vault_errors
             .get_or_create(&Op { operation })
             .inc();
-        warn!(error = %e, "vault {operation} failed");
+        let source = self.source.name();
+        warn!(error = %e, permanent = e.is_permanent(), "{source} {operation} failed");
     }
 }
 
@@ -474,7 +436,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::credentials::channel;
+    use crate::{credentials::channel, secret::Secret, shutdown::Shutdown};
 
     /// A scripted source: leases of `ttl`, renewals granted up to `max`.
     struct Fake {
@@ -482,14 +444,20 @@ mod tests {
         ttl: Duration,
         renewable: bool,
         fail_fetch: Arc<Mutex<bool>>,
+        /// `Some(permanent)`: renewals fail, permanently or not.
+        fail_renew: Arc<Mutex<Option<bool>>>,
         issued: u32,
     }
 
     impl Source for Fake {
-        async fn fetch(&mut self) -> Result<Issued, VaultError> {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn fetch(&mut self) -> Result<Issued, SourceError> {
             if *self.fail_fetch.lock().expect("lock") {
                 self.log.lock().expect("lock").push("fetch-failed".into());
-                return Err(VaultError::Timeout { operation: "fetch" });
+                return Err(SourceError::Transient("fake: unreachable".into()));
             }
             self.issued += 1;
             let id = format!("redis/creds/r/{}", self.issued);
@@ -507,7 +475,18 @@ mod tests {
             })
         }
 
-        async fn renew(&mut self, id: &str, increment: Duration) -> Result<Grant, VaultError> {
+        async fn renew(&mut self, id: &str, increment: Duration) -> Result<Grant, SourceError> {
+            if let Some(permanent) = *self.fail_renew.lock().expect("lock") {
+                self.log
+                    .lock()
+                    .expect("lock")
+                    .push(format!("renew-failed {id}"));
+                return Err(if permanent {
+                    SourceError::Permanent("fake: lease not found".into())
+                } else {
+                    SourceError::Transient("fake: unreachable".into())
+                });
+            }
             self.log.lock().expect("lock").push(format!("renew {id}"));
             Ok(Grant {
                 ttl: increment,
@@ -515,7 +494,7 @@ mod tests {
             })
         }
 
-        async fn revoke(&mut self, id: &str) -> Result<(), VaultError> {
+        async fn revoke(&mut self, id: &str) -> Result<(), SourceError> {
             self.log.lock().expect("lock").push(format!("revoke {id}"));
             Ok(())
         }
@@ -524,11 +503,11 @@ mod tests {
             None
         }
 
-        async fn upkeep(&mut self) -> Result<bool, VaultError> {
+        async fn upkeep(&mut self) -> Result<bool, SourceError> {
             Ok(false)
         }
 
-        async fn end_session(&mut self) -> Result<bool, VaultError> {
+        async fn end_session(&mut self) -> Result<bool, SourceError> {
             self.log.lock().expect("lock").push("end-session".into());
             Ok(true)
         }
@@ -546,7 +525,8 @@ mod tests {
     struct Harness {
         log: Arc<Mutex<Vec<String>>>,
         fail_fetch: Arc<Mutex<bool>>,
-        stop: watch::Sender<bool>,
+        fail_renew: Arc<Mutex<Option<bool>>>,
+        shutdown: Shutdown,
         task: tokio::task::JoinHandle<()>,
         handle: crate::credentials::CredentialsHandle,
         metrics: Arc<Metrics>,
@@ -561,11 +541,13 @@ mod tests {
     fn start_with(ttl: Duration, renewable: bool, pool_applies: bool) -> Harness {
         let log = Arc::new(Mutex::new(Vec::new()));
         let fail_fetch = Arc::new(Mutex::new(false));
+        let fail_renew = Arc::new(Mutex::new(None));
         let fake = Fake {
             log: log.clone(),
             ttl,
             renewable,
             fail_fetch: fail_fetch.clone(),
+            fail_renew: fail_renew.clone(),
             issued: 0,
         };
         let (publisher, handle) = channel(super::super::placeholder(), true);
@@ -580,12 +562,19 @@ mod tests {
             }
         });
         let metrics = Metrics::new();
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(run(fake, publisher, settings(), metrics.clone(), rx));
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(run(
+            fake,
+            publisher,
+            settings(),
+            metrics.clone(),
+            shutdown.watch(),
+        ));
         Harness {
             log,
             fail_fetch,
-            stop,
+            fail_renew,
+            shutdown,
             task,
             handle,
             metrics,
@@ -596,13 +585,39 @@ mod tests {
         log.lock().expect("lock").clone()
     }
 
+    impl Harness {
+        /// Makes the fake's fetches fail (transiently) or work again.
+        fn fetches_fail(&self, on: bool) {
+            *self.fail_fetch.lock().expect("lock") = on;
+        }
+
+        /// `Some(permanent)`: renewals fail that way; `None`: they work.
+        fn renewals_fail(&self, how: Option<bool>) {
+            *self.fail_renew.lock().expect("lock") = how;
+        }
+
+        /// Advances shutdown to Stopped, waits for the loop to end and
+        /// returns every call it made.
+        async fn stop(&mut self) -> Vec<String> {
+            self.shutdown.advance(Phase::Stopped);
+            (&mut self.task).await.expect("loop");
+            entries(&self.log)
+        }
+
+        /// How many calls the fake logged starting with `prefix`.
+        fn count(&self, prefix: &str) -> usize {
+            entries(&self.log)
+                .iter()
+                .filter(|e| e.starts_with(prefix))
+                .count()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn renews_at_the_fraction_and_revokes_at_shutdown() {
-        let h = start(Duration::from_secs(10), true);
+        let mut h = start(Duration::from_secs(10), true);
         tokio::time::sleep(Duration::from_secs(12)).await;
-        h.stop.send_replace(true);
-        h.task.await.expect("loop");
-        let log = entries(&h.log);
+        let log = h.stop().await;
         assert_eq!(
             log,
             [
@@ -637,14 +652,14 @@ mod tests {
     async fn vault_down_keeps_old_credentials_until_they_expire() {
         let h = start(Duration::from_secs(4), false);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        *h.fail_fetch.lock().expect("lock") = true;
+        h.fetches_fail(true);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let creds = h.handle.current();
         assert_eq!(creds.username.as_deref(), Some("u1"));
         assert!(creds.is_valid(Instant::now().into_std()));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!h.handle.current().is_valid(Instant::now().into_std()));
-        *h.fail_fetch.lock().expect("lock") = false;
+        h.fetches_fail(false);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let creds = h.handle.current();
         assert_ne!(
@@ -654,10 +669,7 @@ mod tests {
             entries(&h.log)
         );
         assert!(creds.is_valid(Instant::now().into_std()));
-        let failed = entries(&h.log)
-            .iter()
-            .filter(|e| *e == "fetch-failed")
-            .count();
+        let failed = h.count("fetch-failed");
         assert!(failed >= 3, "{failed} failed fetches");
     }
 
@@ -672,27 +684,21 @@ mod tests {
             h.handle.refresh_after_rejection(generation, wait)
         );
         assert!(a && b);
-        let fetches = entries(&h.log)
-            .iter()
-            .filter(|e| e.starts_with("fetch "))
-            .count();
-        assert_eq!(fetches, 2);
+        assert_eq!(h.count("fetch "), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_cuts_a_rotation_short_and_revokes_both_leases() {
-        let h = start_with(Duration::from_secs(60), false, false);
+        let mut h = start_with(Duration::from_secs(60), false, false);
         // Rotation at 30 s; the pool never switches, so it waits (1 s).
         tokio::time::sleep(Duration::from_millis(30_500)).await;
         let asked = Instant::now();
-        h.stop.send_replace(true);
-        h.task.await.expect("loop");
+        let log = h.stop().await;
         assert!(
             asked.elapsed() < Duration::from_secs(1),
             "{:?}",
             asked.elapsed()
         );
-        let log = entries(&h.log);
         assert_eq!(
             log,
             [
@@ -707,12 +713,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_left_to_expire_are_revoked_at_shutdown() {
-        let h = start_with(Duration::from_secs(60), false, false);
+        let mut h = start_with(Duration::from_secs(60), false, false);
         tokio::time::sleep(Duration::from_secs(35)).await;
         assert_eq!(entries(&h.log).len(), 2, "old lease not revoked yet");
-        h.stop.send_replace(true);
-        h.task.await.expect("loop");
-        let log = entries(&h.log);
+        let log = h.stop().await;
         assert_eq!(
             &log[2..],
             [
@@ -725,17 +729,74 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_huge_lease_ttl_is_clamped_and_the_loop_lives_on() {
-        let h = start(Duration::from_secs(u64::MAX), true);
+        let mut h = start(Duration::from_secs(u64::MAX), true);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!h.task.is_finished(), "the credential loop died");
         let creds = h.handle.current();
         assert_eq!(creds.username.as_deref(), Some("u1"));
         let left = creds.valid_until.expect("a lease") - Instant::now().into_std();
         assert!(left <= lease::MAX_TTL, "{left:?}");
-        h.stop.send_replace(true);
-        h.task.await.expect("loop");
         assert_eq!(
-            entries(&h.log),
+            h.stop().await,
+            [
+                "fetch redis/creds/r/1",
+                "revoke redis/creds/r/1",
+                "end-session"
+            ]
+        );
+    }
+
+    fn renew_errors(metrics: &Metrics) -> u64 {
+        let op = Op { operation: "renew" };
+        metrics.vault_errors.get_or_create(&op).get()
+    }
+
+    /// A 10 s renewable lease whose renewals fail from 1 s on: the first
+    /// renewal is due at 5 s (half of 10 s), its deadline is 7.5 s.
+    async fn failing_renewals(permanent: bool) -> Harness {
+        let h = start(Duration::from_secs(10), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.renewals_fail(Some(permanent));
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_renewal_failure_rotates_at_once() {
+        let h = failing_renewals(true).await;
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        assert_eq!(h.count("renew-failed "), 1, "{:?}", entries(&h.log));
+        assert_eq!(renew_errors(&h.metrics), 1);
+        // Lost lease: new credentials at once, well before the deadline.
+        assert_eq!(h.count("fetch "), 2, "{:?}", entries(&h.log));
+        assert_eq!(h.handle.current().username.as_deref(), Some("u2"));
+        assert_eq!(h.metrics.rotations.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_renewal_failure_retries_until_the_deadline() {
+        let h = failing_renewals(false).await;
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        // At 6.5 s: failed, retried, and still on the first lease.
+        assert!(h.count("renew-failed ") >= 2, "{:?}", entries(&h.log));
+        assert!(renew_errors(&h.metrics) >= 2);
+        assert_eq!(h.count("fetch "), 1, "{:?}", entries(&h.log));
+        assert_eq!(h.handle.current().username.as_deref(), Some("u1"));
+        // Past the deadline (7.5 s) the loop gives up on the lease.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.count("fetch "), 2, "{:?}", entries(&h.log));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_is_revoked_at_stopped_not_while_draining() {
+        let mut h = start(Duration::from_secs(60), true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.shutdown.advance(Phase::Closing);
+        h.shutdown.advance(Phase::Draining);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!h.task.is_finished(), "the loop ended before Stopped");
+        assert_eq!(h.count("revoke "), 0, "{:?}", entries(&h.log));
+        assert_eq!(
+            h.stop().await,
             [
                 "fetch redis/creds/r/1",
                 "revoke redis/creds/r/1",
