@@ -28,6 +28,7 @@ use crate::{
     metrics::{self, Metrics},
     pb::{self, cache_server::CacheServer},
     service::{CacheService, Limits},
+    shutdown::{Phase, Shutdown},
     tls::{self, ReloadingAcceptor, TlsError},
     transport::{self, TransportLimits},
 };
@@ -53,6 +54,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     tls::install_crypto_provider();
     let metrics = Metrics::new();
+    // The one shutdown signal; so far only the Redis pools' upkeep watches it.
+    let phases = Shutdown::new();
     match config.backend.kind {
         BackendKind::Memory => {
             let backend =
@@ -68,12 +71,14 @@ pub async fn serve(
                 (credentials::fixed(&b.username, &b.password), None)
             };
             let run = async {
-                let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
+                let settings = redis_settings(&config)?;
+                let backend = RedisBackend::start(settings, creds.clone(), phases.watch())?;
                 backend.check_tls().await?;
                 let backend = Arc::new(backend);
                 serve_backend(config, backend, Some(creds), metrics, listener, shutdown).await
             };
             let result = run.await;
+            phases.advance(Phase::Stopped);
             // After the drain, or after a start-up error once a lease may
             // have been read: revoke it so no Vault user outlives us.
             if let Some(vault) = vault {
