@@ -1,5 +1,5 @@
 //! The one shutdown signal: a [`Phase`] that only moves forward, advanced
-//! by [`crate::server`] and watched by every long-lived task.
+//! by the server (`server.rs`) and watched by every long-lived task.
 //!
 //! Stopping a sidecar on the hot path is an ordered walk, not a single bit:
 //! first health says NOT_SERVING (so the gateway stops sending), then the
