@@ -240,6 +240,71 @@ fn unexpected(command: &str, reply: &Reply) -> Error {
 mod tests {
     use super::*;
 
+    fn wire(command: &impl Command) -> String {
+        let mut out = BytesMut::new();
+        command.encode(&mut out);
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn commands_encode_their_arguments_in_order() {
+        let set = Set::new("k".into(), Bytes::from_static(b"v"), None);
+        assert_eq!(wire(&set), "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        let ttl = Some(Duration::from_millis(1500));
+        let set = Set::new("k".into(), Bytes::from_static(b"v"), ttl);
+        assert!(
+            wire(&set).ends_with("$2\r\nPX\r\n$4\r\n1500\r\n"),
+            "{}",
+            wire(&set)
+        );
+        let expire = Expire::new("k".into(), Duration::from_secs(2));
+        assert_eq!(
+            wire(&expire),
+            "*3\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$4\r\n2000\r\n"
+        );
+        let keys = vec!["a".to_string(), "b".to_string()];
+        let mget = MGet { keys };
+        assert_eq!(wire(&mget), "*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n");
+        assert_eq!(wire(&Ping), "*1\r\n$4\r\nPING\r\n");
+    }
+
+    #[test]
+    fn commands_name_every_key_they_touch_for_the_router() {
+        let keys = vec!["a".to_string(), "b".to_string(), "a".to_string()];
+        assert_eq!(MGet { keys: keys.clone() }.keys(), &keys[..]);
+        assert_eq!(Delete { keys: keys.clone() }.keys(), &keys[..]);
+        assert_eq!(Get { key: "g".into() }.keys(), ["g"]);
+        let set = Set::new("s".into(), Bytes::new(), None);
+        assert_eq!(set.keys(), ["s"]);
+        assert_eq!(Expire::new("e".into(), Duration::ZERO).keys(), ["e"]);
+        assert!(Ping.keys().is_empty(), "any node answers PING");
+    }
+
+    #[test]
+    fn replies_decode_by_shape() {
+        let hit = Reply::Bulk(Bytes::from_static(b"v"));
+        let get = Get { key: "k".into() };
+        assert_eq!(
+            get.decode(hit.clone()).expect("hit"),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(get.decode(Reply::Nil).expect("miss"), None);
+        let mget = MGet {
+            keys: vec!["a".into(), "b".into()],
+        };
+        let items = Reply::Array(vec![hit.clone(), Reply::Nil]);
+        assert_eq!(mget.decode(items).expect("mget").len(), 2);
+        // One item short is a foreign server, not a shorter answer.
+        let short = Reply::Array(vec![hit]);
+        assert!(mget.decode(short).is_err());
+        assert!(Delete { keys: vec![] }.decode(Reply::Int(-1)).is_err());
+        assert!(
+            Expire::new("k".into(), Duration::ZERO)
+                .decode(Reply::Int(1))
+                .expect("int")
+        );
+    }
+
     #[test]
     fn unexpected_replies_name_the_shape_not_the_value() {
         let e = unexpected("GET", &Reply::Bulk(Bytes::from_static(b"secret-value")));

@@ -413,3 +413,64 @@ impl Drop for Busy<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{credentials, secret::Secret, shutdown::Shutdown};
+
+    /// A loopback port nothing listens on: every connect is refused at once.
+    fn refusing_connector() -> Connector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_millis(500),
+            max_reply: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn upkeep_runs_until_stopped_and_then_lets_the_pool_go() {
+        let shutdown = Shutdown::new();
+        let limits = PoolLimits {
+            size: 2,
+            connect_timeout: Duration::from_millis(500),
+            operation_timeout: Duration::from_millis(500),
+            max_retries: 1,
+        };
+        let creds = credentials::fixed("", &Secret::new(""));
+        let pool = Pool::start(
+            "127.0.0.1".into(),
+            refusing_connector(),
+            limits,
+            creds,
+            shutdown.watch(),
+        );
+        // The task is alive and working: reconnect attempts go on (and
+        // fail, so it is in its backoff) while the phase is Serving.
+        let mut attempts = pool.attempts.subscribe();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), attempts.changed())
+                .await
+                .expect("an attempt within 5 s")
+                .expect("pool alive");
+        }
+        assert!(pool.circuit_open.load(Ordering::Acquire), "connects failed");
+        assert_eq!(Arc::strong_count(&pool), 2, "the task holds the pool");
+
+        shutdown.advance(Phase::Stopped);
+        let ended = async {
+            while Arc::strong_count(&pool) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), ended)
+            .await
+            .expect("the task ends at Stopped and drops its handle");
+    }
+}
