@@ -78,7 +78,8 @@ pub async fn serve(
                 (credentials::fixed(&b.username, &b.password), None)
             };
             let run = async {
-                let backend = RedisBackend::start(redis_settings(&config)?, creds.clone())?;
+                let settings = redis_settings(&config)?;
+                let backend = RedisBackend::start(settings, creds.clone(), shutdown.watch())?;
                 backend.check_tls().await?;
                 let backend = Arc::new(backend);
                 serve_backend(config, backend, Some(creds), metrics, on).await

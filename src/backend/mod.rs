@@ -5,10 +5,8 @@
 //! [`redis::RedisBackend`] talks to Redis or Valkey; [`memory::MemoryBackend`]
 //! is an in-process map with TTLs for running without Redis and for tests.
 
-mod connection;
 pub mod memory;
 pub mod redis;
-mod resp;
 
 use std::{future::Future, time::Duration};
 

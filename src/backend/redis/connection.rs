@@ -26,8 +26,8 @@
 //! and closes the socket.
 //!
 //! This module owns the socket, the handshake (TLS, `AUTH`, `SELECT`) and
-//! ordering. Which commands to send, retries and reconnection are the
-//! pool's (`backend::redis`).
+//! ordering. Which commands to send is the business of `commands`;
+//! retries and reconnection, of `pool`.
 
 use std::{
     collections::VecDeque,

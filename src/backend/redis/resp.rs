@@ -7,7 +7,7 @@
 //! strings are slices of the frame, not copies.
 //!
 //! This module knows bytes only: what a reply *means* (hit, miss, count) is
-//! the backend's business, and sockets are the connection's.
+//! `commands`' business, and sockets are the connection's.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

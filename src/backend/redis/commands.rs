@@ -1,0 +1,314 @@
+//! What to send for each cache operation, which keys it touches, and what
+//! its reply means.
+//!
+//! One type per command ([`Get`], [`Set`], [`Delete`], [`MGet`],
+//! [`Expire`], [`Ping`]) implementing [`Command`]: it writes itself into a
+//! connection's output buffer (again on each retry), names its keys so a
+//! router can pick the node that holds them, and turns the reply into the
+//! [`Backend`](crate::backend::Backend) result. A reply of another shape is
+//! [`unexpected`]: a bug or a foreign server, reported by shape, never by
+//! value.
+//!
+//! This module does not send anything (the router and pool do) and does not
+//! see error replies: those are failures, sorted in `failure`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::resp::{self, Reply};
+use crate::error::{Error, Result};
+
+/// One command and the meaning of its reply.
+pub(super) trait Command: Sync {
+    /// What the reply means to the caller.
+    type Output;
+
+    /// The keys the command touches, in the order it sends them: what a
+    /// router routes by (a cluster: by their slots; a multi-key command
+    /// whose keys live on several nodes is split there, one command of the
+    /// same type per node, and the outputs merged). Empty: any node.
+    fn keys(&self) -> &[String];
+
+    /// Appends the command to `out`.
+    fn encode(&self, out: &mut BytesMut);
+
+    /// The meaning of a reply that is not an error reply.
+    fn decode(&self, reply: Reply) -> Result<Self::Output>;
+}
+
+/// `GET key`: the value, or `None` on a miss.
+pub(super) struct Get {
+    pub(super) key: String,
+}
+
+/// `SET key value [PX ms]`.
+pub(super) struct Set {
+    key: String,
+    value: Bytes,
+    /// Milliseconds as sent, formatted once rather than on every retry.
+    ttl_ms: Option<String>,
+}
+
+/// `DEL key...`: how many existed.
+pub(super) struct Delete {
+    pub(super) keys: Vec<String>,
+}
+
+/// `MGET key...`: one value or miss per key, in order.
+pub(super) struct MGet {
+    pub(super) keys: Vec<String>,
+}
+
+/// `PEXPIRE key ms`: `false` when the key does not exist.
+pub(super) struct Expire {
+    key: String,
+    ttl_ms: String,
+}
+
+/// `PING`: the store answers with the current credentials.
+pub(super) struct Ping;
+
+impl Set {
+    pub(super) fn new(key: String, value: Bytes, ttl: Option<Duration>) -> Self {
+        let ttl_ms = ttl.map(|t| t.as_millis().to_string());
+        Self { key, value, ttl_ms }
+    }
+}
+
+impl Expire {
+    pub(super) fn new(key: String, ttl: Duration) -> Self {
+        let ttl_ms = ttl.as_millis().to_string();
+        Self { key, ttl_ms }
+    }
+}
+
+// === impl Command ===
+
+impl Command for Get {
+    type Output = Option<Bytes>;
+
+    fn keys(&self) -> &[String] {
+        std::slice::from_ref(&self.key)
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        command(out, b"GET", std::iter::once(self.key.as_bytes()));
+    }
+
+    fn decode(&self, reply: Reply) -> Result<Self::Output> {
+        value("GET", reply)
+    }
+}
+
+impl Command for Set {
+    type Output = ();
+
+    fn keys(&self) -> &[String] {
+        std::slice::from_ref(&self.key)
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        let (key, value) = (self.key.as_bytes(), &self.value[..]);
+        match &self.ttl_ms {
+            Some(ms) => command(out, b"SET", [key, value, b"PX", ms.as_bytes()].into_iter()),
+            None => command(out, b"SET", [key, value].into_iter()),
+        }
+    }
+
+    fn decode(&self, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Status(ok) if &ok[..] == b"OK" => Ok(()),
+            other => Err(unexpected("SET", &other)),
+        }
+    }
+}
+
+impl Command for Delete {
+    type Output = u64;
+
+    fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        command(out, b"DEL", self.keys.iter().map(|k| k.as_bytes()));
+    }
+
+    fn decode(&self, reply: Reply) -> Result<u64> {
+        match reply {
+            Reply::Int(n) if n >= 0 => Ok(n.unsigned_abs()),
+            other => Err(unexpected("DEL", &other)),
+        }
+    }
+}
+
+impl Command for MGet {
+    type Output = Vec<Option<Bytes>>;
+
+    fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        command(out, b"MGET", self.keys.iter().map(|k| k.as_bytes()));
+    }
+
+    fn decode(&self, reply: Reply) -> Result<Self::Output> {
+        let items = match reply {
+            Reply::Array(items) if items.len() == self.keys.len() => items,
+            other => return Err(unexpected("MGET", &other)),
+        };
+        items.into_iter().map(|item| value("MGET", item)).collect()
+    }
+}
+
+impl Command for Expire {
+    type Output = bool;
+
+    fn keys(&self) -> &[String] {
+        std::slice::from_ref(&self.key)
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        let args = [self.key.as_bytes(), self.ttl_ms.as_bytes()];
+        command(out, b"PEXPIRE", args.into_iter());
+    }
+
+    fn decode(&self, reply: Reply) -> Result<bool> {
+        match reply {
+            Reply::Int(n) => Ok(n == 1),
+            other => Err(unexpected("PEXPIRE", &other)),
+        }
+    }
+}
+
+impl Command for Ping {
+    type Output = ();
+
+    fn keys(&self) -> &[String] {
+        &[]
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        resp::encode(out, &[b"PING"]);
+    }
+
+    fn decode(&self, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Status(pong) if &pong[..] == b"PONG" => Ok(()),
+            other => Err(unexpected("PING", &other)),
+        }
+    }
+}
+
+// === helpers ===
+
+/// Writes a command of `name` and `args`, without collecting them.
+fn command<'a>(out: &mut BytesMut, name: &[u8], args: impl ExactSizeIterator<Item = &'a [u8]>) {
+    resp::command_header(out, 1 + args.len());
+    resp::arg(out, name);
+    for a in args {
+        resp::arg(out, a);
+    }
+}
+
+/// A value or a miss, as GET and each MGET item answer.
+fn value(command: &str, reply: Reply) -> Result<Option<Bytes>> {
+    match reply {
+        Reply::Bulk(value) => Ok(Some(value)),
+        Reply::Nil => Ok(None),
+        other => Err(unexpected(command, &other)),
+    }
+}
+
+/// A reply of the wrong shape for the command: a bug or a foreign server.
+/// Names the shape only; values never reach logs.
+fn unexpected(command: &str, reply: &Reply) -> Error {
+    let shape = match reply {
+        Reply::Nil => "nil",
+        Reply::Status(_) => "status",
+        Reply::Error(_) => "error",
+        Reply::Int(_) => "integer",
+        Reply::Bulk(_) => "bulk string",
+        Reply::Array(_) => "array",
+    };
+    Error::Internal(format!("unexpected {shape} reply to {command}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(command: &impl Command) -> String {
+        let mut out = BytesMut::new();
+        command.encode(&mut out);
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn commands_encode_their_arguments_in_order() {
+        let set = Set::new("k".into(), Bytes::from_static(b"v"), None);
+        assert_eq!(wire(&set), "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        let ttl = Some(Duration::from_millis(1500));
+        let set = Set::new("k".into(), Bytes::from_static(b"v"), ttl);
+        assert!(
+            wire(&set).ends_with("$2\r\nPX\r\n$4\r\n1500\r\n"),
+            "{}",
+            wire(&set)
+        );
+        let expire = Expire::new("k".into(), Duration::from_secs(2));
+        assert_eq!(
+            wire(&expire),
+            "*3\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$4\r\n2000\r\n"
+        );
+        let keys = vec!["a".to_string(), "b".to_string()];
+        let mget = MGet { keys };
+        assert_eq!(wire(&mget), "*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n");
+        assert_eq!(wire(&Ping), "*1\r\n$4\r\nPING\r\n");
+    }
+
+    #[test]
+    fn commands_name_every_key_they_touch_for_the_router() {
+        let keys = vec!["a".to_string(), "b".to_string(), "a".to_string()];
+        assert_eq!(MGet { keys: keys.clone() }.keys(), &keys[..]);
+        assert_eq!(Delete { keys: keys.clone() }.keys(), &keys[..]);
+        assert_eq!(Get { key: "g".into() }.keys(), ["g"]);
+        let set = Set::new("s".into(), Bytes::new(), None);
+        assert_eq!(set.keys(), ["s"]);
+        assert_eq!(Expire::new("e".into(), Duration::ZERO).keys(), ["e"]);
+        assert!(Ping.keys().is_empty(), "any node answers PING");
+    }
+
+    #[test]
+    fn replies_decode_by_shape() {
+        let hit = Reply::Bulk(Bytes::from_static(b"v"));
+        let get = Get { key: "k".into() };
+        assert_eq!(
+            get.decode(hit.clone()).expect("hit"),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert_eq!(get.decode(Reply::Nil).expect("miss"), None);
+        let mget = MGet {
+            keys: vec!["a".into(), "b".into()],
+        };
+        let items = Reply::Array(vec![hit.clone(), Reply::Nil]);
+        assert_eq!(mget.decode(items).expect("mget").len(), 2);
+        // One item short is a foreign server, not a shorter answer.
+        let short = Reply::Array(vec![hit]);
+        assert!(mget.decode(short).is_err());
+        assert!(Delete { keys: vec![] }.decode(Reply::Int(-1)).is_err());
+        assert!(
+            Expire::new("k".into(), Duration::ZERO)
+                .decode(Reply::Int(1))
+                .expect("int")
+        );
+    }
+
+    #[test]
+    fn unexpected_replies_name_the_shape_not_the_value() {
+        let e = unexpected("GET", &Reply::Bulk(Bytes::from_static(b"secret-value")));
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("bulk string reply to GET"), "{e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! What a failed command means for the caller: an error reply or a
+//! connection error, sorted into what to do about it ([`Class`]).
+//!
+//! NOPERM is permission denied; WRONGPASS/NOAUTH asks for one credential
+//! refresh; LOADING/BUSY/MASTERDOWN/TRYAGAIN is "Redis cannot serve now";
+//! a broken connection is retried on another. The pool acts on the class
+//! (`pool`); a router that follows redirects (MOVED/ASK in a cluster) gets
+//! its classes here too, next to the ones it must not confuse them with.
+//!
+//! This module only sorts; it neither retries nor builds client-facing
+//! errors, and it never looks past the error code of a reply.
+
+use super::{connection::ConnError, resp::Reply};
+
+/// What to do about a failed command.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Class {
+    NoPerm,
+    Auth,
+    /// Redis is there but cannot serve now (loading after a restart, busy
+    /// script, replica without master): unavailable, not a bug.
+    NotReady,
+    Connection,
+    /// The reply passed `max_reply_bytes`: this command fails, the
+    /// connection stays (the rest of the reply is skipped).
+    TooLarge(usize),
+    Other,
+}
+
+/// Classifies an error reply by its code.
+pub(super) fn classify_reply(msg: &[u8]) -> Class {
+    match Reply::error_code(msg) {
+        "NOPERM" => Class::NoPerm,
+        "WRONGPASS" | "NOAUTH" => Class::Auth,
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" => Class::NotReady,
+        _ => Class::Other,
+    }
+}
+
+/// Classifies a connection error (an error reply in the handshake by its
+/// code, like any other).
+pub(super) fn classify(e: &ConnError) -> Class {
+    match e {
+        ConnError::Server(msg) => classify_reply(msg.as_bytes()),
+        // The connection is fine, Redis is just not reading: fail fast
+        // rather than queue more, and keep the connection.
+        ConnError::Backlog(_) => Class::NotReady,
+        ConnError::TooLarge(max) => Class::TooLarge(*max),
+        _ => Class::Connection,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_classify_by_what_to_do() {
+        assert_eq!(
+            classify_reply(b"NOPERM User x has no permissions"),
+            Class::NoPerm
+        );
+        assert_eq!(
+            classify_reply(b"WRONGPASS invalid username-password pair"),
+            Class::Auth
+        );
+        assert_eq!(
+            classify_reply(b"NOAUTH Authentication required."),
+            Class::Auth
+        );
+        assert_eq!(classify_reply(b"LOADING Redis is loading"), Class::NotReady);
+        assert_eq!(
+            classify_reply(b"WRONGTYPE Operation against a key"),
+            Class::Other
+        );
+        let io = ConnError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(classify(&io), Class::Connection);
+        assert_eq!(classify(&ConnError::Closed), Class::Connection);
+        assert_eq!(classify(&ConnError::TimedOut), Class::Connection);
+        assert_eq!(classify(&ConnError::Backlog(9)), Class::NotReady);
+        assert_eq!(classify(&ConnError::TooLarge(64)), Class::TooLarge(64));
+        assert_eq!(
+            classify(&ConnError::Server("WRONGPASS x".into())),
+            Class::Auth
+        );
+    }
+}

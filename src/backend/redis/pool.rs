@@ -1,0 +1,476 @@
+//! The connections to one node: a fixed set of shared, pipelined
+//! connections that the pool repairs and rotates itself.
+//!
+//! Why not a checkout pool: a cache lookup is one small command, and an
+//! exclusive checkout (plus deadpool-redis' `UNWATCH`+`PING` recycle) costs a
+//! round trip and serialises requests. Here `pool_size` pipelined
+//! [`Connection`]s are shared: each request picks the next one round-robin
+//! and pipelines its single command over it, so the hot path is one round
+//! trip with no checkout. (The connection is our own rather than redis-rs'
+//! multiplexer: it batches the commands that are ready into one write, and
+//! hands values back as slices of the read buffer; see `connection`.)
+//!
+//! What this module owns:
+//! - *Retry*: a command whose connection broke runs again on another, within
+//!   a budget ([`Pool::query`]); credentials Redis rejects are refreshed
+//!   once.
+//! - *Repair*: a connection that fails with an I/O error is dropped from its
+//!   slot and the maintenance task reconnects it with backoff. A request
+//!   that finds no connection while that first reconnect is under way waits
+//!   for it (bounded by `pool_timeout`), so killed connections cost no
+//!   errors. Once a reconnect has failed, the circuit is open: requests fail
+//!   at once with `Unavailable` instead of each waiting for a connect
+//!   timeout, until a reconnect succeeds.
+//! - *Rotation*: when new credentials are published, the same task opens new
+//!   connections with them and swaps each slot atomically; requests in flight
+//!   finish on the old connection, which closes when its last user drops it.
+//!   Then it reports the generation applied, so the credential source may
+//!   revoke the old identity.
+//! - *Its end*: the maintenance task ends at [`Phase::Stopped`]; the
+//!   connections close once the last backend handle is gone too.
+//!
+//! It does not know commands (it sends whatever it is given), which node it
+//! is (the router chose it), validation, key prefixes or deadlines.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use bytes::BytesMut;
+use futures_util::future::join_all;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use super::{
+    connection::{ConnError, Connection, Connector},
+    failure::{Class, classify, classify_reply},
+    resp::Reply,
+};
+use crate::{
+    backend::PoolStats,
+    backoff::Backoff,
+    credentials::{Credentials, CredentialsHandle},
+    error::{Error, Result},
+    shutdown::{Phase, Watch},
+};
+
+/// How a pool behaves; the same for every node.
+#[derive(Clone, Debug)]
+pub(super) struct PoolLimits {
+    /// Connections (slots).
+    pub(super) size: usize,
+    /// Bounds each connect, and a request's wait for the first reconnect
+    /// (`pool_timeout`).
+    pub(super) connect_timeout: Duration,
+    /// Bounds a request's wait for refreshed credentials.
+    pub(super) operation_timeout: Duration,
+    /// Extra attempts on another connection after a dropped connection.
+    pub(super) max_retries: u32,
+}
+
+/// The connections to one node; see the module docs.
+pub(super) struct Pool {
+    /// The node as configured, for logs and errors (no credentials in it).
+    address: String,
+    connector: Connector,
+    limits: PoolLimits,
+    creds: CredentialsHandle,
+    slots: Box<[Slot]>,
+    /// Round-robin cursor; relaxed ordering is enough, fairness is best effort.
+    next: AtomicUsize,
+    /// Wakes the maintenance task when a slot was emptied.
+    repair: Notify,
+    /// Bumped after every reconnect attempt, so waiting requests look again.
+    attempts: watch::Sender<u64>,
+    /// Set when a reconnect failed and no slot is connected: fail fast.
+    circuit_open: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: ArcSwapOption<Live>,
+    /// Requests currently using this slot's connection, for pool metrics.
+    inflight: AtomicUsize,
+}
+
+struct Live {
+    conn: Connection,
+    generation: u64,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Builds the pool and starts its maintenance task, which ends at
+    /// [`Phase::Stopped`]. Does not wait for Redis: the first connections
+    /// open in the background (health shows when).
+    pub(super) fn start(
+        address: String,
+        connector: Connector,
+        limits: PoolLimits,
+        creds: CredentialsHandle,
+        shutdown: Watch,
+    ) -> Arc<Self> {
+        let slots = (0..limits.size).map(|_| Slot::default()).collect();
+        let pool = Arc::new(Self {
+            address,
+            connector,
+            limits,
+            creds,
+            slots,
+            next: AtomicUsize::new(0),
+            repair: Notify::new(),
+            attempts: watch::channel(0).0,
+            circuit_open: AtomicBool::new(false),
+        });
+        tokio::spawn(maintain(pool.clone(), shutdown));
+        pool
+    }
+
+    /// With TLS on, opens one connection now: fails only when the TLS
+    /// handshake does (see `RedisBackend::check_tls`).
+    pub(super) async fn check_tls(&self) -> Result<()> {
+        if self.connector.tls.is_none() {
+            return Ok(());
+        }
+        let creds = self.creds.current();
+        match self.connector.connect(&creds).await {
+            Err(e) if e.is_tls() => Err(Error::Unavailable(format!(
+                "TLS to Redis at {} failed: {e}",
+                self.address
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the command `encode` writes on a shared connection: one round
+    /// trip; on a dropped connection, again on another (up to
+    /// `max_retries`); on rejected credentials, once more after one refresh.
+    /// Returns any reply but an error reply.
+    pub(super) async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
+        let mut retries = 0;
+        let mut refreshed = false;
+        loop {
+            let (idx, live) = self.checkout().await?;
+            let result = {
+                let _busy = Busy::new(&self.slots[idx].inflight);
+                live.conn.call(encode).await
+            };
+            let (class, err) = match result {
+                Ok(Reply::Error(msg)) => (
+                    classify_reply(&msg),
+                    ConnError::Server(String::from_utf8_lossy(&msg).into_owned()),
+                ),
+                Ok(reply) => return Ok(reply),
+                Err(e) => (classify(&e), e),
+            };
+            match class {
+                Class::NoPerm => return Err(Error::PermissionDenied),
+                Class::NotReady => return Err(Error::Unavailable(format!("redis: {err}"))),
+                Class::Auth if !refreshed => {
+                    refreshed = true;
+                    self.drop_conn(idx, &live);
+                    let wait = self.limits.operation_timeout;
+                    if !self
+                        .creds
+                        .refresh_after_rejection(live.generation, wait)
+                        .await
+                    {
+                        return Err(Error::Auth);
+                    }
+                }
+                Class::Auth => return Err(Error::Auth),
+                // Every dead connection in the pool is tried and dropped
+                // before `max_retries` counts: after CLIENT KILL or a Redis
+                // restart they all fail at once, and the next checkout then
+                // waits for the reconnect instead of failing the call.
+                Class::Connection if retries < self.retry_budget() => {
+                    retries += 1;
+                    debug!(error = %err, "redis connection dropped; retrying on another");
+                    self.drop_conn(idx, &live);
+                }
+                Class::Connection => {
+                    self.drop_conn(idx, &live);
+                    return Err(Error::Unavailable("connection to Redis lost".into()));
+                }
+                Class::TooLarge(max) => return Err(Error::ReplyTooLarge(max)),
+                Class::Other => return Err(Error::Internal(format!("redis: {err}"))),
+            }
+        }
+    }
+
+    /// A snapshot of the slots, for metrics.
+    pub(super) fn stats(&self) -> PoolStats {
+        let mut stats = PoolStats {
+            size: self.slots.len(),
+            ..PoolStats::default()
+        };
+        for slot in self.slots.iter() {
+            match (
+                slot.conn.load().is_some(),
+                slot.inflight.load(Ordering::Relaxed),
+            ) {
+                (false, _) => stats.disconnected += 1,
+                (true, 0) => stats.idle += 1,
+                (true, _) => stats.in_use += 1,
+            }
+        }
+        stats
+    }
+
+    fn retry_budget(&self) -> u32 {
+        let slots = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.limits.max_retries.saturating_add(slots)
+    }
+
+    /// Picks the next connected slot. With none connected: while a reconnect
+    /// is under way, waits for it (up to `pool_timeout`); once one has
+    /// failed, the circuit is open and this fails at once.
+    async fn checkout(&self) -> Result<(usize, Arc<Live>)> {
+        if let Some(found) = self.try_checkout() {
+            return Ok(found);
+        }
+        self.repair.notify_one();
+        let mut attempts = self.attempts.subscribe();
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        while !self.circuit_open.load(Ordering::Acquire) {
+            let next = tokio::time::timeout_at(deadline, attempts.changed());
+            if !matches!(next.await, Ok(Ok(()))) {
+                break;
+            }
+            if let Some(found) = self.try_checkout() {
+                return Ok(found);
+            }
+        }
+        Err(Error::Unavailable("not connected to Redis".into()))
+    }
+
+    fn try_checkout(&self) -> Option<(usize, Arc<Live>)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| (start + i) % n).find_map(|idx| {
+            let live = self.slots[idx].conn.load_full()?;
+            Some((idx, live))
+        })
+    }
+
+    /// Empties a slot if it still holds `dead`, and wakes the maintenance
+    /// task.
+    fn drop_conn(&self, idx: usize, dead: &Arc<Live>) {
+        let prev = self.slots[idx]
+            .conn
+            .compare_and_swap(&Some(dead.clone()), None::<Arc<Live>>);
+        if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, dead)) {
+            debug!(slot = idx, "redis connection dropped from pool");
+        }
+        self.repair.notify_one();
+    }
+}
+
+// === upkeep: repair and rotation ===
+
+impl Pool {
+    /// One round of upkeep: reconnects empty slots and rotates stale ones,
+    /// then updates the circuit and wakes waiting requests. Returns true when
+    /// every slot is connected with the current credentials (which it then
+    /// reports applied).
+    async fn upkeep(&self) -> bool {
+        let generation = self.creds.current().generation;
+        let was_down = self.none_connected();
+        let filled = self.fill().await;
+        self.circuit_open
+            .store(self.none_connected(), Ordering::Release);
+        self.attempts.send_modify(|n| *n += 1);
+        if filled {
+            if was_down {
+                info!(address = %self.address, "connected to redis");
+            }
+            self.creds.mark_applied(generation);
+        }
+        filled
+    }
+
+    fn none_connected(&self) -> bool {
+        self.slots.iter().all(|s| s.conn.load().is_none())
+    }
+
+    /// Slots that are empty or on an older credential generation.
+    fn stale_slots(&self, generation: u64) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .conn
+                    .load()
+                    .as_ref()
+                    .is_none_or(|l| l.generation < generation)
+            })
+            .collect()
+    }
+
+    /// Opens connections for every stale slot with the current credentials
+    /// and swaps them in. Returns true when every slot is current.
+    async fn fill(&self) -> bool {
+        let creds = self.creds.current();
+        let stale = self.stale_slots(creds.generation);
+        if stale.is_empty() {
+            return true;
+        }
+        // Expired credentials (or the placeholder before Vault's first
+        // answer) cannot authenticate; wait for new ones instead.
+        if !creds.is_valid(std::time::Instant::now()) {
+            return false;
+        }
+        let opened = join_all(stale.iter().map(|_| self.connector.connect(&creds))).await;
+        let mut all_ok = true;
+        for (idx, result) in stale.into_iter().zip(opened) {
+            match result {
+                Ok(conn) => {
+                    let live = Live {
+                        conn,
+                        generation: creds.generation,
+                    };
+                    self.slots[idx].conn.store(Some(Arc::new(live)));
+                }
+                Err(e) => {
+                    all_ok = false;
+                    self.on_connect_error(&e, &creds);
+                }
+            }
+        }
+        all_ok
+    }
+
+    fn on_connect_error(&self, e: &ConnError, creds: &Credentials) {
+        match classify(e) {
+            Class::Auth => {
+                warn!(user = ?creds.username, "redis rejected credentials; asking for new ones");
+                self.creds.request_refresh();
+            }
+            // A certificate we do not trust, or ours refused: will not heal
+            // by retrying.
+            Class::Connection if e.is_tls() => warn!(error = %e, "TLS to redis failed"),
+            // Unreachable or restarting: expected during an outage, and the
+            // health status already says so.
+            Class::Connection | Class::NotReady => debug!(error = %e, "redis connect failed"),
+            // Redis answered and refused (SELECT not allowed, AUTH without a
+            // password set, ...): retrying will not help, say why.
+            Class::NoPerm | Class::TooLarge(_) | Class::Other => {
+                warn!(error = %e, "redis refused the connection");
+            }
+        }
+    }
+}
+
+/// The pool's maintenance task: keeps every slot connected with the current
+/// credentials, with exponential backoff while Redis is unreachable. Wakes
+/// when a slot is emptied or credentials change; ends at
+/// [`Phase::Stopped`], whatever it was doing.
+async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
+    let mut creds = pool.creds.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
+    let mut source_alive = true;
+    loop {
+        let filled = tokio::select! {
+            biased;
+            () = shutdown.reached(Phase::Stopped) => return,
+            filled = pool.upkeep() => filled,
+        };
+        let delay = if filled {
+            backoff.reset();
+            Duration::ZERO
+        } else {
+            backoff.next_delay()
+        };
+        // New credentials end the backoff too: after a revocation they are
+        // what the reconnect was waiting for.
+        tokio::select! {
+            biased;
+            () = shutdown.reached(Phase::Stopped) => return,
+            () = pool.repair.notified(), if filled => {}
+            () = tokio::time::sleep(delay), if !filled => {}
+            alive = creds.changed(), if source_alive => source_alive = alive,
+        }
+    }
+}
+
+/// Counts a request on a slot for as long as it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{credentials, secret::Secret, shutdown::Shutdown};
+
+    /// A loopback port nothing listens on: every connect is refused at once.
+    fn refusing_connector() -> Connector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        Connector {
+            host: "127.0.0.1".into(),
+            port,
+            database: 0,
+            tls: None,
+            timeout: Duration::from_millis(500),
+            max_reply: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn upkeep_runs_until_stopped_and_then_lets_the_pool_go() {
+        let shutdown = Shutdown::new();
+        let limits = PoolLimits {
+            size: 2,
+            connect_timeout: Duration::from_millis(500),
+            operation_timeout: Duration::from_millis(500),
+            max_retries: 1,
+        };
+        let creds = credentials::fixed("", &Secret::new(""));
+        let pool = Pool::start(
+            "127.0.0.1".into(),
+            refusing_connector(),
+            limits,
+            creds,
+            shutdown.watch(),
+        );
+        // The task is alive and working: reconnect attempts go on (and
+        // fail, so it is in its backoff) while the phase is Serving.
+        let mut attempts = pool.attempts.subscribe();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), attempts.changed())
+                .await
+                .expect("an attempt within 5 s")
+                .expect("pool alive");
+        }
+        assert!(pool.circuit_open.load(Ordering::Acquire), "connects failed");
+        assert_eq!(Arc::strong_count(&pool), 2, "the task holds the pool");
+
+        shutdown.advance(Phase::Stopped);
+        let ended = async {
+            while Arc::strong_count(&pool) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), ended)
+            .await
+            .expect("the task ends at Stopped and drops its handle");
+    }
+}

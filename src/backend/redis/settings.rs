@@ -1,0 +1,108 @@
+//! Where and how to reach Redis: [`RedisSettings`] as the server builds them
+//! from `backend` config, and what they imply for the layers below — TLS
+//! for a `rediss://` address given without a TLS block, the [`Connector`]
+//! that opens connections, and the [`PoolLimits`] every pool runs with.
+//!
+//! This module does not read config files or validate fields (config's
+//! job, which already parsed the address once) and opens nothing.
+
+use std::{sync::Arc, time::Duration};
+
+use rustls::pki_types::ServerName;
+
+use super::{
+    connection::{Connector, Tls},
+    pool::PoolLimits,
+};
+use crate::{
+    config::address::parse_address,
+    error::{Error, Result},
+};
+
+/// Where and how to connect; built from `backend` config.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub address: String,
+    pub database: u32,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub operation_timeout: Duration,
+    /// Extra attempts on another connection after a dropped connection.
+    pub max_retries: u32,
+    /// TLS settings; `rediss://` addresses imply TLS with system roots.
+    pub tls: Option<RedisTlsSettings>,
+    /// Largest reply accepted for one command, framing included; larger
+    /// ones fail that command with [`Error::ReplyTooLarge`].
+    pub max_reply_bytes: usize,
+}
+
+/// TLS towards Redis.
+#[derive(Clone)]
+pub struct RedisTlsSettings {
+    /// Roots, client certificate, verification (see `tls::redis_client_config`).
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name to verify instead of the address' host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for RedisTlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTlsSettings")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Fills in TLS for `rediss://` addresses given without TLS settings:
+    /// system roots, no client certificate.
+    pub(super) fn with_implied_tls(mut self) -> Result<Self> {
+        let (_, _, tls_implied) = parse_address(&self.address).map_err(Error::Internal)?;
+        if tls_implied && self.tls.is_none() {
+            let config = crate::tls::redis_client_config(&crate::config::RedisTls::default())
+                .map_err(|e| Error::Internal(format!("redis tls: {e}")))?;
+            self.tls = Some(RedisTlsSettings {
+                config: Arc::new(config),
+                server_name: None,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Opens connections to `address` as these settings say.
+    pub(super) fn connector(&self) -> Result<Connector> {
+        let (host, port, _) = parse_address(&self.address).map_err(Error::Internal)?;
+        let tls = match &self.tls {
+            Some(t) => {
+                // The certificate is checked against this name; the socket
+                // still goes to the configured host.
+                let name = t.server_name.clone().unwrap_or_else(|| host.clone());
+                let server_name = ServerName::try_from(name)
+                    .map_err(|e| Error::Internal(format!("redis tls server name: {e}")))?;
+                Some(Tls {
+                    config: t.config.clone(),
+                    server_name,
+                })
+            }
+            None => None,
+        };
+        Ok(Connector {
+            host,
+            port,
+            database: self.database,
+            tls,
+            timeout: self.connect_timeout,
+            max_reply: self.max_reply_bytes,
+        })
+    }
+
+    /// The limits of a pool of connections to one node.
+    pub(super) fn pool_limits(&self) -> PoolLimits {
+        PoolLimits {
+            size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            operation_timeout: self.operation_timeout,
+            max_retries: self.max_retries,
+        }
+    }
+}
