@@ -1,20 +1,29 @@
 //! redis-cache-plugin: a gRPC cache sidecar over Redis or Valkey.
 //!
-//! A tour of the layout, outside in:
-//! - [`server`]: one port serving the cache API, health, reflection and
-//!   `/metrics`; start-up and drain order. [`transport`] accepts and
-//!   serves its connections; [`admission`] decides what a request may
-//!   hold (HTTP policy, permits, byte budgets, read deadline).
+//! A tour of the layout, outside in; each layer imports only the ones
+//! below it (`scripts/layers --graph` prints the graph and fails on a
+//! cycle):
+//! - [`server`]: wiring. Builds the application from a [`config::Config`],
+//!   serves one port and walks the [`shutdown`] phases in order (health
+//!   NOT_SERVING, drain, stop background tasks, revoke credentials).
+//! - [`transport`] accepts and serves connections (plain or [`tls`]);
+//!   [`admission`] decides what a request may hold (HTTP policy, permits,
+//!   byte budgets, read deadline); [`codec`] decodes `cache.v1` messages.
 //! - [`service`]: the `cache.v1.Cache` RPCs — validation, key prefix,
-//!   deadlines, metrics, the error contract.
-//! - [`backend`]: the [`backend::Backend`] trait, with Redis and in-memory
-//!   implementations.
-//! - [`credentials`]: who the plugin is to Redis, and how a new identity
-//!   reaches the pool without dropping a request.
+//!   deadlines ([`grpc_timeout`]), metrics, the error contract.
+//! - [`backend`]: the [`backend::Backend`] trait; [`backend::memory`] and
+//!   [`backend::redis`], itself in layers: `commands` (what to send) →
+//!   `router` (which node) → `pool` (which connection, repair, circuit) →
+//!   `connection` and `resp` (the wire).
+//! - [`credentials`]: who the plugin is to Redis. A `rotation` loop over a
+//!   `source` (Vault's database engine or KV v2) publishes identities the
+//!   pool applies without dropping a request; `fixed` for static ones.
 //! - [`health`], [`metrics`], [`telemetry`]: what operators watch;
 //!   [`probe`] is the client side of health, for `redis-cache-plugin health`.
-//! - [`config`]: the YAML schema, environment overlay and validation.
-//! - [`error`]: the one error type and its gRPC mapping.
+//! - [`config`]: the YAML schema, a file per section with its defaults and
+//!   validation, and the environment overlay named once (`config::env`).
+//! - Leaves that know nothing above them: [`error`] (the one error type and
+//!   its gRPC mapping), [`secret`], [`backoff`], [`shutdown`].
 
 #![forbid(unsafe_code)]
 

@@ -1,7 +1,7 @@
 //! The `cache.v1.Cache` gRPC service: validation, key prefix,
 //! deadlines, metrics and the error contract — then one backend call.
 //!
-//! Every RPC goes through [`CacheService::run`], which bounds it by the
+//! Every RPC goes through `CacheService::run`, which bounds it by the
 //! shorter of `operation_timeout` and the caller's deadline, turns a panic
 //! into `INTERNAL`, records metrics and maps [`Error`] to a status. Admission
 //! (how many calls at once, their bytes) happens before, in

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::error::{Error, Rejected};
 
-/// A response body holding its request's [`Ticket`] until it is done,
+/// A response body holding its request's `Ticket` until it is done,
 /// handed out at most [`CHUNK`] bytes at a time.
 pub struct HeldBody {
     pub(super) inner: AxumBody,

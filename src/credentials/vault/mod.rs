@@ -1,18 +1,18 @@
 //! Vault/OpenBao as a [`Source`] of Redis credentials, and its wiring:
 //! [`start`] builds the source and spawns the credential loop.
 //!
-//! The source is a [`session::Session`] (the plugin's own login and token
+//! The source is a `session::Session` (the plugin's own login and token
 //! upkeep) plus a target: dynamic credentials from the database engine
-//! ([`database`], with a lease) or a static identity from KV v2 ([`kv`]).
+//! (`database`, with a lease) or a static identity from KV v2 (`kv`).
 //! Every Vault failure crosses into the loop as a
-//! [`SourceError`] through the one mapping in [`error`]. When to renew or
+//! `SourceError` through the one mapping in `error`. When to renew or
 //! rotate is decided in [`super::rotation`] and [`super::lease`], not here.
 //! Nothing here logs, returns or prints a token, password, secret id or
 //! JWT: Vault's errors are reduced to a status code and its own message.
 //!
-//! Layout: [`client`] (HTTP client and raw endpoint calls), [`login`]
-//! (methods and their files), [`files`] (reading secret files),
-//! [`session`], [`database`], [`kv`], [`error`].
+//! Layout: `client` (HTTP client and raw endpoint calls), `login`
+//! (methods and their files), `files` (reading secret files),
+//! `session`, `database`, `kv`, `error`.
 
 use std::{sync::Arc, time::Duration};
 
