@@ -25,6 +25,7 @@ use tracing::{debug, error};
 
 use crate::{
     backend::Backend,
+    config::MAX_TTL,
     error::{Error, Result},
     grpc_timeout::parse_grpc_timeout,
     metrics::{Metrics, OpMetrics},
@@ -33,9 +34,6 @@ use crate::{
         MGetRequest, MGetResponse, SetRequest, SetResponse, cache_server::Cache,
     },
 };
-
-/// The longest TTL accepted: beyond a year a "cache" entry is a mistake.
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Request limits and defaults, from `backend` config.
 #[derive(Debug, Clone)]

@@ -27,7 +27,8 @@ pub const MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 pub const MAX_BATCH_KEYS: usize = 100_000;
 pub const MAX_POOL_SIZE: usize = 1024;
 pub const MAX_RETRIES: u32 = 100;
-/// Bound on `backend.default_ttl` (365 days).
+/// The longest cache TTL: `backend.default_ttl` and a request's `ttl`
+/// (365 days; beyond a year a "cache" entry is a mistake).
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Room for RESP framing on top of the largest value in one reply
