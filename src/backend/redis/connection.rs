@@ -607,11 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_server_gets_a_bounded_backlog_then_fast_refusals() {
-        let mut conn = stalled_server()
-            .await
-            .connect(&Credentials::anonymous())
-            .await
-            .expect("connect");
+        let mut conn = open(&stalled_server().await).await;
         conn.max_queued = 8;
         let conn = Arc::new(conn);
         let mut pending = Vec::new();
@@ -650,15 +646,20 @@ mod tests {
             std::future::pending::<()>().await;
         })
         .await;
-        let conn = connector
-            .connect(&Credentials::anonymous())
-            .await
-            .expect("connect");
+        let conn = open(&connector).await;
         let get = |k: &'static [u8]| conn.call(move |out| resp::encode(out, &[b"GET", k]));
         let (a, b, c) = tokio::join!(get(b"a"), get(b"b"), get(b"c"));
         assert_eq!(a.expect("a"), Reply::Bulk(Bytes::from_static(b"a")));
         assert_eq!(b.expect("b"), Reply::Nil);
         assert_eq!(c.expect("c"), Reply::Bulk(Bytes::from_static(b"ccc")));
+    }
+
+    /// A connection with no AUTH, as to a fake server.
+    async fn open(connector: &Connector) -> Connection {
+        connector
+            .connect(&Credentials::anonymous())
+            .await
+            .expect("connect")
     }
 
     /// A "Redis" that answers the handshake's PING, then hands the socket
@@ -727,10 +728,7 @@ mod tests {
             flood(&mut sock, &[b'A'; 64 * 1024], 200_000_000, &counter).await;
         })
         .await;
-        let conn = connector
-            .connect(&Credentials::anonymous())
-            .await
-            .expect("connect");
+        let conn = open(&connector).await;
         let call = conn.call(|out| resp::encode(out, &[b"GET", b"k"]));
         // A guard against a hang only; the bound asserted is on bytes.
         let result = tokio::time::timeout(Duration::from_secs(60), call)
@@ -778,10 +776,7 @@ mod tests {
             std::future::pending::<()>().await;
         })
         .await;
-        let conn = connector
-            .connect(&Credentials::anonymous())
-            .await
-            .expect("connect");
+        let conn = open(&connector).await;
         let first = conn.call(|out| resp::encode(out, &[b"GET", b"huge"]));
         let second = conn.call(|out| resp::encode(out, &[b"GET", b"small"]));
         let first = async {
