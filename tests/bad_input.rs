@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use common::{Flavor, Plugin, RedisServer, SERVING, redis_config, test_prefix};
+use common::{Flavor, Plugin, RedisServer, redis_config, test_prefix};
 use redis_cache_plugin::pb::{GetRequest, SetRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
@@ -104,8 +104,7 @@ async fn fixture(name: &str) -> Fixture {
     let server = RedisServer::start(Flavor::Redis);
     let mut config = redis_config(&server, &test_prefix(name));
     config.backend.max_value_bytes = 1024;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     Fixture {
         _server: server,
         plugin,

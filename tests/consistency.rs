@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Flavor, Plugin, RedisServer, SERVING, memory_config, redis_config, test_prefix};
+use common::{Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use redis_cache_plugin::pb::{
     DeleteRequest, ExpireRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient,
@@ -259,8 +259,7 @@ async fn redis_matches_the_model_over_100k_operations() {
     let server = RedisServer::start(Flavor::Redis);
     let config = redis_config(&server, &test_prefix("model"));
     let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     run_model(&plugin, default_ttl).await;
     plugin.stop().await;
 }
@@ -269,8 +268,7 @@ async fn redis_matches_the_model_over_100k_operations() {
 async fn memory_backend_matches_the_model_over_100k_operations() {
     let config = memory_config("model:");
     let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    let plugin = Plugin::start_serving(config).await;
     run_model(&plugin, default_ttl).await;
     plugin.stop().await;
 }

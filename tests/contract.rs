@@ -40,12 +40,7 @@ impl Fixture {
         config.backend.max_batch_keys = 5;
         // The smallest cap allowed: max_value_bytes + 1 KiB.
         config.backend.max_reply_bytes = 2048;
-        let plugin = Plugin::start(config).await;
-        assert!(
-            plugin
-                .wait_health(common::SERVING, Duration::from_secs(10))
-                .await
-        );
+        let plugin = Plugin::start_serving(config).await;
         let client = plugin.client().await;
         Self {
             plugin,
@@ -151,12 +146,7 @@ async fn set_applies_prefix_and_ttl(f: &mut Fixture) {
 async fn memory_applies_default_and_explicit_ttls(f: &mut Fixture) {
     let mut config = memory_config(&f.prefix);
     config.backend.default_ttl = redis_cache_plugin::config::Ttl(Some(Duration::from_millis(200)));
-    let plugin = Plugin::start(config).await;
-    assert!(
-        plugin
-            .wait_health(common::SERVING, Duration::from_secs(10))
-            .await
-    );
+    let plugin = Plugin::start_serving(config).await;
     let mut client = plugin.client().await;
     for (key, ttl) in [("default", None), ("ttl", Some(Duration::from_secs(30)))] {
         client
@@ -406,12 +396,7 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
         Some(server) => redis_config(server, &other_prefix),
         None => memory_config(&other_prefix),
     };
-    let plugin = Plugin::start(other).await;
-    assert!(
-        plugin
-            .wait_health(common::SERVING, Duration::from_secs(10))
-            .await
-    );
+    let plugin = Plugin::start_serving(other).await;
     let mut client = plugin.client().await;
     let r = client
         .get(GetRequest {

@@ -26,8 +26,7 @@ async fn key_outside_acl_pattern_is_permission_denied(flavor: Flavor) {
     let server = RedisServer::start(flavor);
     // The cache user may only touch `cache:*`; this prefix is outside it.
     let config = redis_config(&server, "forbidden:");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     let mut client = plugin.client().await;
     let err = client
         .set(common::set_req("k", b"v"))
@@ -48,7 +47,7 @@ async fn wrong_password_never_serves() {
     let server = RedisServer::start(Flavor::Valkey);
     let mut config = redis_config(&server, &test_prefix("wrongpass"));
     config.backend.password = Secret::new("not-the-password");
-    let plugin = Plugin::start(config).await;
+    let plugin = Plugin::start_serving(config).await;
     assert!(
         !plugin
             .wait_health(SERVING, Duration::from_millis(800))
@@ -79,7 +78,6 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
     let mut server = RedisServer::start(flavor);
     let prefix = test_prefix("down");
     let plugin = Plugin::start(redis_config(&server, &prefix)).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
     let mut client = plugin.client().await;
     client
         .set(common::set_req("before", b"1"))
@@ -138,8 +136,7 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
 #[tokio::test]
 async fn health_tracks_redis_for_every_service_name() {
     let mut server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("health"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("health"))).await;
     for name in ["", "cache.v1.Cache", "redis"] {
         assert_eq!(plugin.health(name).await, SERVING, "service {name:?}");
     }
@@ -160,8 +157,7 @@ async fn health_tracks_redis_for_every_service_name() {
 #[tokio::test]
 async fn killed_connections_are_replaced_without_errors_for_reads() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("clientkill"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("clientkill"))).await;
     let mut client = plugin.client().await;
     client.set(common::set_req("k", b"v")).await.expect("set");
     let killed: i64 = redis::cmd("CLIENT")
@@ -196,8 +192,7 @@ async fn database_selection_is_honoured() {
     let prefix = test_prefix("db");
     let mut config = redis_config(&server, &prefix);
     config.backend.database = 3;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     plugin
         .client()
         .await
@@ -220,8 +215,7 @@ async fn database_selection_is_honoured() {
 #[tokio::test]
 async fn mget_of_many_keys_is_one_consistent_answer() {
     let server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("mgetmany"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("mgetmany"))).await;
     let mut client = plugin.client().await;
     for i in 0..100 {
         client
@@ -254,8 +248,7 @@ async fn large_replies_in_flight_together_arrive_whole_and_in_order() {
     let mut config = redis_config(&server, &test_prefix("large"));
     config.backend.pool_size = 1;
     config.backend.max_value_bytes = 1 << 20;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     let mut client = plugin.client().await;
     // A distinct byte pattern per key, so a value in the wrong place shows.
     let value = |i: usize, len: usize| -> Vec<u8> {

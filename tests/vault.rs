@@ -62,15 +62,6 @@ impl World {
     }
 }
 
-async fn start_serving(config: Config) -> Plugin {
-    let plugin = Plugin::start(config).await;
-    assert!(
-        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
-        "plugin did not become SERVING on Vault credentials"
-    );
-    plugin
-}
-
 /// Set then Get one key through the plugin.
 async fn round_trip(client: &mut CacheClient<Channel>, key: &str) {
     client
@@ -209,7 +200,7 @@ fn failures(samples: &[(Instant, Code)]) -> Vec<(Instant, Code)> {
 async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
     let w = World::dev("30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_token", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_token", &token)).await;
     let mut client = plugin.client().await;
     round_trip(&mut client, "a").await;
     let users = vault_users(&w.redis);
@@ -227,7 +218,7 @@ async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
 async fn valkey_database_plugin_works() {
     let w = World::on(Flavor::Valkey, OpenBao::dev(), "30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_valkey", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_valkey", &token)).await;
     round_trip(&mut plugin.client().await, "a").await;
     assert_eq!(vault_users(&w.redis).len(), 1);
     plugin.stop().await;
@@ -239,7 +230,7 @@ async fn redis_restart_gets_new_credentials_at_once() {
     // Vault's users live in Redis memory only: a restart deletes them.
     let mut w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_redis_restart", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_redis_restart", &token)).await;
     let mut client = plugin.client().await;
     round_trip(&mut client, "a").await;
     blocking(|| w.redis.restart());
@@ -281,7 +272,7 @@ async fn approle_login_works() {
     c.vault.auth.method = VaultAuthMethod::Approle;
     c.vault.auth.role_id = role_id;
     c.vault.auth.secret_id_file = secret_file.display().to_string();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     round_trip(&mut plugin.client().await, "a").await;
     plugin.stop().await;
 }
@@ -297,7 +288,7 @@ async fn approle_logs_in_again_at_the_tokens_max_ttl() {
     c.vault.auth.method = VaultAuthMethod::Approle;
     c.vault.auth.role_id = role_id;
     c.vault.auth.secret_id = Secret::new(secret_id);
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(15)).await;
     let samples = load.finish().await;
@@ -327,7 +318,7 @@ async fn kubernetes_login_works() {
     c.vault.auth.method = VaultAuthMethod::Kubernetes;
     c.vault.auth.role = "cache-plugin".into();
     c.vault.auth.jwt_file = jwt_file.display().to_string();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     round_trip(&mut plugin.client().await, "a").await;
     plugin.stop().await;
 }
@@ -340,7 +331,7 @@ async fn kv_v2_static_credentials_work() {
     let token = w.bao.plugin_token("1h", "2h");
     let mut c = w.config("vault_kv", &token);
     c.vault.kv_path = "secret/redis/cache".into();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     round_trip(&mut plugin.client().await, "a").await;
     assert!(vault_users(&w.redis).is_empty(), "KV creds create no user");
     plugin.stop().await;
@@ -352,7 +343,7 @@ async fn own_token_is_renewed_past_its_first_ttl() {
     // throughout; the token itself lives 4 s unless renewed.
     let w = World::dev("3s", "5s");
     let token = w.bao.plugin_token("4s", "2m");
-    let plugin = start_serving(w.config("vault_token_renew", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_token_renew", &token)).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(10)).await;
     let samples = load.finish().await;
@@ -375,7 +366,7 @@ async fn logs_never_carry_secrets() {
     let logs = capture_logs();
     let w = World::dev("30s", "2m");
     let token = blocking(|| w.bao.plugin_token("1h", "2h"));
-    let plugin = start_serving(w.config("vault_logs", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_logs", &token)).await;
     let mut client = plugin.client().await;
     round_trip(&mut client, "a").await;
     // The Vault-issued password: the test knows it only by Redis' hash.
@@ -406,7 +397,7 @@ async fn logs_never_carry_secrets() {
     });
     let mut c = w.config("vault_logs_kv", &kv_token);
     c.vault.kv_path = "secret/redis/cache".into();
-    let kv_plugin = start_serving(c).await;
+    let kv_plugin = Plugin::start_serving(c).await;
     round_trip(&mut kv_plugin.client().await, "a").await;
     seen.push_str(&scrape(&kv_plugin).await);
     kv_plugin.stop().await;
@@ -536,7 +527,7 @@ async fn https_vault_with_ca_file_and_client_certificate() {
     refused.stop().await;
     c.vault.client_cert_file = pki.client.cert.display().to_string();
     c.vault.client_key_file = pki.client.key.display().to_string();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     round_trip(&mut plugin.client().await, "a").await;
     plugin.stop().await;
     assert!(vault_users(&w.redis).is_empty(), "revoked over mTLS too");
@@ -552,7 +543,7 @@ async fn token_file_is_reread_when_the_token_changes() {
     std::fs::write(&file, w.bao.plugin_token("6s", "6s")).expect("write token");
     let mut c = w.config("vault_token_file", "");
     c.vault.auth.token_file = file.display().to_string();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let new_token = blocking(|| w.bao.plugin_token("1h", "2h"));
@@ -592,7 +583,7 @@ async fn cert_login_works_over_mtls() {
     c.vault.client_key_file = pki.client.key.display().to_string();
     c.vault.auth.method = VaultAuthMethod::Cert;
     c.vault.auth.role = "cache-plugin".into();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     round_trip(&mut plugin.client().await, "a").await;
     plugin.stop().await;
 }
@@ -603,7 +594,7 @@ async fn cert_login_works_over_mtls() {
 async fn rotation_under_load_drops_nothing() {
     let w = World::dev("4s", "10s");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_rotation", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_rotation", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(5));
     let mut max_users = 0;
     let until = Instant::now() + Duration::from_secs(60);
@@ -641,7 +632,7 @@ async fn rotation_under_load_drops_nothing() {
 async fn external_revocation_recovers_within_two_seconds() {
     let w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_revoke", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_revoke", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leases = blocking(|| w.bao.leases("cache-rw"));
@@ -684,7 +675,7 @@ async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
     // fine: WRONGPASS on reconnect must make the plugin ask for a new user.
     let w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_deluser", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_deluser", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let users = blocking(|| vault_users(&w.redis));
@@ -737,7 +728,7 @@ async fn vault_outages_short_and_past_expiry() {
     let token = w.bao.plugin_token("1h", "2h");
     let mut config = w.config("vault_outage", &token);
     config.vault.renew_fraction = 0.2;
-    let plugin = start_serving(config).await;
+    let plugin = Plugin::start_serving(config).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     let renew_errors = "redis_plugin_vault_errors_total{operation=\"renew\"}";
 

@@ -1,6 +1,7 @@
 //! The shared integration-test harness: real Redis and Valkey servers on free
 //! loopback ports with ACL users, the plugin served in-process on its own
-//! port, and clients for it.
+//! port or as a child process (spawned by `plugin.rs`), and clients for it
+//! (`client.rs`).
 //!
 //! Every server is a child process in a temporary directory, killed on drop.
 //! Readiness is polled, never slept for. Each test gets its own key prefix
@@ -8,11 +9,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod client;
 pub mod leaks;
 pub mod load;
 pub mod openbao;
 pub mod pki;
+pub mod plugin;
 pub mod rawh2;
+pub mod twins;
+
+#[allow(unused_imports)] // each test crate uses some of them
+pub use client::{Cache, set_req, ttl};
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -394,8 +401,23 @@ impl Plugin {
         }
     }
 
+    /// Like [`Plugin::start`], then waits (bounded) until SERVING.
+    pub async fn start_serving(config: Config) -> Self {
+        let plugin = Self::start(config).await;
+        assert!(
+            plugin.wait_health(SERVING, START_WITHIN).await,
+            "plugin did not become SERVING within {START_WITHIN:?}"
+        );
+        plugin
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A connected client with plain-call helpers.
+    pub async fn cache(&self) -> Cache {
+        Cache::new(self.client().await)
     }
 
     /// A connected cache client.
@@ -458,7 +480,7 @@ impl Drop for Plugin {
 
 /// The plugin binary as its own process (for measurements of its own RSS).
 pub struct PluginProcess {
-    child: Child,
+    running: plugin::Running,
     pub addr: SocketAddr,
     _dir: TempDir,
 }
@@ -514,48 +536,30 @@ impl PluginProcess {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let control_plane = control_plane.trim_start_matches([',', ' ']);
-        let extra = if control_plane.is_empty() {
-            String::new()
-        } else {
-            format!(", {control_plane}")
-        };
-        let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1{extra} }}\nlog: {{ level: warn }}\n{backend}"
-        );
-        let path = dir.path().join("plugin.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let bin = env!("CARGO_BIN_EXE_redis-cache-plugin");
+        let yaml = plugin::loopback_yaml(port, control_plane, "warn") + backend;
+        let path = plugin::write_config(dir.path(), &yaml);
         let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+            Some(n) => plugin::PluginCommand::with_nofile(n),
+            None => plugin::PluginCommand::new(),
         };
-        cmd.arg("--config").arg(&path).envs(env.iter().copied());
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn plugin");
+        let mut running = cmd.config(&path).envs(env.iter().copied()).start();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "plugin did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        running.wait_accepting(addr);
         Self {
-            child,
+            running,
             addr,
             _dir: dir,
         }
     }
 
+    /// The plugin's stderr so far (log level warn).
+    pub fn log(&mut self) -> String {
+        self.running.log()
+    }
+
     /// The process id (prlimit execs the plugin, so it is the plugin's).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.pid()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -568,18 +572,18 @@ impl PluginProcess {
 
     /// The plugin process' resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
-        load::rss_kib_of(&self.child.id().to_string())
+        load::rss_kib_of(&self.pid().to_string())
     }
 
     /// The plugin process' peak resident set size so far (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        load::status_kib_of(&self.child.id().to_string(), "VmHWM:")
+        load::status_kib_of(&self.pid().to_string(), "VmHWM:")
     }
 
     /// CPU time the plugin process has used (user + system), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces): utime and
         // stime are the 12th and 13th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -613,25 +617,16 @@ impl PluginProcess {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
-}
 
-impl Drop for PluginProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Set of `value` under `key` with the default TTL.
-pub fn set_req(key: &str, value: &[u8]) -> redis_cache_plugin::pb::SetRequest {
-    redis_cache_plugin::pb::SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
+    /// [`PluginProcess::client`] with plain-call helpers.
+    pub async fn cache(&self) -> Cache {
+        Cache::new(self.client().await)
     }
 }
 
 pub const SERVING: i32 = 1;
+/// How long the in-process plugin may take to report SERVING.
+pub const START_WITHIN: Duration = Duration::from_secs(15);
 pub const NOT_SERVING: i32 = 2;
 
 /// Polls `check` every 10 ms until it holds or `within` passes.
