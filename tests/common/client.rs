@@ -61,15 +61,21 @@ impl Cache {
         self.raw.set(req).await.map(drop)
     }
 
-    pub async fn mget(&mut self, keys: &[&str]) -> Result<MGetResponse, Status> {
-        let keys = keys.iter().map(|k| k.to_string()).collect();
+    pub async fn mget<K: ToString>(
+        &mut self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<MGetResponse, Status> {
+        let keys = keys.into_iter().map(|k| k.to_string()).collect();
         let req = MGetRequest { keys };
         self.raw.m_get(req).await.map(tonic::Response::into_inner)
     }
 
     /// Deletes `keys`; how many existed.
-    pub async fn delete(&mut self, keys: &[&str]) -> Result<u64, Status> {
-        let keys = keys.iter().map(|k| k.to_string()).collect();
+    pub async fn delete<K: ToString>(
+        &mut self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<u64, Status> {
+        let keys = keys.into_iter().map(|k| k.to_string()).collect();
         let req = DeleteRequest { keys };
         let reply = self.raw.delete(req).await?;
         Ok(reply.into_inner().deleted)

@@ -20,13 +20,14 @@ macro_rules! backend_tests {
     (
         backends { $($module:ident => $backend:expr),+ $(,)? }
         run |$arg:ident, $test:ident, $name:ident| $body:block
-        tests { $($fn_name:ident),+ $(,)? }
+        tests $tests:tt
     ) => {
         $(
-            $crate::backend_tests!(@module $module, $backend, |$arg, $test, $name| $body, $($fn_name),+);
+            $crate::backend_tests!(@module $module, $backend, |$arg, $test, $name| $body, $tests);
         )+
     };
-    (@module $module:ident, $backend:expr, |$arg:ident, $test:ident, $name:ident| $body:block, $($fn_name:ident),+) => {
+    (@module $module:ident, $backend:expr, |$arg:ident, $test:ident, $name:ident| $body:block,
+     { $($fn_name:ident),+ $(,)? }) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
