@@ -81,14 +81,8 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
     server.restart();
     let answered = Instant::now();
     assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
-    let mut ok = false;
-    while answered.elapsed() < Duration::from_secs(5) {
-        if client.set("after", b"2").await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let within = Duration::from_secs(5).saturating_sub(answered.elapsed());
+    let ok = client.set_succeeds_within("after", b"2", within).await;
     assert!(ok, "plugin recovered after Redis came back");
     let r = client.get("after").await.expect("get after recovery");
     assert!(r.found);
@@ -98,7 +92,7 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
 #[tokio::test]
 async fn health_tracks_redis_for_every_service_name() {
     let mut server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("health"))).await;
+    let plugin = Plugin::serving_on(&server, "health").await;
     for name in ["", "cache.v1.Cache", "redis"] {
         assert_eq!(plugin.health(name).await, SERVING, "service {name:?}");
     }
@@ -119,7 +113,7 @@ async fn health_tracks_redis_for_every_service_name() {
 #[tokio::test]
 async fn killed_connections_are_replaced_without_errors_for_reads() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("clientkill"))).await;
+    let plugin = Plugin::serving_on(&server, "clientkill").await;
     let mut client = plugin.cache().await;
     client.set("k", b"v").await.expect("set");
     let killed: i64 = ::redis::cmd("CLIENT")
@@ -172,7 +166,7 @@ async fn database_selection_is_honoured() {
 #[tokio::test]
 async fn mget_of_many_keys_is_one_consistent_answer() {
     let server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("mgetmany"))).await;
+    let plugin = Plugin::serving_on(&server, "mgetmany").await;
     let mut client = plugin.cache().await;
     for i in 0..100 {
         let (key, value) = (format!("k{i}"), format!("v{i}"));

@@ -14,7 +14,7 @@ use std::{
 use common::{
     Cache, Flavor, Plugin, RedisServer, memory_config,
     plugin::{self, PluginCommand},
-    redis_config, test_prefix,
+    test_prefix,
 };
 use redis_cache_plugin::pb::cache_client::CacheClient;
 
@@ -47,7 +47,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_smoke_health_set_get_round_trip() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("grpcurl"))).await;
+    let plugin = Plugin::serving_on(&server, "grpcurl").await;
     let addr = plugin.addr.to_string();
 
     let (ok, out) = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
@@ -98,7 +98,7 @@ async fn reflection_lists_and_describes_services() {
 #[tokio::test]
 async fn metrics_are_served_on_the_grpc_port() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start_serving(redis_config(&server, &test_prefix("metrics"))).await;
+    let plugin = Plugin::serving_on(&server, "metrics").await;
     let mut client = plugin.cache().await;
     client.set("m", b"v").await.expect("set");
     client.get("m").await.expect("hit");

@@ -4,7 +4,7 @@
 //! Tests about the raw request itself (odd fields, metadata, deadlines)
 //! build the request literal and use [`Cache::raw`] or `CacheClient`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis_cache_plugin::pb::{
     DeleteRequest, ExpireRequest, GetRequest, GetResponse, MGetRequest, MGetResponse, SetRequest,
@@ -35,6 +35,33 @@ pub struct Cache {
 impl Cache {
     pub fn new(raw: CacheClient<Channel>) -> Self {
         Self { raw }
+    }
+
+    /// Waits (bounded) until the plugin answers a Get: its backend
+    /// connection is up. For plugins whose health is not the question.
+    pub async fn wait_answering(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.get("warmup").await;
+            if r.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "plugin never served: {r:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Retries a Set every 20 ms until one succeeds (true) or `within`
+    /// passes (false): recovery after a fault.
+    pub async fn set_succeeds_within(&mut self, key: &str, value: &[u8], within: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.set(key, value).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     pub async fn get(&mut self, key: &str) -> Result<GetResponse, Status> {

@@ -401,6 +401,12 @@ impl Plugin {
         }
     }
 
+    /// The plugin on `server` as the cache user, with a key prefix from
+    /// `name`, SERVING.
+    pub async fn serving_on(server: &RedisServer, name: &str) -> Self {
+        Self::start_serving(redis_config(server, &test_prefix(name))).await
+    }
+
     /// Like [`Plugin::start`], then waits (bounded) until SERVING.
     pub async fn start_serving(config: Config) -> Self {
         let plugin = Self::start(config).await;
@@ -495,7 +501,18 @@ impl PluginProcess {
     /// Like [`PluginProcess::start`], with `control_plane` entries added to
     /// its flow mapping (`"max_concurrent_requests: 16"`).
     pub fn start_with(server: &RedisServer, prefix: &str, control_plane: &str) -> Self {
-        let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n");
+        Self::start_tuned(server, prefix, control_plane, "")
+    }
+
+    /// Like [`PluginProcess::start_with`], with `backend_extra` lines
+    /// (indented two spaces) added to its `backend:` block.
+    pub fn start_tuned(
+        server: &RedisServer,
+        prefix: &str,
+        control_plane: &str,
+        backend_extra: &str,
+    ) -> Self {
+        let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n{backend_extra}");
         Self::start_at(
             &server.address(),
             Some(&server.cache_password),
