@@ -562,12 +562,7 @@ fn run_bao_init(compose: &Value, bao_addr: &str, redis_port: u16, dir: &Path) ->
         .env("HOME", dir)
         .output()
         .expect("run init.sh");
-    assert!(
-        out.status.success(),
-        "deploy/openbao/init.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_succeeded(&out, "deploy/openbao/init.sh");
     token_file
 }
 

@@ -431,13 +431,7 @@ async fn plain_http_cannot_write_and_http1_serves_only_metrics() {
     );
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     // The same frame over gRPC proper still works.
-    let ok = h2
-        .call(SET, frame)
-        .await
-        .expect("stream")
-        .await
-        .expect("answered");
-    assert_eq!(ok.status(), http::StatusCode::OK);
+    assert_eq!(h2.call_status(SET, frame).await, http::StatusCode::OK);
     plugin.stop().await;
 }
 
@@ -487,13 +481,7 @@ async fn max_concurrent_streams_is_advertised() {
         let h2 = RawH2::connect(plugin.addr, None).await;
         // One round trip, so the server's SETTINGS have been read.
         let body = grpc_frame(&GetRequest { key: "k".into() });
-        let r = h2
-            .call(GET, body)
-            .await
-            .expect("stream")
-            .await
-            .expect("answer");
-        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(h2.call_status(GET, body).await, http::StatusCode::OK);
         assert_eq!(h2.send.current_max_send_streams(), want);
         plugin.stop().await;
     }

@@ -212,7 +212,7 @@ fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
     let status = child
         .wait_exit(Duration::from_secs(30))
         .expect("start-up must fail");
-    let stderr = child.log_to_end();
+    let stderr = child.log();
     assert!(!stderr.contains(&token));
     eprintln!("start-up failed after {:?}:\n{stderr}", started.elapsed());
     assert!(!status.success(), "must not start: {stderr}");
@@ -253,7 +253,7 @@ fn fifo_as_token_file_stops_startup_with_one_line() {
     );
     let mut child = PluginCommand::new().config(&config).start();
     let status = child.wait_exit(Duration::from_secs(10));
-    let stderr = child.log_to_end();
+    let stderr = child.log();
     let status = status.unwrap_or_else(|| panic!("hung on the FIFO; said: {stderr}"));
     assert!(!status.success(), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");

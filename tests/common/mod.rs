@@ -230,14 +230,10 @@ impl RedisServer {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.try_admin().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("{:?} did not start:\n{}", self.flavor, self.log());
+        let ready = poll(Duration::from_secs(15), Duration::from_millis(10), || {
+            self.try_admin().is_some()
+        });
+        assert!(ready, "{:?} did not start:\n{}", self.flavor, self.log());
     }
 
     fn try_admin(&self) -> Option<redis::Connection> {
@@ -275,10 +271,7 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 
     /// Starts the server again on the same port with the same users.
@@ -658,6 +651,40 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls `check` every `every` until it holds (true) or `within` passes
+/// (false); the blocking twin of [`eventually`], for harness start-up.
+pub fn poll(within: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Kills `child` if there is one and waits for it, so no zombie remains.
+pub fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Panics with `what` and the command's stdout and stderr unless it
+/// exited 0.
+pub fn assert_succeeded(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Path of a tool on PATH or in Python's scripts directory (where pip puts

@@ -8,11 +8,9 @@
 
 use std::{
     ffi::OsStr,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -120,6 +118,12 @@ impl PluginCommand {
         self
     }
 
+    /// Spawns the child with `stdout` and stderr piped.
+    fn spawn(&mut self, stdout: Stdio) -> Child {
+        let child = self.cmd.stdout(stdout).stderr(Stdio::piped()).spawn();
+        child.expect("spawn plugin")
+    }
+
     /// Runs to completion with stdout and stderr captured.
     pub fn output(&mut self) -> std::io::Result<Output> {
         self.cmd.output()
@@ -128,12 +132,7 @@ impl PluginCommand {
     /// Runs with stdout and stderr captured, killed after `within` (a
     /// config wrongly accepted would serve forever).
     pub fn run_bounded(&mut self, within: Duration) -> Finished {
-        let mut child = self
-            .cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
+        let mut child = self.spawn(Stdio::piped());
         let deadline = Instant::now() + within;
         let mut exited = false;
         while Instant::now() < deadline {
@@ -148,26 +147,18 @@ impl PluginCommand {
         Finished { output, exited }
     }
 
-    /// Starts the child: stdout discarded, stderr lines collected.
+    /// Starts the child: stdout discarded, stderr to a file (a file, not a
+    /// pipe: a plugin logging under attack never waits for the test).
     pub fn start(&mut self) -> Running {
-        let mut child = self
+        let stderr = tempfile::NamedTempFile::new().expect("stderr file");
+        let file = stderr.reopen().expect("stderr file");
+        let child = self
             .cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(file)
             .spawn()
             .expect("spawn plugin");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Running { child, stderr }
     }
 
     /// Starts the child and waits until its health probe reports SERVING
@@ -201,11 +192,10 @@ pub fn probe(addr: &str, extra: &[&str]) -> Output {
         .expect("run health")
 }
 
-/// A running plugin child, killed on drop, its stderr lines on a channel.
+/// A running plugin child, killed on drop, its stderr in a file.
 pub struct Running {
     child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Running {
@@ -217,32 +207,21 @@ impl Running {
     pub fn line_with(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + START_WITHIN;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
+            let log = self.log();
+            if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+                return l.to_string();
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no log line with {needle:?}; got {:?}", self.seen),
-            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}; got:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Every stderr line so far.
+    /// Everything on stderr so far.
     pub fn log(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-
-    /// Every stderr line until the child closes it (after it exited), or
-    /// what came within 5 s.
-    pub fn log_to_end(&mut self) -> String {
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
     /// Polls the built-in probe until SERVING; panics with the log after
