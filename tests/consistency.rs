@@ -16,7 +16,6 @@ use std::{
 
 use common::{Cache, Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use redis_cache_plugin::pb::cache_client::CacheClient;
 use tonic::transport::Channel;
 
 const CLIENTS: u64 = 8;
@@ -109,7 +108,7 @@ struct Tally {
 /// One client's run.
 async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration) -> Tally {
     let mut rng = StdRng::seed_from_u64(seed ^ (id * 0x9E37_79B9));
-    let mut client = Cache::new(CacheClient::new(channel));
+    let mut client = Cache::on(channel);
     let mut model = Model::default();
     let key = |i: usize| format!("c{id}:k{i}");
     let (mut mismatches, mut ops) = (0, 0);

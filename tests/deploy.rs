@@ -15,10 +15,7 @@ use std::{
 };
 
 use common::{Cache, free_port, plugin::PluginCommand};
-use redis_cache_plugin::{
-    config::{self, Config},
-    pb::cache_client::CacheClient,
-};
+use redis_cache_plugin::config::{self, Config};
 use serde::Deserialize;
 use serde_norway::Value;
 
@@ -618,11 +615,7 @@ async fn compose_stack_serves_with_vault_issued_credentials() {
     assert_eq!(vault_users(&redis_cli).len(), 1, "one Vault-issued user");
 
     // The role's rules cover what the API sends.
-    let mut client = Cache::new(
-        CacheClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect"),
-    );
+    let mut client = Cache::connect(&addr).await;
     let value = bytes::Bytes::from_static(b"from-compose");
     client
         .set("deploy:e2e", &value)

@@ -81,7 +81,7 @@ async fn well_behaved_caller_is_answered(addr: SocketAddr, big_len: Option<usize
 async fn zero_window_readers_of_big_values_hold_bounded_memory() {
     let server = RedisServer::start(Flavor::Redis);
     let plugin = PluginProcess::start(&server, &test_prefix("zero-window"));
-    let mut client = Cache::new(CacheClient::new(plugin.channel().await));
+    let mut client = Cache::on(plugin.channel().await);
     let big = vec![7u8; 4 << 20];
     client.set("big", &big).await.expect("set big");
     client.set("small", b"v").await.expect("set small");
@@ -163,7 +163,7 @@ async fn stalled_set_bodies_are_cut_off_and_memory_stays_bounded() {
     );
     let env = [("REDIS_PASSWORD", server.cache_password.as_str())];
     let plugin = PluginProcess::spawn("request_read_timeout: 2s", &backend, &env, None);
-    let mut client = Cache::new(CacheClient::new(plugin.channel().await));
+    let mut client = Cache::on(plugin.channel().await);
     client.set("small", b"v").await.expect("set small");
 
     // One 4.2 MB Set, of which each stream sends the first MiB.
@@ -346,7 +346,7 @@ async fn accept_errors_back_off_and_the_plugin_recovers() {
             .expect("url")
             .connect()
             .await?;
-        Cache::new(CacheClient::new(channel))
+        Cache::on(channel)
             .set("k", b"v")
             .await
             .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)?;

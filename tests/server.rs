@@ -16,7 +16,6 @@ use common::{
     plugin::{self, PluginCommand},
     test_prefix,
 };
-use redis_cache_plugin::pb::cache_client::CacheClient;
 
 fn grpcurl(args: &[&str]) -> (bool, String) {
     let path = common::tool("grpcurl").expect("grpcurl on PATH (scripts/deps.sh installs it)");
@@ -176,11 +175,7 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
         .config(&path)
         .env("REDIS_PASSWORD", &server.cache_password)
         .start_serving(&addr, &[]);
-    let mut client = Cache::new(
-        CacheClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect"),
-    );
+    let mut client = Cache::connect(&addr).await;
     client.set("k", b"v").await.expect("set");
 
     // Freeze Redis so a call is in flight when SIGTERM arrives.

@@ -19,10 +19,7 @@ use common::{
     plugin::{self, PluginCommand},
     redis_config, test_prefix,
 };
-use redis_cache_plugin::{
-    config::{Config, Dur},
-    pb::cache_client::CacheClient,
-};
+use redis_cache_plugin::config::{Config, Dur};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn path(p: &std::path::Path) -> String {
@@ -166,7 +163,7 @@ async fn call_succeeds(plugin: &Plugin, tls: ClientTlsConfig) -> bool {
     let Ok(channel) = tls_channel(plugin, tls).await else {
         return false;
     };
-    Cache::new(CacheClient::new(channel)).get("x").await.is_ok()
+    Cache::on(channel).get("x").await.is_ok()
 }
 
 fn mtls_config(pki: &Pki, client_ca: bool) -> Config {
@@ -269,7 +266,7 @@ async fn certificates_swapped_on_disk_are_picked_up_without_dropping_calls() {
     let caller = tokio::spawn({
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         async move {
-            let mut client = Cache::new(CacheClient::new(channel));
+            let mut client = Cache::on(channel);
             while !stop.load(Ordering::Relaxed) {
                 match client.get("k").await {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),

@@ -19,10 +19,7 @@ use common::{
     openbao::{OpenBao, vault_users},
     redis_config, test_prefix,
 };
-use redis_cache_plugin::{
-    config::{Config, Dur, Secret, VaultAuthMethod},
-    pb::cache_client::CacheClient,
-};
+use redis_cache_plugin::config::{Config, Dur, Secret, VaultAuthMethod};
 use tonic::{Code, transport::Channel};
 
 /// Redis, OpenBao with the database engine on it, and a role.
@@ -112,7 +109,7 @@ impl Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..workers)
             .map(|w| {
-                let client = Cache::new(CacheClient::new(channel.clone()));
+                let client = Cache::on(channel.clone());
                 tokio::spawn(worker(client, w, pause, stop.clone(), samples.clone()))
             })
             .collect();

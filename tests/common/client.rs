@@ -37,6 +37,17 @@ impl Cache {
         Self { raw }
     }
 
+    /// A client on an already connected `channel`.
+    pub fn on(channel: Channel) -> Self {
+        Self::new(CacheClient::new(channel))
+    }
+
+    /// Connects to the plaintext gRPC port at `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Self {
+        let raw = CacheClient::connect(format!("http://{addr}")).await;
+        Self::new(raw.expect("connect to the plugin"))
+    }
+
     /// Waits (bounded) until the plugin answers a Get: its backend
     /// connection is up. For plugins whose health is not the question.
     pub async fn wait_answering(&mut self) {
