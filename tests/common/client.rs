@@ -26,6 +26,10 @@ pub fn set_req(key: &str, value: &[u8]) -> SetRequest {
     }
 }
 
+fn strings<K: ToString>(keys: impl IntoIterator<Item = K>) -> Vec<String> {
+    keys.into_iter().map(|k| k.to_string()).collect()
+}
+
 /// `CacheClient<Channel>` with plain-call helpers.
 #[derive(Clone)]
 pub struct Cache {
@@ -103,8 +107,9 @@ impl Cache {
         &mut self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<MGetResponse, Status> {
-        let keys = keys.into_iter().map(|k| k.to_string()).collect();
-        let req = MGetRequest { keys };
+        let req = MGetRequest {
+            keys: strings(keys),
+        };
         self.raw.m_get(req).await.map(tonic::Response::into_inner)
     }
 
@@ -113,8 +118,9 @@ impl Cache {
         &mut self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<u64, Status> {
-        let keys = keys.into_iter().map(|k| k.to_string()).collect();
-        let req = DeleteRequest { keys };
+        let req = DeleteRequest {
+            keys: strings(keys),
+        };
         let reply = self.raw.delete(req).await?;
         Ok(reply.into_inner().deleted)
     }

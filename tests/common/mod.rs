@@ -635,9 +635,9 @@ impl PluginProcess {
 }
 
 pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
 /// How long the in-process plugin may take to report SERVING.
 pub const START_WITHIN: Duration = Duration::from_secs(15);
-pub const NOT_SERVING: i32 = 2;
 
 /// Polls `check` every 10 ms until it holds or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -657,15 +657,13 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
 /// (false); the blocking twin of [`eventually`], for harness start-up.
 pub fn poll(within: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
+    while !check() {
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(every);
     }
+    true
 }
 
 /// Kills `child` if there is one and waits for it, so no zombie remains.
