@@ -21,7 +21,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_redis-cache-plugin");
 const START_WITHIN: Duration = Duration::from_secs(30);
 
 /// The runner's variables the plugin would read (its config overlay); none
-/// may leak into a test's child.
+/// may leak into a test's child (BAO_* too: OpenBao's spelling of VAULT_*).
 const PLUGIN_ENV_PREFIXES: [&str; 4] = ["PRISM_", "REDIS_", "VAULT_", "BAO_"];
 
 /// `control_plane` on `port` of loopback with `extra` flow pairs
