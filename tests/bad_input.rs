@@ -8,8 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use common::{Flavor, Plugin, RedisServer, SERVING, redis_config, test_prefix};
-use redis_cache_plugin::pb::{GetRequest, SetRequest};
+use common::{Flavor, Plugin, RedisServer, redis_config, test_prefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
     Code, Status,
@@ -104,8 +103,7 @@ async fn fixture(name: &str) -> Fixture {
     let server = RedisServer::start(Flavor::Redis);
     let mut config = redis_config(&server, &test_prefix(name));
     config.backend.max_value_bytes = 1024;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     Fixture {
         _server: server,
         plugin,
@@ -113,21 +111,22 @@ async fn fixture(name: &str) -> Fixture {
 }
 
 impl Fixture {
+    /// A raw call the plugin must reject; its status.
+    async fn rejected(&self, path: &str, body: Bytes) -> Status {
+        raw_call(self.plugin.channel().await, path, body)
+            .await
+            .expect_err("rejected")
+    }
+
     /// The service still works and nothing was written by the bad calls.
     async fn still_serves_and_nothing_written(&self) {
         assert_eq!(self._server.dbsize(), 0, "nothing written by bad input");
-        let mut client = self.plugin.client().await;
+        let mut client = self.plugin.cache().await;
         client
-            .set(common::set_req("after", b"ok"))
+            .set("after", b"ok")
             .await
             .expect("serves after bad input");
-        let r = client
-            .get(GetRequest {
-                key: "after".into(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
+        let r = client.get("after").await.expect("get");
         assert!(r.found);
     }
 }
@@ -137,9 +136,7 @@ async fn invalid_utf8_key_is_invalid_argument() {
     let f = fixture("utf8").await;
     // SetRequest{key: <0xff 0xfe>, value: "v"} with the key as raw bytes.
     let body = Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe, 0x12, 0x01, b'v']);
-    let err = raw_call(f.plugin.channel().await, "/cache.v1.Cache/Set", body)
-        .await
-        .expect_err("rejected");
+    let err = f.rejected("/cache.v1.Cache/Set", body).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("malformed request"), "{err:?}");
     f.still_serves_and_nothing_written().await;
@@ -149,9 +146,7 @@ async fn invalid_utf8_key_is_invalid_argument() {
 async fn truncated_protobuf_is_invalid_argument() {
     let f = fixture("truncated").await;
     let body = Bytes::from_static(&[0x0a, 0x20, b'a']);
-    let err = raw_call(f.plugin.channel().await, "/cache.v1.Cache/Set", body)
-        .await
-        .expect_err("rejected");
+    let err = f.rejected("/cache.v1.Cache/Set", body).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     f.still_serves_and_nothing_written().await;
 }
@@ -163,9 +158,7 @@ async fn message_over_the_size_limit_is_refused_before_decoding() {
     let mut big = vec![0x12u8];
     big.extend_from_slice(&[0x80, 0x80, 0x80, 0x04]); // varint 8 MiB
     big.resize(8 * 1024 * 1024 + 5, b'x');
-    let err = raw_call(f.plugin.channel().await, "/cache.v1.Cache/Set", big.into())
-        .await
-        .expect_err("rejected");
+    let err = f.rejected("/cache.v1.Cache/Set", big.into()).await;
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     f.still_serves_and_nothing_written().await;
 }
@@ -173,17 +166,9 @@ async fn message_over_the_size_limit_is_refused_before_decoding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_method_is_unimplemented() {
     let f = fixture("unknown").await;
-    let err = raw_call(
-        f.plugin.channel().await,
-        "/cache.v1.Cache/Nope",
-        Bytes::new(),
-    )
-    .await
-    .expect_err("rejected");
+    let err = f.rejected("/cache.v1.Cache/Nope", Bytes::new()).await;
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    let err = raw_call(f.plugin.channel().await, "/other.Service/Get", Bytes::new())
-        .await
-        .expect_err("rejected");
+    let err = f.rejected("/other.Service/Get", Bytes::new()).await;
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     f.still_serves_and_nothing_written().await;
 }
@@ -220,15 +205,8 @@ async fn garbage_grpc_framing_is_answered_and_survived() {
 #[tokio::test]
 async fn empty_and_oversized_fields_in_a_valid_message_name_their_limit() {
     let f = fixture("limits").await;
-    let mut client = f.plugin.client().await;
-    let err = client
-        .set(SetRequest {
-            key: "k".into(),
-            value: vec![0u8; 1025].into(),
-            ttl: None,
-        })
-        .await
-        .expect_err("too big");
+    let mut client = f.plugin.cache().await;
+    let err = client.set("k", &[0u8; 1025]).await.expect_err("too big");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("max_value_bytes (1024)"));
     f.still_serves_and_nothing_written().await;

@@ -2,14 +2,17 @@
 //! environment variable, `--version`, `check-config` never prints a secret,
 //! and a bad config or argument is one line and exit 64.
 
-use std::{collections::HashMap, process::Command};
+mod common;
 
+use std::collections::HashMap;
+
+use common::plugin::PluginCommand;
 use redis_cache_plugin::config::{self, Config};
 
 const EX_USAGE: i32 = 64;
 
-fn plugin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
+fn plugin() -> PluginCommand {
+    let mut cmd = PluginCommand::new();
     // Only what each test sets: the overlay must not pick up the runner's env.
     cmd.env_clear();
     cmd
@@ -27,10 +30,6 @@ fn config_file(yaml: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), yaml).expect("write config");
     file
-}
-
-fn random_secret() -> String {
-    format!("s{:032x}", rand::random::<u128>())
 }
 
 #[test]
@@ -72,10 +71,10 @@ fn version_prints_the_crate_version() {
 #[test]
 fn check_config_redacts_secrets_from_file_and_env() {
     let (file_secret, env_password, env_token, env_secret_id) = (
-        random_secret(),
-        random_secret(),
-        random_secret(),
-        random_secret(),
+        common::random_secret(),
+        common::random_secret(),
+        common::random_secret(),
+        common::random_secret(),
     );
     let file = config_file(&format!(
         "backend:\n  username: cache\n  password: {file_secret}\n"

@@ -7,23 +7,21 @@
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::Path, process::Output, time::Duration};
 
-use common::{CACHE_USER, Flavor, RedisServer, free_port, pki::Pki, test_prefix};
+use common::{
+    CACHE_USER, Flavor, RedisServer, free_port,
+    pki::Pki,
+    plugin::{self, PluginCommand, probe},
+    test_prefix,
+};
 use redis_cache_plugin::config::Config;
 use serde_norway::{Mapping, Value};
 
 const EX_USAGE: i32 = 64;
 
-fn plugin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
+fn plugin() -> PluginCommand {
+    let mut cmd = PluginCommand::new();
     // Only what each test sets: the overlay must not pick up the runner's env.
     cmd.env_clear();
     cmd
@@ -34,25 +32,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn write_config(dir: &Path, yaml: &str) -> String {
-    let path = dir.join("plugin.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    path.display().to_string()
-}
-
-/// Runs `cmd` to completion, killing it after `within` (a config that is
-/// wrongly accepted would serve forever).
-fn run_bounded(mut cmd: Command, within: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    let deadline = Instant::now() + within;
-    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("output")
+    plugin::write_config(dir, yaml).display().to_string()
 }
 
 /// Asserts the one-line, exit-64 refusal naming `field`, without `secret`.
@@ -65,85 +45,6 @@ fn assert_refused(out: &Output, field: &str, secret: Option<&str>) {
     if let Some(secret) = secret {
         assert!(!err.contains(secret), "secret printed: {err}");
     }
-}
-
-/// A plugin serving in the background, its stderr lines on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (bounded) for a log line containing `needle`.
-    fn line_with(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no log line with {needle:?}; got {:?}", self.seen),
-            }
-        }
-    }
-
-    fn log(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `redis-cache-plugin health` against `addr` with `extra` flags.
-fn probe(addr: &str, extra: &[&str]) -> Output {
-    plugin()
-        .args(["health", "--addr", addr, "--timeout", "2s"])
-        .args(extra)
-        .output()
-        .expect("run health")
-}
-
-/// Polls the built-in probe until SERVING, bounded.
-fn wait_serving(addr: &str, extra: &[&str]) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if probe(addr, extra).status.success() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 // === config.yaml is the default config, field by field ===
@@ -300,7 +201,7 @@ fn tls_material_without_enabled_stops_start_up() {
         let config = write_config(pki.path(), &yaml);
         let mut cmd = plugin();
         cmd.args(["--config", &config, "serve"]);
-        let out = run_bounded(cmd, Duration::from_secs(10));
+        let out = cmd.run_bounded(Duration::from_secs(10)).output;
         assert_refused(&out, field, None);
     }
 }
@@ -318,7 +219,7 @@ fn partial_mtls_block_is_served_as_mtls_and_logged_so() {
     let config = write_config(pki.path(), &yaml);
     let mut cmd = plugin();
     cmd.args(["--config", &config, "serve"]);
-    let mut running = Running::start(cmd);
+    let mut running = cmd.start();
     let start: serde_json::Value =
         serde_json::from_str(&running.line_with("redis-cache-plugin starting")).expect("json");
     let fields = &start;
@@ -332,7 +233,7 @@ fn partial_mtls_block_is_served_as_mtls_and_logged_so() {
         pki.client.key.display().to_string(),
     );
     let mtls = ["--tls", "--ca", &ca, "--cert", &cert, "--key", &key];
-    assert!(wait_serving(&addr, &mtls), "mTLS probe: {}", running.log());
+    running.wait_serving(&addr, &mtls);
     assert!(!probe(&addr, &[]).status.success(), "plaintext must fail");
     let no_cert = probe(&addr, &["--tls", "--ca", &ca]);
     assert!(
@@ -360,12 +261,12 @@ fn rediss_address_uses_the_tls_block_without_enabled() {
     let mut cmd = plugin();
     cmd.args(["--config", &config, "serve"])
         .env("REDIS_PASSWORD", &server.cache_password);
-    let mut running = Running::start(cmd);
+    let mut running = cmd.start();
     let start: serde_json::Value =
         serde_json::from_str(&running.line_with("redis-cache-plugin starting")).expect("json");
     assert_eq!(start["redis_tls"], true, "{start}");
     let addr = format!("127.0.0.1:{port}");
-    assert!(wait_serving(&addr, &[]), "not SERVING: {}", running.log());
+    running.wait_serving(&addr, &[]);
 }
 
 // === credentials in the Redis address ===
@@ -405,12 +306,12 @@ fn address_credentials_authenticate_and_are_never_printed() {
     let mut cmd = plugin();
     cmd.args(["--config", &config, "serve"])
         .env("REDIS_ADDRESS", &address);
-    let mut running = Running::start(cmd);
+    let mut running = cmd.start();
     let start = running.line_with("redis-cache-plugin starting");
     assert!(!start.contains(&secret), "{start}");
     // `user default off` on the harness' server: SERVING needs AUTH as cache.
     let addr = format!("127.0.0.1:{port}");
-    assert!(wait_serving(&addr, &[]), "not SERVING: {}", running.log());
+    running.wait_serving(&addr, &[]);
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut server.admin())
@@ -447,7 +348,7 @@ fn address_credentials_conflicts_are_one_line_without_the_secret() {
         };
         cmd.args(["--config", &path, "serve"])
             .env("REDIS_ADDRESS", &address);
-        let out = run_bounded(cmd, Duration::from_secs(10));
+        let out = cmd.run_bounded(Duration::from_secs(10)).output;
         assert_refused(&out, field, Some(&secret));
     }
 }
@@ -507,7 +408,7 @@ fn huge_limits_and_durations_are_refused_without_panic() {
         let config = write_config(dir.path(), &yaml);
         let mut cmd = plugin();
         cmd.args(["--config", &config, "serve"]);
-        let out = run_bounded(cmd, Duration::from_secs(10));
+        let out = cmd.run_bounded(Duration::from_secs(10)).output;
         assert_refused(&out, field, None);
     }
 }

@@ -14,11 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Flavor, Plugin, RedisServer, SERVING, memory_config, redis_config, test_prefix};
+use common::{Cache, Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use redis_cache_plugin::pb::{
-    DeleteRequest, ExpireRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient,
-};
 use tonic::transport::Channel;
 
 const CLIENTS: u64 = 8;
@@ -111,7 +108,7 @@ struct Tally {
 /// One client's run.
 async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration) -> Tally {
     let mut rng = StdRng::seed_from_u64(seed ^ (id * 0x9E37_79B9));
-    let mut client = CacheClient::new(channel);
+    let mut client = Cache::on(channel);
     let mut model = Model::default();
     let key = |i: usize| format!("c{id}:k{i}");
     let (mut mismatches, mut ops) = (0, 0);
@@ -122,25 +119,15 @@ async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration)
             0..=2 => {
                 let value = format!("{id}:{n}:{}", rng.random::<u32>()).into_bytes();
                 let ttl = ttl_choice(&mut rng);
-                client
-                    .set(SetRequest {
-                        key: k.clone(),
-                        value: value.clone().into(),
-                        ttl: ttl.map(|t| t.try_into().expect("ttl")),
-                    })
-                    .await
-                    .expect("set");
+                let sent = ttl.and_then(common::ttl);
+                client.set_ttl(&k, &value, sent).await.expect("set");
                 let end = Instant::now();
                 let expiry = Model::window(Some(ttl.unwrap_or(default_ttl)), start, end);
                 model.keys.insert(k, Entry { value, expiry });
                 true
             }
             3..=5 => {
-                let r = client
-                    .get(GetRequest { key: k.clone() })
-                    .await
-                    .expect("get")
-                    .into_inner();
+                let r = client.get(&k).await.expect("get");
                 let got = r.found.then_some(r.value.as_ref());
                 model.observe(&k, got, start, Instant::now())
             }
@@ -148,12 +135,7 @@ async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration)
                 let keys: Vec<String> = (0..rng.random_range(1..6))
                     .map(|_| key(rng.random_range(0..KEYS_PER_CLIENT)))
                     .collect();
-                let hits = client
-                    .m_get(MGetRequest { keys: keys.clone() })
-                    .await
-                    .expect("mget")
-                    .into_inner()
-                    .hits;
+                let hits = client.mget(&keys).await.expect("mget").hits;
                 let end = Instant::now();
                 let mut all = true;
                 let mut seen = std::collections::HashSet::new();
@@ -166,12 +148,7 @@ async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration)
                 let keys: Vec<String> = (0..rng.random_range(1..4))
                     .map(|_| key(rng.random_range(0..KEYS_PER_CLIENT)))
                     .collect();
-                let deleted = client
-                    .delete(DeleteRequest { keys: keys.clone() })
-                    .await
-                    .expect("delete")
-                    .into_inner()
-                    .deleted;
+                let deleted = client.delete(&keys).await.expect("delete");
                 let end = Instant::now();
                 let mut distinct: Vec<&String> = keys.iter().collect();
                 distinct.sort();
@@ -191,15 +168,7 @@ async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration)
             }
             _ => {
                 let ttl = ttl_choice(&mut rng).unwrap_or(Duration::from_secs(30));
-                let found = client
-                    .expire(ExpireRequest {
-                        key: k.clone(),
-                        ttl: Some(ttl.try_into().expect("ttl")),
-                    })
-                    .await
-                    .expect("expire")
-                    .into_inner()
-                    .found;
+                let found = client.expire(&k, common::ttl(ttl)).await.expect("expire");
                 let end = Instant::now();
                 let ok = match model.presence(&k, start, end) {
                     Presence::Yes(_) => found,
@@ -259,8 +228,7 @@ async fn redis_matches_the_model_over_100k_operations() {
     let server = RedisServer::start(Flavor::Redis);
     let config = redis_config(&server, &test_prefix("model"));
     let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     run_model(&plugin, default_ttl).await;
     plugin.stop().await;
 }
@@ -269,8 +237,7 @@ async fn redis_matches_the_model_over_100k_operations() {
 async fn memory_backend_matches_the_model_over_100k_operations() {
     let config = memory_config("model:");
     let default_ttl = config.backend.default_ttl.0.expect("harness default ttl");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    let plugin = Plugin::start_serving(config).await;
     run_model(&plugin, default_ttl).await;
     plugin.stop().await;
 }

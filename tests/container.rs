@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use common::{free_port, plugin::PluginCommand};
+
 const NONROOT: u32 = 65532;
 
 fn repo() -> PathBuf {
@@ -123,12 +125,7 @@ fn hadolint_passes() {
         .arg(repo().join("Dockerfile"))
         .output()
         .expect("run hadolint");
-    assert!(
-        out.status.success(),
-        "hadolint found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_succeeded(&out, "hadolint (it found problems)");
 }
 
 #[test]
@@ -306,7 +303,7 @@ fn plugin_binary() -> PathBuf {
     let built = fs::metadata(&release).and_then(|m| m.modified()).ok();
     match built {
         Some(t) if t >= newest_source() => release,
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_redis-cache-plugin")),
+        _ => PathBuf::from(common::plugin::BIN),
     }
 }
 
@@ -538,14 +535,9 @@ fn runs_like_the_distroless_image_as_nonroot() {
 
 // === the probe against nothing ===
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn probe(addr: &str, timeout: &str) -> (Output, Duration) {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+    let out = PluginCommand::new()
         .args(["health", "--addr", addr, "--timeout", timeout])
         .output()
         .expect("run health");

@@ -5,16 +5,13 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix};
-use redis_cache_plugin::pb::{
-    DeleteRequest, ExpireRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient,
-};
-use tonic::{Code, transport::Channel};
+use common::{Cache, Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix, ttl};
+use tonic::Code;
 
 /// A plugin over one backend, and (for Redis/Valkey) the server behind it.
 struct Fixture {
     plugin: Plugin,
-    client: CacheClient<Channel>,
+    client: Cache,
     server: Option<RedisServer>,
     prefix: String,
 }
@@ -40,13 +37,8 @@ impl Fixture {
         config.backend.max_batch_keys = 5;
         // The smallest cap allowed: max_value_bytes + 1 KiB.
         config.backend.max_reply_bytes = 2048;
-        let plugin = Plugin::start(config).await;
-        assert!(
-            plugin
-                .wait_health(common::SERVING, Duration::from_secs(10))
-                .await
-        );
-        let client = plugin.client().await;
+        let plugin = Plugin::start_serving(config).await;
+        let client = plugin.cache().await;
         Self {
             plugin,
             client,
@@ -56,53 +48,23 @@ impl Fixture {
     }
 
     async fn set(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) {
-        self.client
-            .set(SetRequest {
-                key: key.into(),
-                value: value.to_vec().into(),
-                ttl: ttl.map(|d| d.try_into().expect("ttl")),
-            })
-            .await
-            .expect("set");
+        let ttl = ttl.and_then(common::ttl);
+        self.client.set_ttl(key, value, ttl).await.expect("set");
     }
 
     async fn get(&mut self, key: &str) -> Option<Vec<u8>> {
-        let r = self
-            .client
-            .get(GetRequest { key: key.into() })
-            .await
-            .expect("get")
-            .into_inner();
+        let r = self.client.get(key).await.expect("get");
         r.found.then(|| r.value.to_vec())
     }
 
     async fn expire(&mut self, key: &str, d: Duration) -> bool {
-        self.client
-            .expire(ExpireRequest {
-                key: key.into(),
-                ttl: ttl(d),
-            })
-            .await
-            .expect("expire")
-            .into_inner()
-            .found
+        self.client.expire(key, ttl(d)).await.expect("expire")
     }
 
     async fn mget(&mut self, keys: &[&str]) -> HashMap<String, Vec<u8>> {
-        let r = self
-            .client
-            .m_get(MGetRequest {
-                keys: keys.iter().map(|k| k.to_string()).collect(),
-            })
-            .await
-            .expect("mget")
-            .into_inner();
+        let r = self.client.mget(keys).await.expect("mget");
         r.hits.into_iter().map(|(k, v)| (k, v.to_vec())).collect()
     }
-}
-
-fn ttl(d: Duration) -> Option<prost_types::Duration> {
-    Some(d.try_into().expect("ttl"))
 }
 
 async fn get_returns_what_set_stored(f: &mut Fixture) {
@@ -151,29 +113,15 @@ async fn set_applies_prefix_and_ttl(f: &mut Fixture) {
 async fn memory_applies_default_and_explicit_ttls(f: &mut Fixture) {
     let mut config = memory_config(&f.prefix);
     config.backend.default_ttl = redis_cache_plugin::config::Ttl(Some(Duration::from_millis(200)));
-    let plugin = Plugin::start(config).await;
-    assert!(
-        plugin
-            .wait_health(common::SERVING, Duration::from_secs(10))
-            .await
-    );
-    let mut client = plugin.client().await;
-    for (key, ttl) in [("default", None), ("ttl", Some(Duration::from_secs(30)))] {
-        client
-            .set(SetRequest {
-                key: key.into(),
-                value: b"v".to_vec().into(),
-                ttl: ttl.map(|d| d.try_into().expect("ttl")),
-            })
-            .await
-            .expect("set");
+    let plugin = Plugin::start_serving(config).await;
+    let mut client = plugin.cache().await;
+    for (key, d) in [("default", None), ("ttl", Some(Duration::from_secs(30)))] {
+        let ttl = d.and_then(ttl);
+        client.set_ttl(key, b"v", ttl).await.expect("set");
     }
-    let found = |client: &mut CacheClient<Channel>, key: &'static str| {
+    let found = |client: &mut Cache, key: &'static str| {
         let mut client = client.clone();
-        async move {
-            let r = client.get(GetRequest { key: key.into() }).await;
-            r.expect("get").into_inner().found
-        }
+        async move { client.get(key).await.expect("get").found }
     };
     assert!(
         found(&mut client, "default").await,
@@ -217,25 +165,15 @@ async fn mget_returns_only_hits_keyed_by_caller_keys(f: &mut Fixture) {
 async fn delete_counts_keys_that_existed(f: &mut Fixture) {
     f.set("d1", b"1", None).await;
     f.set("d2", b"2", None).await;
-    let r = f
+    let deleted = f
         .client
-        .delete(DeleteRequest {
-            keys: vec!["d1".into(), "absent".into(), "d2".into(), "d1".into()],
-        })
+        .delete(["d1", "absent", "d2", "d1"])
         .await
-        .expect("delete")
-        .into_inner();
-    assert_eq!(r.deleted, 2);
+        .expect("delete");
+    assert_eq!(deleted, 2);
     assert_eq!(f.get("d1").await, None);
-    let r = f
-        .client
-        .delete(DeleteRequest {
-            keys: vec!["absent".into()],
-        })
-        .await
-        .expect("delete absent")
-        .into_inner();
-    assert_eq!(r.deleted, 0);
+    let deleted = f.client.delete(["absent"]).await.expect("delete absent");
+    assert_eq!(deleted, 0);
 }
 
 async fn replies_over_max_reply_bytes_are_resource_exhausted(f: &mut Fixture) {
@@ -244,10 +182,9 @@ async fn replies_over_max_reply_bytes_are_resource_exhausted(f: &mut Fixture) {
         f.set(k, &v, None).await;
     }
     assert_eq!(f.mget(&["r1", "r2", "r1"]).await.len(), 2, "2 KB fit");
-    let keys = ["r1", "r2", "r3"].map(String::from).to_vec();
     let err = f
         .client
-        .m_get(MGetRequest { keys })
+        .mget(["r1", "r2", "r3"])
         .await
         .expect_err("3 KB do not");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -291,25 +228,11 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, needle: &
 
 async fn invalid_keys_are_rejected_and_nothing_written(f: &mut Fixture) {
     let long = "k".repeat(65);
-    let r = f.client.get(GetRequest { key: String::new() }).await;
+    let r = f.client.get("").await;
     assert_invalid(r, "key: must not be empty");
-    let r = f
-        .client
-        .set(SetRequest {
-            key: long.clone(),
-            value: b"v".to_vec().into(),
-            ttl: None,
-        })
-        .await;
+    let r = f.client.set(&long, b"v").await;
     assert_invalid(r, "max_key_bytes (64)");
-    let r = f
-        .client
-        .set(SetRequest {
-            key: "big".into(),
-            value: vec![0u8; 1025].into(),
-            ttl: None,
-        })
-        .await;
+    let r = f.client.set("big", &[0u8; 1025]).await;
     assert_invalid(r, "max_value_bytes (1024)");
     assert_eq!(f.get("big").await, None, "oversized value was not written");
     if let Some(server) = &f.server {
@@ -319,18 +242,13 @@ async fn invalid_keys_are_rejected_and_nothing_written(f: &mut Fixture) {
 
 async fn batch_limits_are_enforced(f: &mut Fixture) {
     let six: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
-    let r = f.client.m_get(MGetRequest { keys: six.clone() }).await;
+    let r = f.client.mget(&six).await;
     assert_invalid(r, "6 keys exceeds max_batch_keys (5)");
-    let r = f.client.delete(DeleteRequest { keys: six }).await;
+    let r = f.client.delete(&six).await;
     assert_invalid(r, "max_batch_keys (5)");
-    let r = f.client.m_get(MGetRequest { keys: vec![] }).await;
+    let r = f.client.mget(Vec::<String>::new()).await;
     assert_invalid(r, "keys: must hold at least one key");
-    let r = f
-        .client
-        .m_get(MGetRequest {
-            keys: vec!["ok".into(), String::new()],
-        })
-        .await;
+    let r = f.client.mget(["ok", ""]).await;
     assert_invalid(r, "keys[1]: must not be empty");
 }
 
@@ -366,31 +284,12 @@ async fn bad_ttls_are_rejected_and_nothing_written(f: &mut Fixture) {
         ),
     ];
     for (bad, needle) in cases {
-        let r = f
-            .client
-            .set(SetRequest {
-                key: "t".into(),
-                value: b"v".to_vec().into(),
-                ttl: Some(bad),
-            })
-            .await;
+        let r = f.client.set_ttl("t", b"v", Some(bad)).await;
         assert_invalid(r, needle);
-        let r = f
-            .client
-            .expire(ExpireRequest {
-                key: "t".into(),
-                ttl: Some(bad),
-            })
-            .await;
+        let r = f.client.expire("t", Some(bad)).await;
         assert_invalid(r, needle);
     }
-    let r = f
-        .client
-        .expire(ExpireRequest {
-            key: "t".into(),
-            ttl: None,
-        })
-        .await;
+    let r = f.client.expire("t", None).await;
     assert_invalid(r, "ttl: required");
     assert_eq!(f.get("t").await, None, "nothing written");
 }
@@ -406,20 +305,8 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
         Some(server) => redis_config(server, &other_prefix),
         None => memory_config(&other_prefix),
     };
-    let plugin = Plugin::start(other).await;
-    assert!(
-        plugin
-            .wait_health(common::SERVING, Duration::from_secs(10))
-            .await
-    );
-    let mut client = plugin.client().await;
-    let r = client
-        .get(GetRequest {
-            key: "shared".into(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let plugin = Plugin::start_serving(other).await;
+    let r = plugin.cache().await.get("shared").await.expect("get");
     assert!(!r.found, "the other tenant sees the key");
     if let Some(server) = &f.server {
         let raw = server.raw_get(&format!("{}shared", f.prefix));
@@ -432,37 +319,28 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
     plugin.stop().await;
 }
 
-/// Instantiates every contract test once per backend.
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        contract!(@backend redis, "redis", $($name),*);
-        contract!(@backend valkey, "valkey", $($name),*);
-        contract!(@backend memory, "memory", $($name),*);
-    };
-    (@backend $module:ident, $kind:literal, $($name:ident),*) => {
-        mod $module {
-            $(#[tokio::test] async fn $name() {
-                let mut f = super::Fixture::new($kind, stringify!($name)).await;
-                super::$name(&mut f).await;
-                f.plugin.stop().await;
-            })*
-        }
-    };
+// Every contract test, once per backend.
+backend_tests! {
+    backends { redis => "redis", valkey => "valkey", memory => "memory" }
+    run |backend, test, name| {
+        let mut f = Fixture::new(backend, name).await;
+        test(&mut f).await;
+        f.plugin.stop().await;
+    }
+    tests {
+        get_returns_what_set_stored,
+        get_miss_is_found_false,
+        set_overwrites,
+        set_applies_prefix_and_ttl,
+        ttl_expiry_is_observed,
+        mget_returns_only_hits_keyed_by_caller_keys,
+        delete_counts_keys_that_existed,
+        replies_over_max_reply_bytes_are_resource_exhausted,
+        expire_reports_whether_key_existed,
+        expire_then_key_disappears,
+        invalid_keys_are_rejected_and_nothing_written,
+        batch_limits_are_enforced,
+        bad_ttls_are_rejected_and_nothing_written,
+        prefixes_isolate_tenants,
+    }
 }
-
-contract!(
-    get_returns_what_set_stored,
-    get_miss_is_found_false,
-    set_overwrites,
-    set_applies_prefix_and_ttl,
-    ttl_expiry_is_observed,
-    mget_returns_only_hits_keyed_by_caller_keys,
-    delete_counts_keys_that_existed,
-    replies_over_max_reply_bytes_are_resource_exhausted,
-    expire_reports_whether_key_existed,
-    expire_then_key_disappears,
-    invalid_keys_are_rejected_and_nothing_written,
-    batch_limits_are_enforced,
-    bad_ttls_are_rejected_and_nothing_written,
-    prefixes_isolate_tenants,
-);

@@ -14,14 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis_cache_plugin::{
-    config::{self, Config},
-    pb::{GetRequest, SetRequest, cache_client::CacheClient},
-};
+use common::{Cache, free_port, plugin::PluginCommand};
+use redis_cache_plugin::config::{self, Config};
 use serde::Deserialize;
+use serde_norway::Value;
 
 mod common;
-use serde_norway::Value;
 
 const PLUGIN_CONTAINER: &str = "redis-cache-plugin";
 const IMAGE_BINARY: &str = "/usr/local/bin/redis-cache-plugin";
@@ -104,11 +102,8 @@ fn assert_health_command(argv: &[String], where_: &str) {
         "{where_}"
     );
     assert_eq!(argv.get(1).map(String::as_str), Some("health"), "{where_}");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
+    let closed = free_port();
+    let out = PluginCommand::new()
         .args(&argv[1..])
         .env_clear()
         .env("PRISM_PLUGIN_PORT", closed.to_string())
@@ -449,13 +444,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// A tool the harness finds, or a clear panic.
 fn tool(name: &str) -> PathBuf {
     common::tool(name).unwrap_or_else(|| panic!("{name} not found: run scripts/deps.sh"))
@@ -571,12 +559,7 @@ fn run_bao_init(compose: &Value, bao_addr: &str, redis_port: u16, dir: &Path) ->
         .env("HOME", dir)
         .output()
         .expect("run init.sh");
-    assert!(
-        out.status.success(),
-        "deploy/openbao/init.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_succeeded(&out, "deploy/openbao/init.sh");
     token_file
 }
 
@@ -622,65 +605,28 @@ async fn compose_stack_serves_with_vault_issued_credentials() {
     env.remove(config::CONFIG_ENV);
     env.insert("REDIS_ADDRESS".into(), format!("127.0.0.1:{redis_port}"));
     env.insert("VAULT_ADDR".into(), bao_addr.clone());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
-    cmd.arg("--config")
-        .arg(&config_file)
+    let addr = format!("127.0.0.1:{port}");
+    let mut plugin = PluginCommand::new()
+        .config(&config_file)
         .arg("serve")
         .env_clear()
-        .envs(&env);
-    let mut plugin = Proc::spawn(cmd, dir.path().join("plugin.log"));
-
-    let addr = format!("127.0.0.1:{port}");
-    let out = poll(Duration::from_secs(30), || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
-        c.args(["health", "--addr", &addr]);
-        c
-    });
-    assert!(
-        out.status.success(),
-        "not SERVING: {out:?}\n{}",
-        plugin.log()
-    );
+        .envs(&env)
+        .start_serving(&addr, &[]);
     assert_eq!(vault_users(&redis_cli).len(), 1, "one Vault-issued user");
 
     // The role's rules cover what the API sends.
-    let mut client = CacheClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let mut client = Cache::connect(&addr).await;
     let value = bytes::Bytes::from_static(b"from-compose");
     client
-        .set(SetRequest {
-            key: "deploy:e2e".into(),
-            value: value.clone(),
-            ttl: None,
-        })
+        .set("deploy:e2e", &value)
         .await
         .unwrap_or_else(|s| panic!("Set: {s:?}\n{}", plugin.log()));
-    let got = client
-        .get(GetRequest {
-            key: "deploy:e2e".into(),
-        })
-        .await
-        .expect("Get")
-        .into_inner();
+    let got = client.get("deploy:e2e").await.expect("Get");
     assert!(got.found && got.value == value);
     drop(client);
 
-    let term = Command::new("kill")
-        .args(["-TERM", &plugin.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = plugin.child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    plugin.terminate();
+    let status = tokio::task::block_in_place(|| plugin.wait_exit(Duration::from_secs(20)));
     assert!(
         status.is_some_and(|s| s.success()),
         "exit: {status:?}\n{}",

@@ -51,8 +51,7 @@ struct Run {
 async fn start(server: &RedisServer, name: &str, workers: usize) -> Run {
     let mut config = redis_config(server, &test_prefix(name));
     config.backend.operation_timeout = redis_cache_plugin::config::Dur(OP_TIMEOUT);
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     let stop = Arc::new(AtomicBool::new(false));
     let spec = Load {
         workers,

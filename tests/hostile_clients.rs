@@ -16,8 +16,8 @@ use std::{
 
 use bytes::Bytes;
 use common::{
-    Flavor, Plugin, PluginProcess, RedisServer, memory_config, rawh2::*, redis_config, set_req,
-    test_prefix,
+    Cache, Flavor, Plugin, PluginProcess, RedisServer, memory_config, rawh2::*, redis_config,
+    set_req, test_prefix,
 };
 use redis_cache_plugin::pb::{GetRequest, SetRequest, cache_client::CacheClient};
 use tonic::Request;
@@ -81,10 +81,10 @@ async fn well_behaved_caller_is_answered(addr: SocketAddr, big_len: Option<usize
 async fn zero_window_readers_of_big_values_hold_bounded_memory() {
     let server = RedisServer::start(Flavor::Redis);
     let plugin = PluginProcess::start(&server, &test_prefix("zero-window"));
-    let mut client = CacheClient::new(plugin.channel().await);
+    let mut client = Cache::on(plugin.channel().await);
     let big = vec![7u8; 4 << 20];
-    client.set(set_req("big", &big)).await.expect("set big");
-    client.set(set_req("small", b"v")).await.expect("set small");
+    client.set("big", &big).await.expect("set big");
+    client.set("small", b"v").await.expect("set small");
 
     let attacker = RawH2::connect(plugin.addr, Some(0)).await;
     let body = grpc_frame(&GetRequest { key: "big".into() });
@@ -163,8 +163,8 @@ async fn stalled_set_bodies_are_cut_off_and_memory_stays_bounded() {
     );
     let env = [("REDIS_PASSWORD", server.cache_password.as_str())];
     let plugin = PluginProcess::spawn("request_read_timeout: 2s", &backend, &env, None);
-    let mut client = CacheClient::new(plugin.channel().await);
-    client.set(set_req("small", b"v")).await.expect("set small");
+    let mut client = Cache::on(plugin.channel().await);
+    client.set("small", b"v").await.expect("set small");
 
     // One 4.2 MB Set, of which each stream sends the first MiB.
     let whole = grpc_frame(&SetRequest {
@@ -289,12 +289,9 @@ async fn silent_and_idle_connections_are_closed_after_the_idle_timeout() {
     );
 
     // A connection with a call every half second stays.
-    let mut client = plugin.client().await;
+    let mut client = plugin.cache().await;
     for _ in 0..5 {
-        client
-            .set(set_req("k", b"v"))
-            .await
-            .expect("busy connection kept");
+        client.set("k", b"v").await.expect("busy connection kept");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     plugin.stop().await;
@@ -349,8 +346,8 @@ async fn accept_errors_back_off_and_the_plugin_recovers() {
             .expect("url")
             .connect()
             .await?;
-        CacheClient::new(channel)
-            .set(set_req("k", b"v"))
+        Cache::on(channel)
+            .set("k", b"v")
             .await
             .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
@@ -434,13 +431,7 @@ async fn plain_http_cannot_write_and_http1_serves_only_metrics() {
     );
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     // The same frame over gRPC proper still works.
-    let ok = h2
-        .call(SET, frame)
-        .await
-        .expect("stream")
-        .await
-        .expect("answered");
-    assert_eq!(ok.status(), http::StatusCode::OK);
+    assert_eq!(h2.call_status(SET, frame).await, http::StatusCode::OK);
     plugin.stop().await;
 }
 
@@ -448,8 +439,7 @@ async fn plain_http_cannot_write_and_http1_serves_only_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_openmetrics_by_type_and_by_parser() {
     let plugin = Plugin::start(memory_config(&test_prefix("openmetrics"))).await;
-    let mut client = plugin.client().await;
-    client.set(set_req("k", b"v")).await.expect("set");
+    plugin.cache().await.set("k", b"v").await.expect("set");
     let (head, body) = get_metrics(plugin.addr);
     let content_type = head
         .lines()
@@ -491,13 +481,7 @@ async fn max_concurrent_streams_is_advertised() {
         let h2 = RawH2::connect(plugin.addr, None).await;
         // One round trip, so the server's SETTINGS have been read.
         let body = grpc_frame(&GetRequest { key: "k".into() });
-        let r = h2
-            .call(GET, body)
-            .await
-            .expect("stream")
-            .await
-            .expect("answer");
-        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(h2.call_status(GET, body).await, http::StatusCode::OK);
         assert_eq!(h2.send.current_max_send_streams(), want);
         plugin.stop().await;
     }

@@ -14,36 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Flavor, PluginProcess, RedisServer, set_req, test_prefix};
-use redis_cache_plugin::pb::{GetRequest, MGetRequest, cache_client::CacheClient};
+use common::{Flavor, PluginProcess, RedisServer, test_prefix};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 const MIB: u64 = 1024;
 
 /// A value of `len` bytes with a pattern, so a wrong value shows.
 fn value(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
-}
-
-/// Waits until the plugin answers a Get (its Redis connection is up).
-async fn wait_serving(client: &mut CacheClient<Channel>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = client
-            .get(GetRequest {
-                key: "warmup".into(),
-            })
-            .await;
-        if r.is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "plugin never served: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One field of `INFO stats` as a number.
@@ -62,21 +44,20 @@ fn info_stat(server: &RedisServer, field: &str) -> u64 {
 async fn an_mget_of_one_big_key_250_times_fetches_it_once_and_stays_small() {
     let server = RedisServer::start(Flavor::Redis);
     let plugin = PluginProcess::start(&server, &test_prefix("dup"));
-    let mut client = plugin.client().await;
-    wait_serving(&mut client).await;
+    let mut client = plugin.cache().await;
+    client.wait_answering().await;
     let big = value(4 << 20);
-    client.set(set_req("big", &big)).await.expect("set 4 MiB");
+    client.set("big", &big).await.expect("set 4 MiB");
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query(&mut server.admin())
         .expect("CONFIG RESETSTAT");
 
-    let keys = vec!["big".to_string(); 250];
+    let keys = vec!["big"; 250];
     let hits = client
-        .m_get(MGetRequest { keys })
+        .mget(keys)
         .await
         .expect("MGet of one key 250 times")
-        .into_inner()
         .hits;
 
     assert_eq!(hits.len(), 1);
@@ -97,27 +78,15 @@ async fn replies_over_max_reply_bytes_fail_alone() {
     // 9 MiB: two 4 MiB values fit, four do not. One connection, so every
     // call below shares the connection the skipped replies went through.
     let max_reply = 9 << 20;
-    let backend = format!(
-        "  username: {}\n  operation_timeout: 5s\n  pool_size: 1\n  max_reply_bytes: {max_reply}\n",
-        common::CACHE_USER
-    );
-    let plugin = PluginProcess::start_at(
-        &server.address(),
-        Some(&server.cache_password),
-        &prefix,
-        "",
-        &backend,
-    );
-    let mut client = plugin.client().await;
-    wait_serving(&mut client).await;
+    let backend = format!("  pool_size: 1\n  max_reply_bytes: {max_reply}\n");
+    let plugin = PluginProcess::start_tuned(&server, &prefix, "", &backend);
+    let mut client = plugin.cache().await;
+    client.wait_answering().await;
     let big = value(4 << 20);
     for i in 0..4 {
-        client
-            .set(set_req(&format!("a{i}"), &big))
-            .await
-            .expect("set");
+        client.set(&format!("a{i}"), &big).await.expect("set");
     }
-    client.set(set_req("small", b"s")).await.expect("set small");
+    client.set("small", b"s").await.expect("set small");
     // One value larger than the cap, written past the plugin.
     let _: () = redis::cmd("SET")
         .arg(format!("{prefix}huge"))
@@ -127,21 +96,15 @@ async fn replies_over_max_reply_bytes_fail_alone() {
     let baseline = plugin.rss_kib();
 
     // The two oversized calls and twenty small Gets, all at once.
-    let over = |keys: Vec<&str>| {
+    let over = |keys: Vec<&'static str>| {
         let mut c = client.clone();
-        let keys = keys.into_iter().map(String::from).collect();
-        async move { c.m_get(MGetRequest { keys }).await }
+        async move { c.mget(keys).await }
     };
     let mut c = client.clone();
-    let huge = async move { c.get(GetRequest { key: "huge".into() }).await };
+    let huge = async move { c.get("huge").await };
     let smalls = (0..20).map(|_| {
         let mut c = client.clone();
-        async move {
-            c.get(GetRequest {
-                key: "small".into(),
-            })
-            .await
-        }
+        async move { c.get("small").await }
     });
     let (mget, huge, smalls) = tokio::join!(
         over(vec!["a0", "a1", "a2", "a3"]),
@@ -165,14 +128,10 @@ async fn replies_over_max_reply_bytes_fail_alone() {
     }
     for small in smalls {
         let got = small.expect("a small Get beside the oversized ones");
-        assert_eq!(got.into_inner().value.as_ref(), b"s");
+        assert_eq!(got.value.as_ref(), b"s");
     }
     // The connection is still in step: a reply under the cap still works.
-    let hits = over(vec!["a0", "a1"])
-        .await
-        .expect("8 MiB MGet")
-        .into_inner()
-        .hits;
+    let hits = over(vec!["a0", "a1"]).await.expect("8 MiB MGet").hits;
     assert_eq!(hits.len(), 2);
     assert_eq!(hits["a1"].as_ref(), big.as_slice());
 
@@ -288,39 +247,28 @@ async fn a_hostile_redis_cannot_make_the_plugin_grow() {
         "",
         "  pool_size: 1\n  max_retries: 1\n  operation_timeout: 30s\n",
     );
-    let mut client = plugin.client().await;
-    wait_serving(&mut client).await;
+    let mut client = plugin.cache().await;
+    client.wait_answering().await;
     let opened = connections.load(Ordering::Relaxed);
 
     // An endless status line: each attempt's connection is dropped after
     // 64 KiB; the call fails, the plugin reconnects and serves again.
-    let status = client
-        .get(GetRequest {
-            key: "endless".into(),
-        })
-        .await
-        .expect_err("no reply can come");
+    let status = client.get("endless").await.expect_err("no reply can come");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         connections.load(Ordering::Relaxed) > opened,
         "the broken connection was replaced"
     );
-    let got = client.get(GetRequest { key: "k".into() }).await;
-    assert_eq!(got.expect("served again").into_inner().value.as_ref(), b"x");
+    let got = client.get("k").await;
+    assert_eq!(got.expect("served again").value.as_ref(), b"x");
 
     // A 200 MB bulk string: that call fails at its header, the body is
     // skipped as it arrives, and the same connection answers the next call.
     let before = connections.load(Ordering::Relaxed);
-    let status = client
-        .get(GetRequest { key: "huge".into() })
-        .await
-        .expect_err("over max_reply_bytes");
+    let status = client.get("huge").await.expect_err("over max_reply_bytes");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let got = client.get(GetRequest { key: "k".into() }).await;
-    assert_eq!(
-        got.expect("after the skip").into_inner().value.as_ref(),
-        b"x"
-    );
+    let got = client.get("k").await;
+    assert_eq!(got.expect("after the skip").value.as_ref(), b"x");
     assert_eq!(
         connections.load(Ordering::Relaxed),
         before,
@@ -342,32 +290,19 @@ async fn a_hostile_redis_cannot_make_the_plugin_grow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_buffers_shrink_after_large_replies() {
     let server = RedisServer::start(Flavor::Redis);
-    let backend = format!(
-        "  username: {}\n  operation_timeout: 5s\n  pool_size: 4\n",
-        common::CACHE_USER
-    );
-    let plugin = PluginProcess::start_at(
-        &server.address(),
-        Some(&server.cache_password),
-        &test_prefix("shrink"),
-        "",
-        &backend,
-    );
-    let mut client = plugin.client().await;
-    wait_serving(&mut client).await;
+    let prefix = test_prefix("shrink");
+    let plugin = PluginProcess::start_tuned(&server, &prefix, "", "  pool_size: 4\n");
+    let mut client = plugin.cache().await;
+    client.wait_answering().await;
     let big = value(4 << 20);
     for i in 0..3 {
-        client
-            .set(set_req(&format!("a{i}"), &big))
-            .await
-            .expect("set");
+        client.set(&format!("a{i}"), &big).await.expect("set");
     }
     let baseline = plugin.rss_kib();
     // 12 MiB replies, round-robin over the four connections.
     for _ in 0..8 {
-        let keys = ["a0", "a1", "a2"].map(String::from).to_vec();
-        let hits = client.m_get(MGetRequest { keys }).await.expect("MGet");
-        assert_eq!(hits.into_inner().hits.len(), 3);
+        let hits = client.mget(["a0", "a1", "a2"]).await.expect("MGet");
+        assert_eq!(hits.hits.len(), 3);
     }
     let after = plugin.rss_kib();
     // The allocator gives freed memory back while it is in use: keep a
@@ -376,11 +311,7 @@ async fn read_buffers_shrink_after_large_replies() {
     let mut now = after;
     while Instant::now() < deadline {
         for _ in 0..10 {
-            let _ = client
-                .get(GetRequest {
-                    key: "small".into(),
-                })
-                .await;
+            let _ = client.get("small").await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         now = plugin.rss_kib();

@@ -6,38 +6,23 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, redis_config, test_prefix};
-use redis_cache_plugin::{
-    config::Secret,
-    pb::{GetRequest, MGetRequest},
-};
+use redis_cache_plugin::config::Secret;
 use tonic::Code;
 
-#[tokio::test]
-async fn key_outside_acl_pattern_is_permission_denied_on_redis() {
-    key_outside_acl_pattern_is_permission_denied(Flavor::Redis).await;
-}
-
-#[tokio::test]
-async fn key_outside_acl_pattern_is_permission_denied_on_valkey() {
-    key_outside_acl_pattern_is_permission_denied(Flavor::Valkey).await;
-}
+twin_tests!(
+    key_outside_acl_pattern_is_permission_denied,
+    server_down_is_unavailable_within_timeout_and_recovers,
+);
 
 async fn key_outside_acl_pattern_is_permission_denied(flavor: Flavor) {
     let server = RedisServer::start(flavor);
     // The cache user may only touch `cache:*`; this prefix is outside it.
     let config = redis_config(&server, "forbidden:");
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
-    let err = client
-        .set(common::set_req("k", b"v"))
-        .await
-        .expect_err("NOPERM");
+    let plugin = Plugin::start_serving(config).await;
+    let mut client = plugin.cache().await;
+    let err = client.set("k", b"v").await.expect_err("NOPERM");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = client
-        .get(GetRequest { key: "k".into() })
-        .await
-        .expect_err("NOPERM");
+    let err = client.get("k").await.expect_err("NOPERM");
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(server.dbsize(), 0, "nothing written");
     plugin.stop().await;
@@ -55,9 +40,9 @@ async fn wrong_password_never_serves() {
             .await
     );
     let err = plugin
-        .client()
+        .cache()
         .await
-        .get(GetRequest { key: "k".into() })
+        .get("k")
         .await
         .expect_err("no connection");
     assert_eq!(err.code(), Code::Unavailable);
@@ -65,37 +50,18 @@ async fn wrong_password_never_serves() {
     plugin.stop().await;
 }
 
-#[tokio::test]
-async fn redis_down_is_unavailable_within_timeout_and_recovers() {
-    server_down_is_unavailable_within_timeout_and_recovers(Flavor::Redis).await;
-}
-
-#[tokio::test]
-async fn valkey_down_is_unavailable_within_timeout_and_recovers() {
-    server_down_is_unavailable_within_timeout_and_recovers(Flavor::Valkey).await;
-}
-
 async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) {
     let mut server = RedisServer::start(flavor);
     let prefix = test_prefix("down");
-    let plugin = Plugin::start(redis_config(&server, &prefix)).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
-    client
-        .set(common::set_req("before", b"1"))
-        .await
-        .expect("set while up");
+    let plugin = Plugin::start_serving(redis_config(&server, &prefix)).await;
+    let mut client = plugin.cache().await;
+    client.set("before", b"1").await.expect("set while up");
 
     server.kill();
     // Every call fails fast with UNAVAILABLE (or the deadline), never hangs.
     for _ in 0..20 {
         let started = Instant::now();
-        let err = client
-            .get(GetRequest {
-                key: "before".into(),
-            })
-            .await
-            .expect_err("redis is down");
+        let err = client.get("before").await.expect_err("redis is down");
         assert!(
             matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
             "{err:?}"
@@ -115,22 +81,10 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
     server.restart();
     let answered = Instant::now();
     assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
-    let mut ok = false;
-    while answered.elapsed() < Duration::from_secs(5) {
-        if client.set(common::set_req("after", b"2")).await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let within = Duration::from_secs(5).saturating_sub(answered.elapsed());
+    let ok = client.set_succeeds_within("after", b"2", within).await;
     assert!(ok, "plugin recovered after Redis came back");
-    let r = client
-        .get(GetRequest {
-            key: "after".into(),
-        })
-        .await
-        .expect("get after recovery")
-        .into_inner();
+    let r = client.get("after").await.expect("get after recovery");
     assert!(r.found);
     plugin.stop().await;
 }
@@ -138,8 +92,7 @@ async fn server_down_is_unavailable_within_timeout_and_recovers(flavor: Flavor) 
 #[tokio::test]
 async fn health_tracks_redis_for_every_service_name() {
     let mut server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("health"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::serving_on(&server, "health").await;
     for name in ["", "cache.v1.Cache", "redis"] {
         assert_eq!(plugin.health(name).await, SERVING, "service {name:?}");
     }
@@ -160,11 +113,10 @@ async fn health_tracks_redis_for_every_service_name() {
 #[tokio::test]
 async fn killed_connections_are_replaced_without_errors_for_reads() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("clientkill"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
-    client.set(common::set_req("k", b"v")).await.expect("set");
-    let killed: i64 = redis::cmd("CLIENT")
+    let plugin = Plugin::serving_on(&server, "clientkill").await;
+    let mut client = plugin.cache().await;
+    client.set("k", b"v").await.expect("set");
+    let killed: i64 = ::redis::cmd("CLIENT")
         .arg("KILL")
         .arg("USER")
         .arg(common::CACHE_USER)
@@ -174,7 +126,7 @@ async fn killed_connections_are_replaced_without_errors_for_reads() {
     // Dropped connections are retried on another one and repaired.
     let mut failures = 0;
     for _ in 0..50 {
-        if client.get(GetRequest { key: "k".into() }).await.is_err() {
+        if client.get("k").await.is_err() {
             failures += 1;
         }
     }
@@ -187,7 +139,7 @@ async fn database_selection_is_honoured() {
     let server = RedisServer::start(Flavor::Redis);
     let mut admin = server.admin();
     // The restricted user may SELECT for this test.
-    redis::cmd("ACL")
+    ::redis::cmd("ACL")
         .arg("SETUSER")
         .arg(common::CACHE_USER)
         .arg("+select")
@@ -196,19 +148,13 @@ async fn database_selection_is_honoured() {
     let prefix = test_prefix("db");
     let mut config = redis_config(&server, &prefix);
     config.backend.database = 3;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    plugin
-        .client()
-        .await
-        .set(common::set_req("k", b"v"))
-        .await
-        .expect("set");
-    redis::cmd("SELECT")
+    let plugin = Plugin::start_serving(config).await;
+    plugin.cache().await.set("k", b"v").await.expect("set");
+    ::redis::cmd("SELECT")
         .arg(3)
         .query::<()>(&mut admin)
         .expect("SELECT");
-    let v: Option<Vec<u8>> = redis::cmd("GET")
+    let v: Option<Vec<u8>> = ::redis::cmd("GET")
         .arg(format!("{prefix}k"))
         .query(&mut admin)
         .expect("GET");
@@ -220,25 +166,14 @@ async fn database_selection_is_honoured() {
 #[tokio::test]
 async fn mget_of_many_keys_is_one_consistent_answer() {
     let server = RedisServer::start(Flavor::Valkey);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("mgetmany"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
+    let plugin = Plugin::serving_on(&server, "mgetmany").await;
+    let mut client = plugin.cache().await;
     for i in 0..100 {
-        client
-            .set(common::set_req(
-                &format!("k{i}"),
-                format!("v{i}").as_bytes(),
-            ))
-            .await
-            .expect("set");
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        client.set(&key, value.as_bytes()).await.expect("set");
     }
-    let keys = (0..200).map(|i| format!("k{i}")).collect();
-    let hits = client
-        .m_get(MGetRequest { keys })
-        .await
-        .expect("mget")
-        .into_inner()
-        .hits;
+    let keys = (0..200).map(|i| format!("k{i}"));
+    let hits = client.mget(keys).await.expect("mget").hits;
     assert_eq!(hits.len(), 100);
     assert_eq!(hits["k42"].as_ref(), b"v42");
     plugin.stop().await;
@@ -254,43 +189,29 @@ async fn large_replies_in_flight_together_arrive_whole_and_in_order() {
     let mut config = redis_config(&server, &test_prefix("large"));
     config.backend.pool_size = 1;
     config.backend.max_value_bytes = 1 << 20;
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
+    let plugin = Plugin::start_serving(config).await;
+    let mut client = plugin.cache().await;
     // A distinct byte pattern per key, so a value in the wrong place shows.
     let value = |i: usize, len: usize| -> Vec<u8> {
         (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect()
     };
     for i in 0..100 {
-        client
-            .set(common::set_req(&format!("m{i}"), &value(i, 4096)))
-            .await
-            .expect("set");
+        let key = format!("m{i}");
+        client.set(&key, &value(i, 4096)).await.expect("set");
     }
     client
-        .set(common::set_req("big", &value(7, 1 << 20)))
+        .set("big", &value(7, 1 << 20))
         .await
         .expect("set big");
     let calls = (0..16).map(|round| {
         let mut c = client.clone();
         async move {
             if round % 4 == 0 {
-                let got = c
-                    .get(GetRequest { key: "big".into() })
-                    .await
-                    .expect("get big");
-                assert_eq!(
-                    got.into_inner().value.as_ref(),
-                    value(7, 1 << 20).as_slice()
-                );
+                let got = c.get("big").await.expect("get big");
+                assert_eq!(got.value.as_ref(), value(7, 1 << 20).as_slice());
             } else {
-                let keys = (0..100).map(|i| format!("m{i}")).collect();
-                let hits = c
-                    .m_get(MGetRequest { keys })
-                    .await
-                    .expect("mget")
-                    .into_inner()
-                    .hits;
+                let keys = (0..100).map(|i| format!("m{i}"));
+                let hits = c.mget(keys).await.expect("mget").hits;
                 assert_eq!(hits.len(), 100);
                 for i in 0..100 {
                     assert_eq!(

@@ -7,14 +7,15 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
-use common::{Flavor, Plugin, RedisServer, SERVING, memory_config, redis_config, test_prefix};
-use redis_cache_plugin::pb::{GetRequest, cache_client::CacheClient};
-
-const BIN: &str = env!("CARGO_BIN_EXE_redis-cache-plugin");
+use common::{
+    Cache, Flavor, Plugin, RedisServer, memory_config,
+    plugin::{self, PluginCommand},
+    test_prefix,
+};
 
 fn grpcurl(args: &[&str]) -> (bool, String) {
     let path = common::tool("grpcurl").expect("grpcurl on PATH (scripts/deps.sh installs it)");
@@ -45,8 +46,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_smoke_health_set_get_round_trip() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("grpcurl"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::serving_on(&server, "grpcurl").await;
     let addr = plugin.addr.to_string();
 
     let (ok, out) = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
@@ -77,8 +77,7 @@ async fn grpcurl_smoke_health_set_get_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_and_describes_services() {
-    let plugin = Plugin::start(memory_config("refl:")).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(5)).await);
+    let plugin = Plugin::start_serving(memory_config("refl:")).await;
     let addr = plugin.addr.to_string();
     let (ok, out) = grpcurl(&["-plaintext", &addr, "list"]);
     assert!(ok, "{out}");
@@ -98,18 +97,11 @@ async fn reflection_lists_and_describes_services() {
 #[tokio::test]
 async fn metrics_are_served_on_the_grpc_port() {
     let server = RedisServer::start(Flavor::Redis);
-    let plugin = Plugin::start(redis_config(&server, &test_prefix("metrics"))).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
-    let mut client = plugin.client().await;
-    client.set(common::set_req("m", b"v")).await.expect("set");
-    client
-        .get(GetRequest { key: "m".into() })
-        .await
-        .expect("hit");
-    client
-        .get(GetRequest { key: "x".into() })
-        .await
-        .expect("miss");
+    let plugin = Plugin::serving_on(&server, "metrics").await;
+    let mut client = plugin.cache().await;
+    client.set("m", b"v").await.expect("set");
+    client.get("m").await.expect("hit");
+    client.get("x").await.expect("miss");
     let addr = plugin.addr;
     let body = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
         .await
@@ -153,19 +145,14 @@ fn bad_config_stops_startup_with_one_line_naming_the_field() {
     for (yaml, field) in cases {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).expect("write");
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env_remove("REDIS_ADDRESS")
-            .output()
-            .expect("run");
+        let out = PluginCommand::new().config(&path).output().expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{yaml}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(field), "{field} not named: {stderr}");
     }
-    let out = Command::new(BIN)
-        .args(["--config", "/nonexistent/plugin.yaml"])
+    let out = PluginCommand::new()
+        .config("/nonexistent/plugin.yaml")
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
@@ -176,55 +163,35 @@ async fn sigterm_drains_in_flight_calls_then_exits_zero() {
     let server = RedisServer::start(Flavor::Redis);
     let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = format!(
-        "control_plane: {{ port: {port}, listen: 127.0.0.1, drain_timeout: 10s, health_interval: 100ms }}\n\
-         log: {{ level: info }}\n\
-         backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
-        addr = server.address(),
-        prefix = test_prefix("drain"),
-    );
-    let path = dir.path().join("plugin.yaml");
-    std::fs::write(&path, config).expect("write config");
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
+    let config = plugin::loopback_yaml(port, "drain_timeout: 10s, health_interval: 100ms", "info")
+        + &format!(
+            "backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"{prefix}\"\n  operation_timeout: 5s\n",
+            addr = server.address(),
+            prefix = test_prefix("drain"),
+        );
+    let path = plugin::write_config(dir.path(), &config);
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = PluginCommand::new()
+        .config(&path)
         .env("REDIS_PASSWORD", &server.cache_password)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        if let Ok(c) = CacheClient::connect(url.clone()).await {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "plugin did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    client.set(common::set_req("k", b"v")).await.expect("set");
+        .start_serving(&addr, &[]);
+    let mut client = Cache::connect(&addr).await;
+    client.set("k", b"v").await.expect("set");
 
     // Freeze Redis so a call is in flight when SIGTERM arrives.
     server.signal("STOP");
     let mut in_flight = client.clone();
-    let call = tokio::spawn(async move { in_flight.get(GetRequest { key: "k".into() }).await });
+    let call = tokio::spawn(async move { in_flight.get("k").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    child.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.signal("CONT");
 
     let answer = call.await.expect("join").expect("in-flight call finished");
-    assert!(answer.into_inner().found);
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    assert!(answer.found);
+    let status = tokio::task::spawn_blocking(move || child.wait_exit(Duration::from_secs(30)))
         .await
         .expect("join")
-        .expect("wait");
+        .expect("exited after SIGTERM");
     assert_eq!(status.code(), Some(0));
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -15,14 +14,12 @@ use std::{
 };
 
 use common::{
-    Flavor, Plugin, RedisServer, SERVING, memory_config,
+    Cache, Flavor, Plugin, RedisServer, SERVING, memory_config,
     pki::{Ca, Pair, Pki},
+    plugin::{self, PluginCommand},
     redis_config, test_prefix,
 };
-use redis_cache_plugin::{
-    config::{Config, Dur},
-    pb::{GetRequest, cache_client::CacheClient},
-};
+use redis_cache_plugin::config::{Config, Dur};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn path(p: &std::path::Path) -> String {
@@ -42,16 +39,9 @@ fn redis_tls_config(server: &RedisServer, pki: &Pki, client_cert: bool) -> Confi
 }
 
 async fn set_then_get(plugin: &Plugin) {
-    let mut client = plugin.client().await;
-    client
-        .set(common::set_req("k", b"over tls"))
-        .await
-        .expect("set");
-    let r = client
-        .get(GetRequest { key: "k".into() })
-        .await
-        .expect("get")
-        .into_inner();
+    let mut client = plugin.cache().await;
+    client.set("k", b"over tls").await.expect("set");
+    let r = client.get("k").await.expect("get");
     assert_eq!(r.value.as_ref(), b"over tls");
 }
 
@@ -59,8 +49,7 @@ async fn set_then_get(plugin: &Plugin) {
 async fn redis_over_tls_with_client_certificate_works_end_to_end() {
     let pki = Pki::new();
     let server = RedisServer::start_tls(Flavor::Redis, &pki, true);
-    let plugin = Plugin::start(redis_tls_config(&server, &pki, true)).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(redis_tls_config(&server, &pki, true)).await;
     set_then_get(&plugin).await;
     plugin.stop().await;
 }
@@ -85,8 +74,7 @@ async fn redis_tls_verifies_an_overridden_server_name() {
     }
     let mut config = redis_tls_config(&server, &pki, false);
     config.backend.tls.server_name = "redis.internal".into();
-    let plugin = Plugin::start(config).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(10)).await);
+    let plugin = Plugin::start_serving(config).await;
     set_then_get(&plugin).await;
     plugin.stop().await;
 }
@@ -101,36 +89,22 @@ fn startup_failure(
     ca: &std::path::Path,
     tls: &str,
 ) -> (String, Duration) {
-    let yaml = format!(
-        "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\n\
-         log: {{ level: error }}\n\
-         backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"cache:x:\"\n  \
-         tls: {{ enabled: true, ca_file: \"{ca}\"{tls} }}\n",
-        port = common::free_port(),
-        addr = server.address(),
-        ca = path(ca),
-    );
-    let config = pki.path().join("plugin.yaml");
-    std::fs::write(&config, yaml).expect("write config");
+    let yaml = plugin::loopback_yaml(common::free_port(), "", "error")
+        + &format!(
+            "backend:\n  address: \"{addr}\"\n  username: cache\n  key_prefix: \"cache:x:\"\n  \
+             tls: {{ enabled: true, ca_file: \"{ca}\"{tls} }}\n",
+            addr = server.address(),
+            ca = path(ca),
+        );
+    let config = plugin::write_config(pki.path(), &yaml);
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"))
-        .arg("--config")
-        .arg(&config)
-        .env("REDIS_PASSWORD", &server.cache_password)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run plugin");
     // Bounded: a plugin that accepted the certificate keeps serving.
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("must not start: still running after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("plugin output");
+    let run = PluginCommand::new()
+        .config(&config)
+        .env("REDIS_PASSWORD", &server.cache_password)
+        .run_bounded(Duration::from_secs(20));
+    assert!(run.exited, "must not start: still running after 20 s");
+    let out = run.output;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "must not start: {stderr}");
     assert!(!stderr.contains(&server.cache_password));
@@ -189,10 +163,7 @@ async fn call_succeeds(plugin: &Plugin, tls: ClientTlsConfig) -> bool {
     let Ok(channel) = tls_channel(plugin, tls).await else {
         return false;
     };
-    CacheClient::new(channel)
-        .get(GetRequest { key: "x".into() })
-        .await
-        .is_ok()
+    Cache::on(channel).get("x").await.is_ok()
 }
 
 fn mtls_config(pki: &Pki, client_ca: bool) -> Config {
@@ -295,9 +266,9 @@ async fn certificates_swapped_on_disk_are_picked_up_without_dropping_calls() {
     let caller = tokio::spawn({
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         async move {
-            let mut client = CacheClient::new(channel);
+            let mut client = Cache::on(channel);
             while !stop.load(Ordering::Relaxed) {
-                match client.get(GetRequest { key: "k".into() }).await {
+                match client.get("k").await {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -341,10 +312,11 @@ async fn builtin_health_probe_speaks_mtls() {
     let plugin = Plugin::start(mtls_config(&pki, true)).await;
     let addr = plugin.addr.to_string();
     let probe = |extra: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-cache-plugin"));
-        cmd.args(["health", "--addr", &addr, "--timeout", "3s"])
-            .args(extra);
-        cmd.output().expect("run probe")
+        PluginCommand::new()
+            .args(["health", "--addr", &addr, "--timeout", "3s"])
+            .args(extra)
+            .output()
+            .expect("run probe")
     };
     let (ca, cert, key) = (
         path(&pki.ca_file),

@@ -15,14 +15,11 @@ use std::{
 };
 
 use common::{
-    Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, leaks,
+    Cache, Flavor, NOT_SERVING, Plugin, RedisServer, SERVING, leaks,
     openbao::{OpenBao, vault_users},
     redis_config, test_prefix,
 };
-use redis_cache_plugin::{
-    config::{Config, Dur, Secret, VaultAuthMethod},
-    pb::{GetRequest, MGetRequest, SetRequest, cache_client::CacheClient},
-};
+use redis_cache_plugin::config::{Config, Dur, Secret, VaultAuthMethod};
 use tonic::{Code, transport::Channel};
 
 /// Redis, OpenBao with the database engine on it, and a role.
@@ -62,31 +59,18 @@ impl World {
     }
 }
 
-async fn start_serving(config: Config) -> Plugin {
-    let plugin = Plugin::start(config).await;
-    assert!(
-        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
-        "plugin did not become SERVING on Vault credentials"
-    );
-    plugin
+/// Set then Get one key through the plugin.
+async fn round_trip(client: &mut Cache, key: &str) {
+    client.set(key, b"v").await.expect("set");
+    let got = client.get(key).await.expect("get");
+    assert!(got.found && got.value.as_ref() == b"v");
 }
 
-/// Set then Get one key through the plugin.
-async fn round_trip(client: &mut CacheClient<Channel>, key: &str) {
-    client
-        .set(SetRequest {
-            key: key.into(),
-            value: b"v".to_vec().into(),
-            ttl: None,
-        })
-        .await
-        .expect("set");
-    let got = client
-        .get(GetRequest { key: key.into() })
-        .await
-        .expect("get")
-        .into_inner();
-    assert!(got.found && got.value.as_ref() == b"v");
+/// Serves `config`, makes one round trip through it and stops it.
+async fn serves_a_round_trip(config: Config) {
+    let plugin = Plugin::start_serving(config).await;
+    round_trip(&mut plugin.cache().await, "a").await;
+    plugin.stop().await;
 }
 
 /// Runs a blocking call (the `bao` CLI, a Redis admin command, a server
@@ -125,7 +109,7 @@ impl Load {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..workers)
             .map(|w| {
-                let client = CacheClient::new(channel.clone());
+                let client = Cache::on(channel.clone());
                 tokio::spawn(worker(client, w, pause, stop.clone(), samples.clone()))
             })
             .collect();
@@ -159,7 +143,7 @@ impl Load {
 }
 
 async fn worker(
-    mut client: CacheClient<Channel>,
+    mut client: Cache,
     w: usize,
     pause: Duration,
     stop: Arc<AtomicBool>,
@@ -170,19 +154,11 @@ async fn worker(
         let key = format!("w{w}:k{}", i % 20);
         let start = Instant::now();
         let code = match i % 3 {
-            0 => code_of(
-                client
-                    .set(SetRequest {
-                        key,
-                        value: vec![b'x'; 64].into(),
-                        ttl: None,
-                    })
-                    .await,
-            ),
-            1 => code_of(client.get(GetRequest { key }).await),
+            0 => code_of(client.set(&key, &[b'x'; 64]).await),
+            1 => code_of(client.get(&key).await),
             _ => {
-                let keys = (0..5).map(|j| format!("w{w}:k{j}")).collect();
-                code_of(client.m_get(MGetRequest { keys }).await)
+                let keys = (0..5).map(|j| format!("w{w}:k{j}"));
+                code_of(client.mget(keys).await)
             }
         };
         samples.lock().expect("lock").push((start, code));
@@ -209,8 +185,8 @@ fn failures(samples: &[(Instant, Code)]) -> Vec<(Instant, Code)> {
 async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
     let w = World::dev("30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_token", &token)).await;
-    let mut client = plugin.client().await;
+    let plugin = Plugin::start_serving(w.config("vault_token", &token)).await;
+    let mut client = plugin.cache().await;
     round_trip(&mut client, "a").await;
     let users = vault_users(&w.redis);
     assert_eq!(users.len(), 1, "one Vault-issued user: {users:?}");
@@ -227,8 +203,8 @@ async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
 async fn valkey_database_plugin_works() {
     let w = World::on(Flavor::Valkey, OpenBao::dev(), "30s", "2m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_valkey", &token)).await;
-    round_trip(&mut plugin.client().await, "a").await;
+    let plugin = Plugin::start_serving(w.config("vault_valkey", &token)).await;
+    round_trip(&mut plugin.cache().await, "a").await;
     assert_eq!(vault_users(&w.redis).len(), 1);
     plugin.stop().await;
     assert!(vault_users(&w.redis).is_empty());
@@ -239,8 +215,8 @@ async fn redis_restart_gets_new_credentials_at_once() {
     // Vault's users live in Redis memory only: a restart deletes them.
     let mut w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_redis_restart", &token)).await;
-    let mut client = plugin.client().await;
+    let plugin = Plugin::start_serving(w.config("vault_redis_restart", &token)).await;
+    let mut client = plugin.cache().await;
     round_trip(&mut client, "a").await;
     blocking(|| w.redis.restart());
     assert!(
@@ -248,19 +224,9 @@ async fn redis_restart_gets_new_credentials_at_once() {
         "restart deleted the user"
     );
     let restarted = Instant::now();
-    let mut recovered = false;
-    while restarted.elapsed() < Duration::from_secs(5) {
-        let set = SetRequest {
-            key: "b".into(),
-            value: b"v".to_vec().into(),
-            ttl: None,
-        };
-        if client.set(set).await.is_ok() {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let recovered = client
+        .set_succeeds_within("b", b"v", Duration::from_secs(5))
+        .await;
     eprintln!(
         "redis restart: serving again after {:?}",
         restarted.elapsed()
@@ -281,9 +247,7 @@ async fn approle_login_works() {
     c.vault.auth.method = VaultAuthMethod::Approle;
     c.vault.auth.role_id = role_id;
     c.vault.auth.secret_id_file = secret_file.display().to_string();
-    let plugin = start_serving(c).await;
-    round_trip(&mut plugin.client().await, "a").await;
-    plugin.stop().await;
+    serves_a_round_trip(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +261,7 @@ async fn approle_logs_in_again_at_the_tokens_max_ttl() {
     c.vault.auth.method = VaultAuthMethod::Approle;
     c.vault.auth.role_id = role_id;
     c.vault.auth.secret_id = Secret::new(secret_id);
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(15)).await;
     let samples = load.finish().await;
@@ -327,9 +291,7 @@ async fn kubernetes_login_works() {
     c.vault.auth.method = VaultAuthMethod::Kubernetes;
     c.vault.auth.role = "cache-plugin".into();
     c.vault.auth.jwt_file = jwt_file.display().to_string();
-    let plugin = start_serving(c).await;
-    round_trip(&mut plugin.client().await, "a").await;
-    plugin.stop().await;
+    serves_a_round_trip(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,8 +302,8 @@ async fn kv_v2_static_credentials_work() {
     let token = w.bao.plugin_token("1h", "2h");
     let mut c = w.config("vault_kv", &token);
     c.vault.kv_path = "secret/redis/cache".into();
-    let plugin = start_serving(c).await;
-    round_trip(&mut plugin.client().await, "a").await;
+    let plugin = Plugin::start_serving(c).await;
+    round_trip(&mut plugin.cache().await, "a").await;
     assert!(vault_users(&w.redis).is_empty(), "KV creds create no user");
     plugin.stop().await;
 }
@@ -352,7 +314,7 @@ async fn own_token_is_renewed_past_its_first_ttl() {
     // throughout; the token itself lives 4 s unless renewed.
     let w = World::dev("3s", "5s");
     let token = w.bao.plugin_token("4s", "2m");
-    let plugin = start_serving(w.config("vault_token_renew", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_token_renew", &token)).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(10)).await;
     let samples = load.finish().await;
@@ -375,8 +337,8 @@ async fn logs_never_carry_secrets() {
     let logs = capture_logs();
     let w = World::dev("30s", "2m");
     let token = blocking(|| w.bao.plugin_token("1h", "2h"));
-    let plugin = start_serving(w.config("vault_logs", &token)).await;
-    let mut client = plugin.client().await;
+    let plugin = Plugin::start_serving(w.config("vault_logs", &token)).await;
+    let mut client = plugin.cache().await;
     round_trip(&mut client, "a").await;
     // The Vault-issued password: the test knows it only by Redis' hash.
     let mut hashes = blocking(|| vault_password_hashes(&w.redis));
@@ -387,7 +349,7 @@ async fn logs_never_carry_secrets() {
     blocking(|| w.bao.revoke(&lease));
     let mut seen = String::new();
     for _ in 0..100 {
-        match client.get(GetRequest { key: "a".into() }).await {
+        match client.get("a").await {
             Ok(_) => break,
             Err(status) => seen.push_str(&format!("{status:?}\n")),
         }
@@ -406,8 +368,8 @@ async fn logs_never_carry_secrets() {
     });
     let mut c = w.config("vault_logs_kv", &kv_token);
     c.vault.kv_path = "secret/redis/cache".into();
-    let kv_plugin = start_serving(c).await;
-    round_trip(&mut kv_plugin.client().await, "a").await;
+    let kv_plugin = Plugin::start_serving(c).await;
+    round_trip(&mut kv_plugin.cache().await, "a").await;
     seen.push_str(&scrape(&kv_plugin).await);
     kv_plugin.stop().await;
     plugin.stop().await;
@@ -536,9 +498,7 @@ async fn https_vault_with_ca_file_and_client_certificate() {
     refused.stop().await;
     c.vault.client_cert_file = pki.client.cert.display().to_string();
     c.vault.client_key_file = pki.client.key.display().to_string();
-    let plugin = start_serving(c).await;
-    round_trip(&mut plugin.client().await, "a").await;
-    plugin.stop().await;
+    serves_a_round_trip(c).await;
     assert!(vault_users(&w.redis).is_empty(), "revoked over mTLS too");
 }
 
@@ -552,7 +512,7 @@ async fn token_file_is_reread_when_the_token_changes() {
     std::fs::write(&file, w.bao.plugin_token("6s", "6s")).expect("write token");
     let mut c = w.config("vault_token_file", "");
     c.vault.auth.token_file = file.display().to_string();
-    let plugin = start_serving(c).await;
+    let plugin = Plugin::start_serving(c).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let new_token = blocking(|| w.bao.plugin_token("1h", "2h"));
@@ -592,9 +552,7 @@ async fn cert_login_works_over_mtls() {
     c.vault.client_key_file = pki.client.key.display().to_string();
     c.vault.auth.method = VaultAuthMethod::Cert;
     c.vault.auth.role = "cache-plugin".into();
-    let plugin = start_serving(c).await;
-    round_trip(&mut plugin.client().await, "a").await;
-    plugin.stop().await;
+    serves_a_round_trip(c).await;
 }
 
 // === lifecycle under load ===
@@ -603,7 +561,7 @@ async fn cert_login_works_over_mtls() {
 async fn rotation_under_load_drops_nothing() {
     let w = World::dev("4s", "10s");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_rotation", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_rotation", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(5));
     let mut max_users = 0;
     let until = Instant::now() + Duration::from_secs(60);
@@ -641,7 +599,7 @@ async fn rotation_under_load_drops_nothing() {
 async fn external_revocation_recovers_within_two_seconds() {
     let w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_revoke", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_revoke", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leases = blocking(|| w.bao.leases("cache-rw"));
@@ -684,7 +642,7 @@ async fn acl_deluser_behind_vaults_back_recovers_within_two_seconds() {
     // fine: WRONGPASS on reconnect must make the plugin ask for a new user.
     let w = World::dev("1m", "5m");
     let token = w.bao.plugin_token("1h", "2h");
-    let plugin = start_serving(w.config("vault_deluser", &token)).await;
+    let plugin = Plugin::start_serving(w.config("vault_deluser", &token)).await;
     let load = Load::start(plugin.channel().await, 4, Duration::from_millis(10));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let users = blocking(|| vault_users(&w.redis));
@@ -737,7 +695,7 @@ async fn vault_outages_short_and_past_expiry() {
     let token = w.bao.plugin_token("1h", "2h");
     let mut config = w.config("vault_outage", &token);
     config.vault.renew_fraction = 0.2;
-    let plugin = start_serving(config).await;
+    let plugin = Plugin::start_serving(config).await;
     let load = Load::start(plugin.channel().await, 2, Duration::from_millis(20));
     let renew_errors = "redis_plugin_vault_errors_total{operation=\"renew\"}";
 

@@ -10,7 +10,7 @@ use std::{
     io::Write,
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,13 +19,12 @@ use std::{
 };
 
 use common::{
-    Flavor, Plugin, RedisServer, SERVING,
+    Flavor, Plugin, RedisServer,
     openbao::{OpenBao, vault_users},
+    plugin::{self, PluginCommand},
     redis_config, test_prefix,
 };
 use redis_cache_plugin::config::{Config, Dur, Secret, VaultAuthMethod};
-
-const BIN: &str = env!("CARGO_BIN_EXE_redis-cache-plugin");
 
 /// Redis and OpenBao issuing users on it through role `cache-rw`.
 fn world() -> (RedisServer, OpenBao) {
@@ -95,8 +94,7 @@ async fn approle_login_token_is_revoked_at_shutdown() {
     c.vault.auth.method = VaultAuthMethod::Approle;
     c.vault.auth.role_id = role_id;
     c.vault.auth.secret_id = Secret::new(secret_id);
-    let plugin = Plugin::start(c).await;
-    assert!(plugin.wait_health(SERVING, Duration::from_secs(15)).await);
+    let plugin = Plugin::start_serving(c).await;
     let tokens = approle_tokens(&bao);
     assert_eq!(
         tokens.len(),
@@ -127,8 +125,7 @@ async fn operator_token_is_left_alone_at_shutdown() {
         c.vault.auth.method = VaultAuthMethod::Token;
         c.vault.auth.token = Secret::new(inline);
         c.vault.auth.token_file = token_file;
-        let plugin = Plugin::start(c).await;
-        assert!(plugin.wait_health(SERVING, Duration::from_secs(15)).await);
+        let plugin = Plugin::start_serving(c).await;
         assert_eq!(vault_users(&redis).len(), 1);
         plugin.stop().await;
         assert!(vault_users(&redis).is_empty(), "{name}: lease revoked");
@@ -184,28 +181,10 @@ fn has_lease(address: &str, root: &str) -> bool {
         && serde_json::from_slice::<Vec<String>>(&out.stdout).is_ok_and(|l| !l.is_empty())
 }
 
-/// Waits up to `within` for `child` to exit; kills it if it does not.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
+/// A config on a free loopback port, log level info, then `body`.
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
-    let path = dir.join("plugin.yaml");
-    let yaml = format!(
-        "control_plane: {{ port: {port}, listen: 127.0.0.1 }}\nlog: {{ level: info }}\n{body}",
-        port = common::free_port()
-    );
-    std::fs::write(&path, yaml).expect("write config");
-    path
+    let yaml = plugin::loopback_yaml(common::free_port(), "", "info") + body;
+    plugin::write_config(dir, &yaml)
 }
 
 #[test]
@@ -226,18 +205,14 @@ fn lease_is_revoked_when_startup_fails_after_the_first_lease() {
         ),
     );
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let mut child = PluginCommand::new()
+        .config(&config)
         .env("VAULT_TOKEN", &token)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    let status = wait_exit(&mut child, Duration::from_secs(30)).expect("start-up must fail");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
+        .start();
+    let status = child
+        .wait_exit(Duration::from_secs(30))
+        .expect("start-up must fail");
+    let stderr = child.log();
     assert!(!stderr.contains(&token));
     eprintln!("start-up failed after {:?}:\n{stderr}", started.elapsed());
     assert!(!status.success(), "must not start: {stderr}");
@@ -276,18 +251,9 @@ fn fifo_as_token_file_stops_startup_with_one_line() {
             fifo.display()
         ),
     );
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("VAULT_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    let status = wait_exit(&mut child, Duration::from_secs(10));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
+    let mut child = PluginCommand::new().config(&config).start();
+    let status = child.wait_exit(Duration::from_secs(10));
+    let stderr = child.log();
     let status = status.unwrap_or_else(|| panic!("hung on the FIFO; said: {stderr}"));
     assert!(!status.success(), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");

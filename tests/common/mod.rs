@@ -1,6 +1,7 @@
 //! The shared integration-test harness: real Redis and Valkey servers on free
 //! loopback ports with ACL users, the plugin served in-process on its own
-//! port, and clients for it.
+//! port or as a child process (spawned by `plugin.rs`), and clients for it
+//! (`client.rs`).
 //!
 //! Every server is a child process in a temporary directory, killed on drop.
 //! Readiness is polled, never slept for. Each test gets its own key prefix
@@ -8,11 +9,17 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod client;
 pub mod leaks;
 pub mod load;
 pub mod openbao;
 pub mod pki;
+pub mod plugin;
 pub mod rawh2;
+pub mod twins;
+
+#[allow(unused_imports)] // each test crate uses some of them
+pub use client::{Cache, set_req, ttl};
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -223,14 +230,10 @@ impl RedisServer {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.try_admin().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("{:?} did not start:\n{}", self.flavor, self.log());
+        let ready = poll(Duration::from_secs(15), Duration::from_millis(10), || {
+            self.try_admin().is_some()
+        });
+        assert!(ready, "{:?} did not start:\n{}", self.flavor, self.log());
     }
 
     fn try_admin(&self) -> Option<redis::Connection> {
@@ -268,10 +271,7 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 
     /// Starts the server again on the same port with the same users.
@@ -394,8 +394,29 @@ impl Plugin {
         }
     }
 
+    /// The plugin on `server` as the cache user, with a key prefix from
+    /// `name`, SERVING.
+    pub async fn serving_on(server: &RedisServer, name: &str) -> Self {
+        Self::start_serving(redis_config(server, &test_prefix(name))).await
+    }
+
+    /// Like [`Plugin::start`], then waits (bounded) until SERVING.
+    pub async fn start_serving(config: Config) -> Self {
+        let plugin = Self::start(config).await;
+        assert!(
+            plugin.wait_health(SERVING, START_WITHIN).await,
+            "plugin did not become SERVING within {START_WITHIN:?}"
+        );
+        plugin
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A connected client with plain-call helpers.
+    pub async fn cache(&self) -> Cache {
+        Cache::new(self.client().await)
     }
 
     /// A connected cache client.
@@ -458,7 +479,7 @@ impl Drop for Plugin {
 
 /// The plugin binary as its own process (for measurements of its own RSS).
 pub struct PluginProcess {
-    child: Child,
+    running: plugin::Running,
     pub addr: SocketAddr,
     _dir: TempDir,
 }
@@ -473,7 +494,18 @@ impl PluginProcess {
     /// Like [`PluginProcess::start`], with `control_plane` entries added to
     /// its flow mapping (`"max_concurrent_requests: 16"`).
     pub fn start_with(server: &RedisServer, prefix: &str, control_plane: &str) -> Self {
-        let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n");
+        Self::start_tuned(server, prefix, control_plane, "")
+    }
+
+    /// Like [`PluginProcess::start_with`], with `backend_extra` lines
+    /// (indented two spaces) added to its `backend:` block.
+    pub fn start_tuned(
+        server: &RedisServer,
+        prefix: &str,
+        control_plane: &str,
+        backend_extra: &str,
+    ) -> Self {
+        let backend = format!("  username: {CACHE_USER}\n  operation_timeout: 5s\n{backend_extra}");
         Self::start_at(
             &server.address(),
             Some(&server.cache_password),
@@ -514,48 +546,30 @@ impl PluginProcess {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let control_plane = control_plane.trim_start_matches([',', ' ']);
-        let extra = if control_plane.is_empty() {
-            String::new()
-        } else {
-            format!(", {control_plane}")
-        };
-        let yaml = format!(
-            "control_plane: {{ port: {port}, listen: 127.0.0.1{extra} }}\nlog: {{ level: warn }}\n{backend}"
-        );
-        let path = dir.path().join("plugin.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let bin = env!("CARGO_BIN_EXE_redis-cache-plugin");
+        let yaml = plugin::loopback_yaml(port, control_plane, "warn") + backend;
+        let path = plugin::write_config(dir.path(), &yaml);
         let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+            Some(n) => plugin::PluginCommand::with_nofile(n),
+            None => plugin::PluginCommand::new(),
         };
-        cmd.arg("--config").arg(&path).envs(env.iter().copied());
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn plugin");
+        let mut running = cmd.config(&path).envs(env.iter().copied()).start();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "plugin did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        running.wait_accepting(addr);
         Self {
-            child,
+            running,
             addr,
             _dir: dir,
         }
     }
 
+    /// The plugin's stderr so far (log level warn).
+    pub fn log(&mut self) -> String {
+        self.running.log()
+    }
+
     /// The process id (prlimit execs the plugin, so it is the plugin's).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.pid()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -568,18 +582,18 @@ impl PluginProcess {
 
     /// The plugin process' resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
-        load::rss_kib_of(&self.child.id().to_string())
+        load::rss_kib_of(&self.pid().to_string())
     }
 
     /// The plugin process' peak resident set size so far (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        load::status_kib_of(&self.child.id().to_string(), "VmHWM:")
+        load::status_kib_of(&self.pid().to_string(), "VmHWM:")
     }
 
     /// CPU time the plugin process has used (user + system), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces): utime and
         // stime are the 12th and 13th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -613,26 +627,17 @@ impl PluginProcess {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
-}
 
-impl Drop for PluginProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Set of `value` under `key` with the default TTL.
-pub fn set_req(key: &str, value: &[u8]) -> redis_cache_plugin::pb::SetRequest {
-    redis_cache_plugin::pb::SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
+    /// [`PluginProcess::client`] with plain-call helpers.
+    pub async fn cache(&self) -> Cache {
+        Cache::new(self.client().await)
     }
 }
 
 pub const SERVING: i32 = 1;
 pub const NOT_SERVING: i32 = 2;
+/// How long the in-process plugin may take to report SERVING.
+pub const START_WITHIN: Duration = Duration::from_secs(15);
 
 /// Polls `check` every 10 ms until it holds or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -646,6 +651,38 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls `check` every `every` until it holds (true) or `within` passes
+/// (false); the blocking twin of [`eventually`], for harness start-up.
+pub fn poll(within: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+    true
+}
+
+/// Kills `child` if there is one and waits for it, so no zombie remains.
+pub fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Panics with `what` and the command's stdout and stderr unless it
+/// exited 0.
+pub fn assert_succeeded(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Path of a tool on PATH or in Python's scripts directory (where pip puts

@@ -174,24 +174,18 @@ impl OpenBao {
 
     fn unseal(&self) {
         let key = self.unseal_key.clone().expect("persistent server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.run_raw(&["operator", "unseal", &key]).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "bao unseal failed:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let unsealed = super::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            self.run_raw(&["operator", "unseal", &key]).is_ok()
+        });
+        assert!(unsealed, "bao unseal failed:\n{}", self.log());
     }
 
     /// Polls until the server answers authenticated requests as active.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.run_raw(&["secrets", "list"]).is_err() {
-            assert!(Instant::now() < deadline, "bao not ready:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let ready = super::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+            self.run_raw(&["secrets", "list"]).is_ok()
+        });
+        assert!(ready, "bao not ready:\n{}", self.log());
     }
 
     /// The server's log, for failure messages.
@@ -201,10 +195,7 @@ impl OpenBao {
 
     /// Stops the server (SIGKILL): Vault is down.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::reap(self.child.take());
     }
 
     /// Starts a persistent server again on the same port and unseals it.

@@ -72,6 +72,12 @@ impl RawH2 {
         stream.send_data(body, true).ok()?;
         Some(response)
     }
+
+    /// [`RawH2::call`] that must be answered; the answer's HTTP status.
+    pub async fn call_status(&self, path: &str, body: Bytes) -> http::StatusCode {
+        let response = self.call(path, body).await.expect("stream opened");
+        response.await.expect("answered").status()
+    }
 }
 
 /// `msg` as one gRPC message frame (uncompressed).
