@@ -177,6 +177,10 @@ impl NodeInfo {
     }
 }
 
+/// What `views_agree` compares of one node: address, primary, failed,
+/// its primary's id, slots.
+type NodeView = (String, bool, bool, Option<String>, Vec<(u16, u16)>);
+
 /// A six-node Redis Cluster (3 primaries, 3 replicas) with the shared ACL
 /// users; every node is stopped on drop.
 pub struct RedisCluster {
@@ -409,7 +413,7 @@ impl RedisCluster {
     }
 
     /// Waits until every live node says `cluster_state:ok` and all of them
-    /// report the same slot owners.
+    /// report the same nodes, roles, replication and slot owners.
     pub fn wait_settled(&self) {
         let settled = poll(SETTLE_WITHIN, Duration::from_millis(50), || {
             let live: Vec<String> = self
@@ -417,7 +421,7 @@ impl RedisCluster {
                 .into_iter()
                 .filter(|a| self.answers(a))
                 .collect();
-            live.iter().all(|a| self.state_ok(a)) && self.owners_agree(&live)
+            live.iter().all(|a| self.state_ok(a)) && self.views_agree(&live)
         });
         assert!(settled, "cluster did not settle:\n{}", self.describe());
     }
@@ -430,21 +434,23 @@ impl RedisCluster {
         info.contains("cluster_state:ok")
     }
 
-    fn owners_agree(&self, live: &[String]) -> bool {
-        let views: Vec<Vec<(String, Vec<(u16, u16)>)>> = live
+    /// Every live node knows all six nodes and sees the same roles,
+    /// primaries and slots (a node that just joined or was promoted may
+    /// still be alone in its view).
+    fn views_agree(&self, live: &[String]) -> bool {
+        let views: Vec<Vec<NodeView>> = live
             .iter()
             .map(|a| {
-                let mut v: Vec<_> = self
+                let mut v: Vec<NodeView> = self
                     .nodes_seen_by(a)
                     .into_iter()
-                    .filter(|n| n.primary && !n.slots.is_empty())
-                    .map(|n| (n.address, n.slots))
+                    .map(|n| (n.address, n.primary, n.failed, n.primary_id, n.slots))
                     .collect();
                 v.sort();
                 v
             })
             .collect();
-        views.windows(2).all(|w| w[0] == w[1])
+        views.iter().all(|v| v.len() == self.nodes.len()) && views.windows(2).all(|w| w[0] == w[1])
     }
 
     /// Every node's view and log tail, for failure messages.
