@@ -39,10 +39,11 @@ pub const SENTINEL_CACHE_ACL: &str =
 /// How long forming a topology or waiting for it to settle may take.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
-/// The admin and cache passwords every node of one topology shares.
-struct SharedUsers {
-    admin: String,
-    cache: String,
+/// The admin and cache passwords every node of one topology shares (the
+/// plugin's config takes `cache`).
+pub struct SharedUsers {
+    pub admin: String,
+    pub cache: String,
 }
 
 impl SharedUsers {
@@ -51,6 +52,22 @@ impl SharedUsers {
             admin: random_secret(),
             cache: random_secret(),
         }
+    }
+
+    /// Starts `count` nodes with `start`, each given the shared users.
+    fn start_nodes(
+        &self,
+        count: usize,
+        acl: &str,
+        start: impl Fn() -> RedisServer,
+    ) -> Vec<RedisServer> {
+        (0..count)
+            .map(|_| {
+                let node = start();
+                self.apply(&node, acl);
+                node
+            })
+            .collect()
     }
 
     /// Gives `node` the shared passwords (its own stay valid, so its
@@ -123,10 +140,23 @@ fn cluster_args(bus_port: u16) -> Vec<String> {
     .collect()
 }
 
-/// The last `n` lines of `log`.
-fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// The node of `nodes` at `address`.
+fn find<'a>(nodes: &'a [RedisServer], address: &str) -> &'a RedisServer {
+    nodes
+        .iter()
+        .find(|n| n.address() == address)
+        .unwrap_or_else(|| panic!("no node at {address}"))
+}
+
+/// The last lines of each `(address, log)`, for failure messages.
+fn log_tails(logs: impl Iterator<Item = (String, String)>) -> String {
+    logs.map(|(address, log)| {
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("--- {address} ---\n{tail}")
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 // === RedisCluster ===
@@ -186,7 +216,7 @@ type NodeView = (String, bool, bool, Option<String>, Vec<(u16, u16)>);
 pub struct RedisCluster {
     pub flavor: Flavor,
     nodes: Vec<RedisServer>,
-    users: SharedUsers,
+    pub users: SharedUsers,
 }
 
 impl RedisCluster {
@@ -194,13 +224,9 @@ impl RedisCluster {
     /// and waits until every node says `cluster_state:ok`.
     pub fn start(flavor: Flavor) -> Self {
         let users = SharedUsers::new();
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                let node = RedisServer::start_with(flavor, cluster_args(free_port()));
-                users.apply(&node, CLUSTER_CACHE_ACL);
-                node
-            })
-            .collect();
+        let nodes = users.start_nodes(6, CLUSTER_CACHE_ACL, || {
+            RedisServer::start_with(flavor, cluster_args(free_port()))
+        });
         let cluster = Self {
             flavor,
             nodes,
@@ -228,16 +254,6 @@ impl RedisCluster {
         }
     }
 
-    /// The cache user's password on every node (for the plugin's config).
-    pub fn cache_password(&self) -> &str {
-        &self.users.cache
-    }
-
-    /// The admin user's password on every node.
-    pub fn admin_password(&self) -> &str {
-        &self.users.admin
-    }
-
     /// Addresses of all six nodes, as `backend.addresses` would list seeds.
     pub fn seed_addresses(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::address).collect()
@@ -245,10 +261,7 @@ impl RedisCluster {
 
     /// The node at `address`.
     pub fn node(&self, address: &str) -> &RedisServer {
-        self.nodes
-            .iter()
-            .find(|n| n.address() == address)
-            .unwrap_or_else(|| panic!("no cluster node at {address}"))
+        find(&self.nodes, address)
     }
 
     fn node_mut(&mut self, address: &str) -> &mut RedisServer {
@@ -455,11 +468,7 @@ impl RedisCluster {
 
     /// Every node's view and log tail, for failure messages.
     fn describe(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {} ---\n{}", n.address(), tail(&n.log(), 15)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        log_tails(self.nodes.iter().map(|n| (n.address(), n.log())))
     }
 }
 
@@ -563,7 +572,7 @@ pub struct SentinelSet {
     pub flavor: Flavor,
     data: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
-    users: SharedUsers,
+    pub users: SharedUsers,
 }
 
 impl SentinelSet {
@@ -571,13 +580,7 @@ impl SentinelSet {
     /// Sentinel knows the master, both replicas and the other Sentinels.
     pub fn start(flavor: Flavor) -> Self {
         let users = SharedUsers::new();
-        let data: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                let node = RedisServer::start(flavor);
-                users.apply(&node, SENTINEL_CACHE_ACL);
-                node
-            })
-            .collect();
+        let data = users.start_nodes(3, SENTINEL_CACHE_ACL, || RedisServer::start(flavor));
         let master = data[0].address();
         for replica in &data[1..] {
             redis::cmd("REPLICAOF")
@@ -622,11 +625,6 @@ impl SentinelSet {
         MASTER_NAME
     }
 
-    /// The cache user's password on every data node.
-    pub fn cache_password(&self) -> &str {
-        &self.users.cache
-    }
-
     /// Addresses of the three data nodes (master and replicas).
     pub fn data_addresses(&self) -> Vec<String> {
         self.data.iter().map(RedisServer::address).collect()
@@ -634,10 +632,7 @@ impl SentinelSet {
 
     /// The data node at `address`.
     pub fn node(&self, address: &str) -> &RedisServer {
-        self.data
-            .iter()
-            .find(|n| n.address() == address)
-            .unwrap_or_else(|| panic!("no data node at {address}"))
+        find(&self.data, address)
     }
 
     /// The master's address as the first Sentinel that answers names it.
@@ -701,11 +696,7 @@ impl SentinelSet {
 
     /// Sentinel log tails, for failure messages.
     fn describe(&self) -> String {
-        self.sentinels
-            .iter()
-            .map(|s| format!("--- sentinel {} ---\n{}", s.address(), tail(&s.log(), 20)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        log_tails(self.sentinels.iter().map(|s| (s.address(), s.log())))
     }
 }
 
