@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{
-    CACHE_ACL, CACHE_USER, Flavor, RedisServer,
+    ADMIN_USER, CACHE_ACL, CACHE_USER, Flavor, RedisServer,
     blackhole::{BlackHole, Mode},
     topology::{As, CLUSTER_CACHE_ACL, RedisCluster, SENTINEL_CACHE_ACL, SentinelSet},
 };
@@ -22,6 +22,7 @@ use common::{
 twin_tests!(
     cluster_routes_by_slot_reshards_and_fails_over,
     sentinel_names_a_new_master_after_sigkill,
+    sentinels_with_auth_serve_only_their_users,
 );
 
 /// Keys spread over all slots; 40 leave a primary without one with odds
@@ -185,6 +186,49 @@ async fn sentinel_names_a_new_master_after_sigkill(flavor: Flavor) {
         .query(&mut set.node(&new).admin())
         .expect("ACL DRYRUN");
     assert_eq!(dryrun, "OK", "the cache user may ask ROLE");
+}
+
+/// Sentinels that require AUTH refuse anonymous clients, let the plugin's
+/// user ask for the master and subscribe to `+switch-master` but nothing
+/// else, and still see each other (they log in to each other as admin).
+async fn sentinels_with_auth_serve_only_their_users(flavor: Flavor) {
+    let set = SentinelSet::start_with_auth(flavor);
+    let password = set
+        .sentinel_password
+        .clone()
+        .expect("sentinels require AUTH");
+    let sentinel = set.sentinel_addresses().remove(0);
+
+    let err = ::redis::cmd("PING")
+        .query::<String>(&mut set.sentinel_as(&sentinel, None))
+        .expect_err("anonymous clients are refused");
+    assert!(err.to_string().to_uppercase().contains("NOAUTH"), "{err}");
+
+    let mut plugin = set.sentinel_as(&sentinel, Some((CACHE_USER, &password)));
+    let master: Vec<String> = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(set.master_name())
+        .query(&mut plugin)
+        .expect("the plugin user asks for the master");
+    assert_eq!(master.join(":"), set.data_addresses()[0]);
+    let err = ::redis::cmd("SENTINEL")
+        .arg("reset")
+        .arg("*")
+        .query::<i64>(&mut plugin)
+        .expect_err("the plugin user may not reset");
+    assert!(err.to_string().to_uppercase().contains("NOPERM"), "{err}");
+    plugin
+        .as_pubsub()
+        .subscribe("+switch-master")
+        .expect("the plugin user follows +switch-master");
+
+    let admin = (ADMIN_USER, set.users.admin.as_str());
+    let quorum: String = ::redis::cmd("SENTINEL")
+        .arg("ckquorum")
+        .arg(set.master_name())
+        .query(&mut set.sentinel_as(&sentinel, Some(admin)))
+        .expect("CKQUORUM");
+    assert!(quorum.starts_with("OK 3 usable"), "{quorum}");
 }
 
 // === the black hole ===

@@ -36,6 +36,11 @@ pub const CLUSTER_CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del
 pub const SENTINEL_CACHE_ACL: &str =
     "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +role";
 
+/// The plugin user's ACL rules on Sentinels that require AUTH: ask for the
+/// master's address and follow `+switch-master`, nothing else.
+pub const SENTINEL_CLIENT_ACL: &str =
+    "resetchannels &+switch-master -@all +ping +sentinel|get-master-addr-by-name +subscribe";
+
 /// How long forming a topology or waiting for it to settle may take.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
@@ -496,29 +501,41 @@ fn parse_slot_range(entry: &[redis::Value]) -> Option<(u16, u16, String)> {
 /// The monitored master's name in every Sentinel set.
 pub const MASTER_NAME: &str = "cache-master";
 
-/// One Sentinel process (no AUTH of its own; loopback only).
+/// One Sentinel process on loopback, with or without AUTH of its own.
 struct Sentinel {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// The admin password when this Sentinel requires AUTH.
+    auth: Option<String>,
 }
 
 impl Sentinel {
-    fn start(flavor: Flavor, master: &str, admin_password: &str) -> Self {
+    /// `auth`: `(admin password, cache user password)` on the Sentinel
+    /// itself; the Sentinels then also log in to each other as admin.
+    fn start(flavor: Flavor, master: &str, data_admin: &str, auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let (host, master_port) = master.split_once(':').expect("host:port");
-        let conf = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+        let users = auth.map_or_else(String::new, |(admin, cache)| {
+            format!(
+                "user default off\nuser {ADMIN_USER} on >{admin} ~* &* +@all\n\
+                 user {CACHE_USER} on >{cache} {SENTINEL_CLIENT_ACL}\n\
+                 sentinel sentinel-user {ADMIN_USER}\nsentinel sentinel-pass {admin}\n"
+            )
+        });
+        let conf = users
+            + &format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
              sentinel resolve-hostnames no\n\
              sentinel monitor {MASTER_NAME} {host} {master_port} 2\n\
              sentinel auth-user {MASTER_NAME} {ADMIN_USER}\n\
-             sentinel auth-pass {MASTER_NAME} {admin_password}\n\
+             sentinel auth-pass {MASTER_NAME} {data_admin}\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 5000\n\
              sentinel parallel-syncs {MASTER_NAME} 2\n",
-            dir = dir.path().display(),
-        );
+                dir = dir.path().display(),
+            );
         let path = dir.path().join("sentinel.conf");
         std::fs::write(&path, conf).expect("write sentinel.conf");
         let child = Command::new(flavor.binary())
@@ -532,6 +549,7 @@ impl Sentinel {
             port,
             dir,
             child: Some(child),
+            auth: auth.map(|(admin, _)| admin.to_string()),
         }
     }
 
@@ -540,7 +558,11 @@ impl Sentinel {
     }
 
     fn connection(&self) -> Option<redis::Connection> {
-        redis::Client::open(format!("redis://{}/", self.address()))
+        let login = self
+            .auth
+            .as_ref()
+            .map_or_else(String::new, |pw| format!("{ADMIN_USER}:{pw}@"));
+        redis::Client::open(format!("redis://{login}{}/", self.address()))
             .ok()?
             .get_connection_with_timeout(Duration::from_millis(200))
             .ok()
@@ -573,13 +595,28 @@ pub struct SentinelSet {
     data: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
     pub users: SharedUsers,
+    /// The cache user's password on the Sentinels when they require AUTH
+    /// (`backend.sentinel_password`); `None` when they do not.
+    pub sentinel_password: Option<String>,
 }
 
 impl SentinelSet {
     /// Starts the data nodes and the Sentinels and waits until every
     /// Sentinel knows the master, both replicas and the other Sentinels.
     pub fn start(flavor: Flavor) -> Self {
+        Self::launch(flavor, false)
+    }
+
+    /// Like [`SentinelSet::start`] with Sentinels that require AUTH: the
+    /// admin user (shared password) and the cache user with
+    /// [`SENTINEL_CLIENT_ACL`] and its own password, `sentinel_password`.
+    pub fn start_with_auth(flavor: Flavor) -> Self {
+        Self::launch(flavor, true)
+    }
+
+    fn launch(flavor: Flavor, auth: bool) -> Self {
         let users = SharedUsers::new();
+        let sentinel_password = auth.then(random_secret);
         let data = users.start_nodes(3, SENTINEL_CACHE_ACL, || RedisServer::start(flavor));
         let master = data[0].address();
         for replica in &data[1..] {
@@ -590,13 +627,19 @@ impl SentinelSet {
                 .expect("REPLICAOF");
         }
         let sentinels = (0..3)
-            .map(|_| Sentinel::start(flavor, &master, &users.admin))
+            .map(|_| {
+                let auth = sentinel_password
+                    .as_deref()
+                    .map(|pw| (users.admin.as_str(), pw));
+                Sentinel::start(flavor, &master, &users.admin, auth)
+            })
             .collect();
         let set = Self {
             flavor,
             data,
             sentinels,
             users,
+            sentinel_password,
         };
         set.wait_watching(&master);
         set
@@ -618,6 +661,15 @@ impl SentinelSet {
     /// Addresses of the three Sentinels (`backend.addresses`).
     pub fn sentinel_addresses(&self) -> Vec<String> {
         self.sentinels.iter().map(Sentinel::address).collect()
+    }
+
+    /// A connection to the Sentinel at `address`, logged in as
+    /// `(user, password)` or anonymous; commands show what AUTH allows.
+    pub fn sentinel_as(&self, address: &str, login: Option<(&str, &str)>) -> redis::Connection {
+        let login = login.map_or_else(String::new, |(u, p)| format!("{u}:{p}@"));
+        redis::Client::open(format!("redis://{login}{address}/"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .expect("connect to a sentinel")
     }
 
     /// The monitored master's name (`backend.sentinel_master`).
