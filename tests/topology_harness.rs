@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{
-    ADMIN_USER, CACHE_ACL, CACHE_USER, Flavor, RedisServer,
+    CACHE_ACL, CACHE_USER, Flavor, RedisServer,
     blackhole::{BlackHole, Mode},
     topology::{As, CLUSTER_CACHE_ACL, RedisCluster, SENTINEL_CACHE_ACL, SentinelSet},
 };
@@ -188,11 +188,12 @@ async fn sentinel_names_a_new_master_after_sigkill(flavor: Flavor) {
     assert_eq!(dryrun, "OK", "the cache user may ask ROLE");
 }
 
-/// Sentinels that require AUTH refuse anonymous clients, let the plugin's
-/// user ask for the master and subscribe to `+switch-master` but nothing
-/// else, and still see each other (they log in to each other as admin).
+/// Sentinels that require AUTH refuse anonymous clients and let the
+/// plugin's user ask for the master and subscribe to `+switch-master` but
+/// nothing else; they still fail over, which needs them to log in to each
+/// other (votes are asked for with SENTINEL IS-MASTER-DOWN-BY-ADDR).
 async fn sentinels_with_auth_serve_only_their_users(flavor: Flavor) {
-    let set = SentinelSet::start_with_auth(flavor);
+    let mut set = SentinelSet::start_with_auth(flavor);
     let password = set
         .sentinel_password
         .clone()
@@ -205,30 +206,35 @@ async fn sentinels_with_auth_serve_only_their_users(flavor: Flavor) {
     assert!(err.to_string().to_uppercase().contains("NOAUTH"), "{err}");
 
     let mut plugin = set.sentinel_as(&sentinel, Some((CACHE_USER, &password)));
-    let master: Vec<String> = ::redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(set.master_name())
-        .query(&mut plugin)
-        .expect("the plugin user asks for the master");
-    assert_eq!(master.join(":"), set.data_addresses()[0]);
+    let master = master_as(&mut plugin, &set);
+    assert_eq!(master, set.data_addresses()[0]);
     let err = ::redis::cmd("SENTINEL")
         .arg("reset")
         .arg("*")
         .query::<i64>(&mut plugin)
         .expect_err("the plugin user may not reset");
     assert!(err.to_string().to_uppercase().contains("NOPERM"), "{err}");
-    plugin
+    let mut follower = set.sentinel_as(&sentinel, Some((CACHE_USER, &password)));
+    follower
         .as_pubsub()
         .subscribe("+switch-master")
         .expect("the plugin user follows +switch-master");
 
-    let admin = (ADMIN_USER, set.users.admin.as_str());
-    let quorum: String = ::redis::cmd("SENTINEL")
-        .arg("ckquorum")
+    let (old, killed_at) = set.kill_master();
+    assert_eq!(set.role(&old), None, "the old master is gone");
+    let (new, took) = set.wait_new_master(&old, killed_at, Duration::from_secs(20));
+    println!("{flavor:?} (sentinels with AUTH): new master {new} named {took:?} after SIGKILL");
+    assert_eq!(master_as(&mut plugin, &set), new);
+}
+
+/// The master's address as `conn` (a Sentinel connection) is told it.
+fn master_as(conn: &mut ::redis::Connection, set: &SentinelSet) -> String {
+    let master: Vec<String> = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
         .arg(set.master_name())
-        .query(&mut set.sentinel_as(&sentinel, Some(admin)))
-        .expect("CKQUORUM");
-    assert!(quorum.starts_with("OK 3 usable"), "{quorum}");
+        .query(conn)
+        .expect("SENTINEL get-master-addr-by-name");
+    master.join(":")
 }
 
 // === the black hole ===
