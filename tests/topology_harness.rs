@@ -32,7 +32,7 @@ fn cluster_keys() -> Vec<String> {
 }
 
 async fn cluster_routes_by_slot_reshards_and_fails_over(flavor: Flavor) {
-    let cluster = RedisCluster::start(flavor);
+    let mut cluster = RedisCluster::start(flavor);
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "three primaries");
     for p in &primaries {
@@ -42,6 +42,7 @@ async fn cluster_routes_by_slot_reshards_and_fails_over(flavor: Flavor) {
     cache_user_is_least_privilege(&cluster);
     reshard_moves_slots(&cluster, &primaries);
     replica_takes_over(&cluster, &primaries[2]);
+    a_killed_node_is_failed_then_rejoins(&mut cluster, &primaries[2]);
     every_key_still_reads_back(&cluster);
 }
 
@@ -135,6 +136,28 @@ fn replica_takes_over(cluster: &RedisCluster, primary: &str) {
         "{primary} stepped down"
     );
     assert_eq!(cluster.replicas_of(&replica), vec![primary.to_string()]);
+}
+
+/// A SIGKILLed node is flagged failed by the others; restarted, it rejoins
+/// with its old identity and role.
+fn a_killed_node_is_failed_then_rejoins(cluster: &mut RedisCluster, address: &str) {
+    let is_failed = |c: &RedisCluster| {
+        c.topology()
+            .iter()
+            .any(|n| n.address == address && n.failed)
+    };
+    cluster.kill(address);
+    let failed = common::poll(Duration::from_secs(20), Duration::from_millis(50), || {
+        is_failed(cluster)
+    });
+    assert!(failed, "the cluster flags {address} failed");
+    cluster.restart(address);
+    cluster.wait_settled();
+    assert!(!is_failed(cluster), "{address} is back");
+    assert!(
+        !cluster.primaries().contains(&address.to_string()),
+        "still a replica"
+    );
 }
 
 /// After the reshard and the takeover every key still reads back through
