@@ -127,7 +127,7 @@ fn redis_cli(user: &str, password: &str, args: &[&str]) -> Output {
         .expect("run redis-cli")
 }
 
-/// `(port, bus port)` of a cluster node; the bus port is chosen explicitly
+/// Server arguments of a cluster node. The bus port is chosen explicitly
 /// because the default (port + 10000) can fall outside the port range.
 fn cluster_args(bus_port: u16) -> Vec<String> {
     [
