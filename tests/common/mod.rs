@@ -9,6 +9,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod blackhole;
 pub mod client;
 pub mod leaks;
 pub mod load;
@@ -16,6 +17,7 @@ pub mod openbao;
 pub mod pki;
 pub mod plugin;
 pub mod rawh2;
+pub mod topology;
 pub mod twins;
 
 #[allow(unused_imports)] // each test crate uses some of them
