@@ -124,7 +124,12 @@ pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
         None
     };
     Ok(RedisSettings {
+        topology: b.topology,
         address: b.address.clone(),
+        addresses: b.addresses.clone(),
+        sentinel_master: b.sentinel_master.clone(),
+        sentinel_username: b.sentinel_username.clone(),
+        sentinel_password: b.sentinel_password.clone(),
         database: b.database,
         pool_size: b.pool_size,
         connect_timeout: b.pool_timeout.0,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{
         address,
+        topology::Topology,
         duration::{Dur, Ttl, format_duration},
         error::ConfigError,
         rules::{at_most, cert_and_key, readable, timeout, tls_off, within},
@@ -48,7 +49,16 @@ pub enum BackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
+    /// Standalone, Sentinel or Cluster (see `topology`).
+    pub topology: Topology,
     pub address: String,
+    /// Sentinel: the sentinels; cluster: seed nodes.
+    pub addresses: Vec<String>,
+    /// Sentinel: the name of the monitored master.
+    pub sentinel_master: String,
+    /// Sentinel: AUTH to the sentinels themselves (not the data nodes).
+    pub sentinel_username: String,
+    pub sentinel_password: Secret,
     pub database: u32,
     pub username: String,
     pub password: Secret,
@@ -96,7 +106,12 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             kind: BackendKind::Redis,
+            topology: Topology::Standalone,
             address: "localhost:6379".into(),
+            addresses: Vec::new(),
+            sentinel_master: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: Secret::default(),
             database: 0,
             username: String::new(),
             password: Secret::default(),
@@ -189,17 +204,6 @@ impl BackendConfig {
             ));
         }
         self.validate_reply_cap()?;
-        if self.kind == BackendKind::Memory {
-            return Ok(());
-        }
-        if self.address.trim().is_empty() {
-            return Err(ConfigError::new(
-                "backend.address",
-                "must not be empty (REDIS_ADDRESS)",
-            ));
-        }
-        address::parse_address(&self.address)
-            .map_err(|reason| ConfigError::new("backend.address", reason))?;
         Ok(())
     }
 

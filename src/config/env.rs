@@ -6,7 +6,7 @@
 use std::{collections::HashMap, str::FromStr};
 
 use crate::{
-    config::{Config, error::ConfigError},
+    config::{Config, error::ConfigError, topology::address_list},
     secret::Secret,
 };
 
@@ -51,7 +51,12 @@ macro_rules! var {
 
 /// Every variable the overlay reads, in the order `--help` lists them.
 pub const ENV_VARS: &[EnvVar] = &[
+    var!("REDIS_TOPOLOGY" => parsed backend.topology),
     var!("REDIS_ADDRESS" => text backend.address),
+    var!("REDIS_ADDRESSES" => address_list backend.addresses),
+    var!("REDIS_SENTINEL_MASTER" => text backend.sentinel_master),
+    var!("REDIS_SENTINEL_USERNAME" => text backend.sentinel_username),
+    var!("REDIS_SENTINEL_PASSWORD" => secret backend.sentinel_password),
     var!("REDIS_USERNAME" => text backend.username),
     var!("REDIS_PASSWORD" => secret backend.password),
     var!("REDIS_DATABASE" => parsed backend.database),

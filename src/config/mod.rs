@@ -28,6 +28,7 @@ mod env;
 mod error;
 pub mod log;
 mod rules;
+mod topology;
 mod vault;
 
 pub use backend::{
@@ -43,6 +44,7 @@ pub use env::{ENV_VARS, EnvVar};
 pub use error::ConfigError;
 pub use log::{LogConfig, LogFormat};
 pub use rules::MAX_TIMEOUT;
+pub use topology::Topology;
 pub use vault::{VaultAuthConfig, VaultAuthMethod, VaultConfig, split_kv_path};
 
 /// Where the config file is looked for when `--config` is not given.
@@ -183,6 +185,10 @@ impl Config {
             return Err(ConfigError::new("plugin.name", "must not be empty"));
         }
         self.backend.validate()?;
+        if self.backend.kind == BackendKind::Redis {
+            let dynamic_vault = self.backend.vault_enabled && self.vault.kv_path.is_empty();
+            self.backend.validate_topology(dynamic_vault)?;
+        }
         // After the backend: the budgets must hold its largest request.
         let b = &self.backend;
         self.control_plane

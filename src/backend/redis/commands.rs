@@ -37,6 +37,19 @@ pub(super) trait Command: Sync {
     fn decode(&self, reply: Reply) -> Result<Self::Output>;
 }
 
+/// A command over several keys that a cluster router splits: Redis
+/// Cluster refuses a multi-key command whose keys hash to different slots
+/// (`CROSSSLOT`), so each slot's keys go as one command of the same type and
+/// the outputs are merged back in the order of [`Command::keys`].
+pub(super) trait MultiKey: Command + Sized {
+    /// The same command over the keys at `indices` (into `keys()`).
+    fn subset(&self, indices: &[usize]) -> Self;
+
+    /// The output for all keys from the parts' outputs, each with the
+    /// indices its part was built from.
+    fn merge(&self, parts: Vec<(Vec<usize>, Self::Output)>) -> Self::Output;
+}
+
 /// `GET key`: the value, or `None` on a miss.
 pub(super) struct Get {
     pub(super) key: String,
@@ -160,6 +173,34 @@ impl Command for MGet {
             other => return Err(unexpected("MGET", &other)),
         };
         items.into_iter().map(|item| value("MGET", item)).collect()
+    }
+}
+
+impl MultiKey for Delete {
+    fn subset(&self, indices: &[usize]) -> Self {
+        let keys = indices.iter().map(|&i| self.keys[i].clone()).collect();
+        Self { keys }
+    }
+
+    fn merge(&self, parts: Vec<(Vec<usize>, u64)>) -> u64 {
+        parts.into_iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl MultiKey for MGet {
+    fn subset(&self, indices: &[usize]) -> Self {
+        let keys = indices.iter().map(|&i| self.keys[i].clone()).collect();
+        Self { keys }
+    }
+
+    fn merge(&self, parts: Vec<(Vec<usize>, Self::Output)>) -> Self::Output {
+        let mut values = vec![None; self.keys.len()];
+        for (indices, part) in parts {
+            for (i, value) in indices.into_iter().zip(part) {
+                values[i] = value;
+            }
+        }
+        values
     }
 }
 

@@ -129,6 +129,10 @@ pub(super) enum ConnError {
     /// being skipped, the connection is fine.
     #[error("reply larger than max_reply_bytes ({0})")]
     TooLarge(usize),
+    /// Sentinel: the node says it is not a master (demoted, or not yet
+    /// promoted); see [`Connector::require_master`].
+    #[error("the node is a {0}, not the master")]
+    NotMaster(String),
 }
 
 impl From<io::Error> for ConnError {
@@ -166,6 +170,9 @@ pub(super) struct Connector {
     pub(super) timeout: Duration,
     /// Largest reply accepted, framing included (`max_reply_bytes`).
     pub(super) max_reply: usize,
+    /// Sentinel: the handshake asks `ROLE` and refuses a node that is not
+    /// a master, so a demoted master is never written to.
+    pub(super) require_master: bool,
 }
 
 impl Connector {
@@ -220,9 +227,10 @@ impl Connector {
             resp::encode(&mut out, &[b"SELECT", db.as_bytes()]);
             expected += 1;
         }
-        // PING last: it proves the connection works end to end (with TLS
-        // 1.3 a refused client certificate shows only on the first read).
-        resp::encode(&mut out, &[b"PING"]);
+        // PING (or ROLE) last: it proves the connection works end to end
+        // (with TLS 1.3 a refused client certificate shows only on the
+        // first read).
+        resp::encode(&mut out, &[if self.require_master { b"ROLE" } else { b"PING" }]);
         expected += 1;
         stream.write_all(&out).await?;
         stream.flush().await?;
@@ -230,16 +238,35 @@ impl Connector {
         let mut buf = ReadBuf::new(BytesMut::with_capacity(READ_CHUNK));
         let mut scanner = Scanner::new(self.max_reply);
         for _ in 0..expected {
-            if let Reply::Error(msg) = read_reply(stream, &mut buf, &mut scanner).await? {
+            let reply = read_reply(stream, &mut buf, &mut scanner).await?;
+            if let Reply::Error(msg) = reply {
                 return Err(ConnError::Server(
                     String::from_utf8_lossy(&msg).into_owned(),
                 ));
+            }
+            if self.require_master {
+                check_master(&reply)?;
             }
         }
         Ok(Leftover {
             bytes: buf.bytes,
             scanner,
         })
+    }
+}
+
+/// Refuses a `ROLE` reply that does not say `master` (the other replies
+/// of the handshake are status lines, which pass).
+fn check_master(reply: &Reply) -> Result<(), ConnError> {
+    let Reply::Array(items) = reply else {
+        return Ok(());
+    };
+    match items.first() {
+        Some(Reply::Bulk(role)) if &role[..] == b"master" => Ok(()),
+        Some(Reply::Bulk(role)) => Err(ConnError::NotMaster(
+            String::from_utf8_lossy(role).into_owned(),
+        )),
+        _ => Err(ProtocolError("a ROLE reply without a role").into()),
     }
 }
 
@@ -686,6 +713,7 @@ mod tests {
             tls: None,
             timeout: Duration::from_secs(5),
             max_reply: 1 << 20,
+            require_master: false,
         }
     }
 

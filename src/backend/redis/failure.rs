@@ -11,6 +11,7 @@
 //! errors, and it never looks past the error code of a reply.
 
 use super::{connection::ConnError, resp::Reply};
+use crate::error::Error;
 
 /// What to do about a failed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub(super) enum Class {
     /// script, replica without master): unavailable, not a bug.
     NotReady,
     Connection,
+    /// A cluster node says another node serves the key (`MOVED`), or does
+    /// for this one command (`ASK`): the router's to follow.
+    Redirect,
     /// The reply passed `max_reply_bytes`: this command fails, the
     /// connection stays (the rest of the reply is skipped).
     TooLarge(usize),
@@ -32,8 +36,22 @@ pub(super) fn classify_reply(msg: &[u8]) -> Class {
     match Reply::error_code(msg) {
         "NOPERM" => Class::NoPerm,
         "WRONGPASS" | "NOAUTH" => Class::Auth,
-        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" => Class::NotReady,
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" => Class::NotReady,
+        "MOVED" | "ASK" => Class::Redirect,
         _ => Class::Other,
+    }
+}
+
+/// The caller's error for an error reply the pool hands back to the router
+/// (see `Pool::query`) when the router does not act on it.
+pub(super) fn refusal(msg: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(msg);
+    match classify_reply(msg) {
+        Class::Redirect => Error::Internal(format!(
+            "redis answered {}: the server is a cluster node (set backend.topology: cluster)",
+            Reply::error_code(msg)
+        )),
+        _ => Error::Unavailable(format!("redis: {text}")),
     }
 }
 
@@ -46,6 +64,8 @@ pub(super) fn classify(e: &ConnError) -> Class {
         // rather than queue more, and keep the connection.
         ConnError::Backlog(_) => Class::NotReady,
         ConnError::TooLarge(max) => Class::TooLarge(*max),
+        // The master moved: the sentinel router re-asks the sentinels.
+        ConnError::NotMaster(_) => Class::NotReady,
         _ => Class::Connection,
     }
 }
@@ -69,6 +89,9 @@ mod tests {
             Class::Auth
         );
         assert_eq!(classify_reply(b"LOADING Redis is loading"), Class::NotReady);
+        assert_eq!(classify_reply(b"CLUSTERDOWN The cluster is down"), Class::NotReady);
+        assert_eq!(classify_reply(b"MOVED 3999 127.0.0.1:6381"), Class::Redirect);
+        assert_eq!(classify_reply(b"ASK 3999 127.0.0.1:6381"), Class::Redirect);
         assert_eq!(
             classify_reply(b"WRONGTYPE Operation against a key"),
             Class::Other

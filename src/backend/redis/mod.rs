@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! RedisBackend ─▶ commands (what to send, what the reply means)
-//!              ─▶ router   (which node: today the one; Sentinel, Cluster next)
+//!              ─▶ router   (which node: standalone, Sentinel's master, a cluster's slot owner)
 //!              ─▶ pool     (which connection: retry, repair, circuit, rotation)
 //!              ─▶ connection + resp (one pipelined socket, the wire protocol)
 //! ```
@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 pub use self::settings::{RedisSettings, RedisTlsSettings};
 use self::{
-    commands::{Delete, Expire, Get, MGet, Ping, Set},
+    commands::{Delete, Expire, Get, MGet, Set},
     router::Router,
 };
 use super::{Backend, PoolStats};
@@ -48,7 +48,7 @@ impl RedisBackend {
         shutdown: Watch,
     ) -> Result<Self> {
         let settings = settings.with_implied_tls()?;
-        let router = Router::standalone(&settings, creds, shutdown)?;
+        let router = Router::start(&settings, creds, shutdown)?;
         Ok(Self { router })
     }
 
@@ -71,11 +71,11 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-        self.router.send(&Delete { keys }).await
+        self.router.send_multi(&Delete { keys }).await
     }
 
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
-        self.router.send(&MGet { keys }).await
+        self.router.send_multi(&MGet { keys }).await
     }
 
     async fn expire(&self, key: String, ttl: Duration) -> Result<bool> {
@@ -83,7 +83,7 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.router.send(&Ping).await
+        self.router.ping().await
     }
 
     fn pool_stats(&self) -> PoolStats {

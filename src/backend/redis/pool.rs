@@ -89,6 +89,10 @@ pub(super) struct Pool {
     attempts: watch::Sender<u64>,
     /// Set when a reconnect failed and no slot is connected: fail fast.
     circuit_open: AtomicBool,
+    /// The router no longer sends here (the master moved, the node left the
+    /// cluster): the maintenance task ends, and the connections close with
+    /// the last request that still holds the pool.
+    retired: AtomicBool,
 }
 
 #[derive(Default)]
@@ -127,6 +131,7 @@ impl Pool {
             repair: Notify::new(),
             attempts: watch::channel(0).0,
             circuit_open: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         });
         tokio::spawn(maintain(pool.clone(), shutdown));
         pool
@@ -151,7 +156,10 @@ impl Pool {
     /// Runs the command `encode` writes on a shared connection: one round
     /// trip; on a dropped connection, again on another (up to
     /// `max_retries`); on rejected credentials, once more after one refresh.
-    /// Returns any reply but an error reply.
+    /// Returns any reply but an error reply, except those only the router
+    /// can act on or judge (`MOVED`/`ASK`, and "cannot serve now":
+    /// `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, ... which a cluster router
+    /// retries); `failure::refusal` turns those into the caller's error.
     pub(super) async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
         let mut retries = 0;
         let mut refreshed = false;
@@ -171,7 +179,10 @@ impl Pool {
             };
             match class {
                 Class::NoPerm => return Err(Error::PermissionDenied),
-                Class::NotReady => return Err(Error::Unavailable(format!("redis: {err}"))),
+                Class::Redirect | Class::NotReady => match err {
+                    ConnError::Server(msg) => return Ok(Reply::Error(msg.into_bytes().into())),
+                    other => return Err(Error::Unavailable(format!("redis: {other}"))),
+                },
                 Class::Auth if !refreshed => {
                     refreshed = true;
                     self.drop_conn(idx, &live);
@@ -202,6 +213,18 @@ impl Pool {
                 Class::Other => return Err(Error::Internal(format!("redis: {err}"))),
             }
         }
+    }
+
+    /// Ends the maintenance task (see `retired`); requests already sent
+    /// finish on their connections.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.repair.notify_one();
+    }
+
+    /// The node's address as configured or announced.
+    pub(super) fn address(&self) -> &str {
+        &self.address
     }
 
     /// A snapshot of the slots, for metrics.
@@ -359,7 +382,7 @@ impl Pool {
             Class::Connection | Class::NotReady => debug!(error = %e, "redis connect failed"),
             // Redis answered and refused (SELECT not allowed, AUTH without a
             // password set, ...): retrying will not help, say why.
-            Class::NoPerm | Class::TooLarge(_) | Class::Other => {
+            Class::NoPerm | Class::TooLarge(_) | Class::Redirect | Class::Other => {
                 warn!(error = %e, "redis refused the connection");
             }
         }
@@ -375,6 +398,9 @@ async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
     let mut source_alive = true;
     loop {
+        if pool.retired.load(Ordering::Acquire) {
+            return;
+        }
         let filled = tokio::select! {
             biased;
             () = shutdown.reached(Phase::Stopped) => return,
@@ -431,6 +457,7 @@ mod tests {
             tls: None,
             timeout: Duration::from_millis(500),
             max_reply: 1 << 20,
+            require_master: false,
         }
     }
 

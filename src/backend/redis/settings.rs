@@ -15,14 +15,24 @@ use super::{
     pool::PoolLimits,
 };
 use crate::{
-    config::address::parse_address,
+    config::{Topology, address::parse_address},
+    secret::Secret,
     error::{Error, Result},
 };
 
 /// Where and how to connect; built from `backend` config.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
+    /// Standalone, Sentinel or Cluster: which of the address fields count.
+    pub topology: Topology,
+    /// Standalone: the server.
     pub address: String,
+    /// Sentinel: the sentinels; cluster: seed nodes.
+    pub addresses: Vec<String>,
+    /// Sentinel: the monitored master's name, and AUTH to the sentinels.
+    pub sentinel_master: String,
+    pub sentinel_username: String,
+    pub sentinel_password: Secret,
     pub database: u32,
     pub pool_size: usize,
     pub connect_timeout: Duration,
@@ -57,7 +67,11 @@ impl RedisSettings {
     /// Fills in TLS for `rediss://` addresses given without TLS settings:
     /// system roots, no client certificate.
     pub(super) fn with_implied_tls(mut self) -> Result<Self> {
-        let (_, _, tls_implied) = parse_address(&self.address).map_err(Error::Internal)?;
+        let first = match self.topology {
+            Topology::Standalone => &self.address,
+            _ => self.addresses.first().unwrap_or(&self.address),
+        };
+        let (_, _, tls_implied) = parse_address(first).map_err(Error::Internal)?;
         if tls_implied && self.tls.is_none() {
             let config = crate::tls::redis_client_config(&crate::config::RedisTls::default())
                 .map_err(|e| Error::Internal(format!("redis tls: {e}")))?;
@@ -69,9 +83,11 @@ impl RedisSettings {
         Ok(self)
     }
 
-    /// Opens connections to `address` as these settings say.
-    pub(super) fn connector(&self) -> Result<Connector> {
-        let (host, port, _) = parse_address(&self.address).map_err(Error::Internal)?;
+    /// Opens connections to `address` (the configured one, a node the
+    /// cluster announced, the master a sentinel named) as these settings
+    /// say.
+    pub(super) fn connector(&self, address: &str) -> Result<Connector> {
+        let (host, port, _) = parse_address(address).map_err(Error::Internal)?;
         let tls = match &self.tls {
             Some(t) => {
                 // The certificate is checked against this name; the socket
@@ -93,6 +109,7 @@ impl RedisSettings {
             tls,
             timeout: self.connect_timeout,
             max_reply: self.max_reply_bytes,
+            require_master: self.topology == Topology::Sentinel,
         })
     }
 

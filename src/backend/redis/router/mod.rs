@@ -1,0 +1,123 @@
+//! Which node a command goes to: the layer between "what to send"
+//! (`commands`) and "on which connection" (`pool`).
+//!
+//! One [`Router`] per topology:
+//! - *standalone*: the one node's pool;
+//! - *sentinel* (`sentinel`): the pool of the master the sentinels name,
+//!   swapped for a new one when they name another (the old pool's requests
+//!   finish, its connections close with them);
+//! - *cluster* (`cluster`): a slot map from key to primary with one pool
+//!   per primary; MOVED/ASK followed here (the pool hands back what it
+//!   cannot act on, `failure` names it), and multi-key commands split by
+//!   slot ([`MultiKey`]), sent in parallel and merged.
+//!
+//! This module does not open connections or retry on them (the pool's), nor
+//! know what a command means (its own type's).
+
+mod cluster;
+mod sentinel;
+
+use std::sync::Arc;
+
+use super::{
+    commands::{Command, MultiKey},
+    failure,
+    pool::Pool,
+    resp::Reply,
+    settings::RedisSettings,
+};
+use crate::{
+    backend::PoolStats,
+    config::Topology,
+    credentials::CredentialsHandle,
+    error::Result,
+    shutdown::Watch,
+};
+
+/// Routes commands to the node that serves them; cloning shares the pools.
+#[derive(Clone)]
+pub(super) enum Router {
+    /// The one node of a standalone Redis.
+    Standalone(Arc<Pool>),
+    Sentinel(sentinel::Sentinel),
+    Cluster(cluster::Cluster),
+}
+
+impl Router {
+    /// A router for the topology of `settings`, its pools and tasks started
+    /// (they end when `shutdown` reaches `Stopped`). Does not wait for
+    /// Redis.
+    pub(super) fn start(
+        settings: &RedisSettings,
+        creds: CredentialsHandle,
+        shutdown: Watch,
+    ) -> Result<Self> {
+        Ok(match settings.topology {
+            Topology::Standalone => {
+                let connector = settings.connector(&settings.address)?;
+                let limits = settings.pool_limits();
+                let node = Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
+                Self::Standalone(node)
+            }
+            Topology::Sentinel => {
+                Self::Sentinel(sentinel::Sentinel::start(settings, creds, shutdown)?)
+            }
+            Topology::Cluster => Self::Cluster(cluster::Cluster::start(settings, creds, shutdown)?),
+        })
+    }
+
+    /// Sends `command` to the node that holds its keys and decodes the
+    /// reply: one round trip on a healthy node.
+    pub(super) async fn send<C: Command>(&self, command: &C) -> Result<C::Output> {
+        match self {
+            Self::Standalone(pool) => send_to(pool, command).await,
+            Self::Sentinel(s) => s.send(command).await,
+            Self::Cluster(c) => c.send(command).await,
+        }
+    }
+
+    /// Sends a command over several keys: as one command where one node
+    /// holds them all, split by slot in a cluster.
+    pub(super) async fn send_multi<C: MultiKey>(&self, command: &C) -> Result<C::Output> {
+        match self {
+            Self::Cluster(c) => c.send_multi(command).await,
+            _ => self.send(command).await,
+        }
+    }
+
+    /// Fails when TLS to a node is refused either way (see
+    /// [`Pool::check_tls`]).
+    pub(super) async fn check_tls(&self) -> Result<()> {
+        match self {
+            Self::Standalone(pool) => pool.check_tls().await,
+            Self::Sentinel(s) => s.check_tls().await,
+            Self::Cluster(c) => c.check_tls().await,
+        }
+    }
+
+    /// Checks the store answers: the node, the master, or every primary.
+    pub(super) async fn ping(&self) -> Result<()> {
+        match self {
+            Self::Cluster(c) => c.ping().await,
+            _ => self.send(&super::commands::Ping).await,
+        }
+    }
+
+    /// Connection counts over every node.
+    pub(super) fn stats(&self) -> PoolStats {
+        match self {
+            Self::Standalone(pool) => pool.stats(),
+            Self::Sentinel(s) => s.stats(),
+            Self::Cluster(c) => c.stats(),
+        }
+    }
+}
+
+/// Sends `command` on `pool` and decodes the reply; an error reply the
+/// pool hands back is the caller's error here (no redirects to follow).
+async fn send_to<C: Command>(pool: &Pool, command: &C) -> Result<C::Output> {
+    match pool.query(&|out| command.encode(out)).await? {
+        Reply::Error(msg) => Err(failure::refusal(&msg)),
+        reply => command.decode(reply),
+    }
+}
