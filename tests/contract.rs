@@ -1,18 +1,75 @@
 //! The gRPC contract, run identically against Redis, Valkey and the memory
-//! backend: every RPC's happy path, its edge cases and every input limit.
+//! backend, and against a Redis Cluster and a Valkey cluster (six nodes,
+//! `backend.topology: cluster`): every RPC's happy path, its edge cases and
+//! every input limit.
 
 mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{Cache, Flavor, Plugin, RedisServer, memory_config, redis_config, test_prefix, ttl};
+use common::{
+    Cache, Flavor, Plugin, RedisServer, cluster_config, memory_config, redis_config, test_prefix,
+    topology::RedisCluster, ttl,
+};
+use redis_cache_plugin::config::Config;
 use tonic::Code;
 
-/// A plugin over one backend, and (for Redis/Valkey) the server behind it.
+/// The Redis or Valkey behind a fixture's plugin: one server, or a cluster
+/// whose raw reads ask the primary that serves the key.
+enum Store {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    fn start(backend: &str) -> Self {
+        let flavor = if backend.starts_with("redis") {
+            Flavor::Redis
+        } else {
+            Flavor::Valkey
+        };
+        if backend.ends_with("_cluster") {
+            Self::Cluster(RedisCluster::start(flavor))
+        } else {
+            Self::Single(RedisServer::start(flavor))
+        }
+    }
+
+    /// A plugin config on this store with `prefix`.
+    fn config(&self, prefix: &str) -> Config {
+        match self {
+            Self::Single(server) => redis_config(server, prefix),
+            Self::Cluster(cluster) => cluster_config(cluster, prefix),
+        }
+    }
+
+    fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
+        match self {
+            Self::Single(server) => server.raw_get(key),
+            Self::Cluster(cluster) => cluster.raw_get(key),
+        }
+    }
+
+    fn pttl(&self, key: &str) -> i64 {
+        match self {
+            Self::Single(server) => server.pttl(key),
+            Self::Cluster(cluster) => cluster.pttl(key),
+        }
+    }
+
+    fn dbsize(&self) -> i64 {
+        match self {
+            Self::Single(server) => server.dbsize(),
+            Self::Cluster(cluster) => cluster.dbsize(),
+        }
+    }
+}
+
+/// A plugin over one backend, and (for Redis/Valkey) the store behind it.
 struct Fixture {
     plugin: Plugin,
     client: Cache,
-    server: Option<RedisServer>,
+    server: Option<Store>,
     prefix: String,
 }
 
@@ -21,15 +78,10 @@ impl Fixture {
         let prefix = test_prefix(name);
         let (server, mut config) = match backend {
             "memory" => (None, memory_config(&prefix)),
-            flavor => {
-                let f = if flavor == "redis" {
-                    Flavor::Redis
-                } else {
-                    Flavor::Valkey
-                };
-                let server = RedisServer::start(f);
-                let config = redis_config(&server, &prefix);
-                (Some(server), config)
+            backend => {
+                let store = Store::start(backend);
+                let config = store.config(&prefix);
+                (Some(store), config)
             }
         };
         config.backend.max_key_bytes = 64;
@@ -302,7 +354,7 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
     assert_eq!(f.get("shared").await.as_deref(), Some(&b"mine"[..]));
     let other_prefix = format!("{}other:", f.prefix);
     let other = match &f.server {
-        Some(server) => redis_config(server, &other_prefix),
+        Some(server) => server.config(&other_prefix),
         None => memory_config(&other_prefix),
     };
     let plugin = Plugin::start_serving(other).await;
@@ -321,7 +373,13 @@ async fn prefixes_isolate_tenants(f: &mut Fixture) {
 
 // Every contract test, once per backend.
 backend_tests! {
-    backends { redis => "redis", valkey => "valkey", memory => "memory" }
+    backends {
+        redis => "redis",
+        valkey => "valkey",
+        memory => "memory",
+        redis_cluster => "redis_cluster",
+        valkey_cluster => "valkey_cluster",
+    }
     run |backend, test, name| {
         let mut f = Fixture::new(backend, name).await;
         test(&mut f).await;

@@ -31,7 +31,7 @@ use std::{
 };
 
 use redis_cache_plugin::{
-    config::{BackendKind, Config, Dur, Secret, Ttl},
+    config::{BackendKind, Config, Dur, Secret, Topology, Ttl},
     pb::cache_client::CacheClient,
 };
 use tempfile::TempDir;
@@ -364,6 +364,18 @@ pub fn redis_config(server: &RedisServer, prefix: &str) -> Config {
     c.backend.address = server.address();
     c.backend.username = CACHE_USER.into();
     c.backend.password = Secret::new(server.cache_password.clone());
+    c
+}
+
+/// A config for the Redis Cluster `cluster` as the restricted cache user,
+/// with every node as a seed (`backend.addresses`).
+pub fn cluster_config(cluster: &topology::RedisCluster, prefix: &str) -> Config {
+    let mut c = base_config(prefix);
+    c.backend.kind = BackendKind::Redis;
+    c.backend.topology = Topology::Cluster;
+    c.backend.addresses = cluster.seed_addresses();
+    c.backend.username = CACHE_USER.into();
+    c.backend.password = Secret::new(cluster.users.cache.clone());
     c
 }
 

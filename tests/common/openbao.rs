@@ -269,6 +269,13 @@ impl OpenBao {
             &format!("password={}", redis.admin_password),
             "allowed_roles=*",
         ]);
+        self.write_plugin_policy();
+    }
+
+    /// Writes the plugin policy (tokens from [`OpenBao::plugin_token`]
+    /// carry it); [`OpenBao::setup_database`] does it too, so only a test
+    /// without the database engine (KV v2 alone) calls this.
+    pub fn write_plugin_policy(&self) {
         let policy = self.dir.path().join("plugin-policy.hcl");
         std::fs::write(&policy, PLUGIN_POLICY_HCL).expect("policy file");
         self.bao(&[

@@ -368,6 +368,36 @@ impl RedisCluster {
         reply.iter().filter_map(|r| parse_slot_range(r)).collect()
     }
 
+    /// Raw value of `key` on the primary that serves it, bypassing the
+    /// plugin (and any redirect: a key elsewhere is a test failure).
+    pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut self.node(&self.node_for_key(key)).admin())
+            .expect("GET on the slot's owner")
+    }
+
+    /// Milliseconds to live of `key` on its slot's primary (-2 missing,
+    /// -1 no TTL).
+    pub fn pttl(&self, key: &str) -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut self.node(&self.node_for_key(key)).admin())
+            .expect("PTTL on the slot's owner")
+    }
+
+    /// Number of keys over all primaries (replicas hold copies).
+    pub fn dbsize(&self) -> i64 {
+        self.primaries()
+            .iter()
+            .map(|p| {
+                redis::cmd("DBSIZE")
+                    .query::<i64>(&mut self.node(p).admin())
+                    .expect("DBSIZE")
+            })
+            .sum()
+    }
+
     /// Moves `slots` slots from the primary at `from` to the one at `to`
     /// with `redis-cli --cluster reshard` (keys migrate with MIGRATE) and
     /// waits until every node agrees.
@@ -475,6 +505,39 @@ impl RedisCluster {
     fn describe(&self) -> String {
         log_tails(self.nodes.iter().map(|n| (n.address(), n.log())))
     }
+}
+
+/// The hash slot of `key` as Redis Cluster computes it: CRC16 (XMODEM) of
+/// the first non-empty `{tag}` if there is one, else of the whole key,
+/// modulo 16384. Computed locally so that tests can pick keys by slot
+/// without a round trip per key; [`RedisCluster::slot_of`] asks a node.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16(hashed) % 16384
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// One entry of `CLUSTER SLOTS`: `[first, last, [ip, port, id, ...], ...]`.

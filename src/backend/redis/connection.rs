@@ -230,7 +230,14 @@ impl Connector {
         // PING (or ROLE) last: it proves the connection works end to end
         // (with TLS 1.3 a refused client certificate shows only on the
         // first read).
-        resp::encode(&mut out, &[if self.require_master { b"ROLE" } else { b"PING" }]);
+        resp::encode(
+            &mut out,
+            &[if self.require_master {
+                b"ROLE"
+            } else {
+                b"PING"
+            }],
+        );
         expected += 1;
         stream.write_all(&out).await?;
         stream.flush().await?;

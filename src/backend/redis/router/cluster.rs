@@ -23,11 +23,17 @@ impl Cluster {
         Ok(Self {})
     }
 
-    pub(in crate::backend::redis) async fn send<C: Command>(&self, _command: &C) -> Result<C::Output> {
+    pub(in crate::backend::redis) async fn send<C: Command>(
+        &self,
+        _command: &C,
+    ) -> Result<C::Output> {
         Err(Error::Unavailable("cluster: not built yet".into()))
     }
 
-    pub(in crate::backend::redis) async fn send_multi<C: MultiKey>(&self, command: &C) -> Result<C::Output> {
+    pub(in crate::backend::redis) async fn send_multi<C: MultiKey>(
+        &self,
+        command: &C,
+    ) -> Result<C::Output> {
         self.send(command).await
     }
 
