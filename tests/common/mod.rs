@@ -10,6 +10,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod blackhole;
+pub mod chaos;
 pub mod client;
 pub mod leaks;
 pub mod load;
@@ -470,6 +471,27 @@ impl Plugin {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
+    /// The value of the sample named exactly `name` (with its labels, as
+    /// the text shows them), 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Triggers shutdown and waits for serve() to return.

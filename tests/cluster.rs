@@ -1,0 +1,632 @@
+//! The plugin on a six-node Redis Cluster and Valkey cluster
+//! (`backend.topology: cluster`): keys land on the node their slot says
+//! (hash tags and a braced key prefix included), multi-key calls span every
+//! primary, a random closed-loop run stays exact while slots move and a
+//! replica takes over, a killed primary's slots recover after promotion, a
+//! dead first seed does not stop start-up, health follows slot coverage,
+//! and a KV v2 password rotation swaps every node's pool without a failed
+//! call.
+//!
+//! Blocking harness calls that take seconds (reshard, failover, waiting for
+//! a promotion, the `bao` CLI) run on their own thread ([`off_thread`]),
+//! so the in-process plugin and the load keep running on the test's
+//! runtime meanwhile.
+
+mod common;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{
+    CACHE_USER, Flavor, NOT_SERVING, Plugin, SERVING,
+    chaos::{Chaos, Model, Tally},
+    cluster_config, free_port, random_secret, test_prefix,
+    topology::{As, RedisCluster, key_slot},
+};
+use redis_cache_plugin::config::Config;
+use tonic::Code;
+
+twin_tests!(
+    keys_land_on_the_node_their_slot_says,
+    hash_tags_and_a_braced_prefix_keep_keys_on_one_slot,
+    mget_and_delete_span_every_primary,
+    random_run_stays_exact_through_reshard_and_failover,
+    killed_primary_recovers_after_its_replica_takes_over,
+    starts_and_serves_when_the_first_seed_is_down,
+    health_is_not_serving_only_while_slots_have_no_primary,
+    kv_rotation_swaps_every_nodes_pool_without_a_failed_call,
+);
+
+/// Runs `f` (blocking harness work) on its own thread and awaits its
+/// result without blocking the runtime.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await.expect("harness thread panicked")
+}
+
+/// The plugin on `cluster` with `config` tuned by `tune`, SERVING.
+async fn plugin_with(
+    cluster: &RedisCluster,
+    prefix: &str,
+    tune: impl FnOnce(&mut Config),
+) -> Plugin {
+    let mut config = cluster_config(cluster, prefix);
+    tune(&mut config);
+    Plugin::start_serving(config).await
+}
+
+/// `count` keys `{stem}{i}` whose full keys (after `prefix`) spread over
+/// all three primaries, with the owner of each full key.
+fn spread_keys(
+    cluster: &RedisCluster,
+    prefix: &str,
+    stem: &str,
+    count: usize,
+) -> Vec<(String, String)> {
+    let ranges = cluster.slot_ranges();
+    let owner = |key: &str| {
+        let slot = key_slot(&format!("{prefix}{key}"));
+        let range = ranges.iter().find(|(a, b, _)| *a <= slot && slot <= *b);
+        range.expect("every slot is served").2.clone()
+    };
+    let keys: Vec<(String, String)> = (0..count)
+        .map(|i| format!("{stem}{i}"))
+        .map(|k| (owner(&k), k))
+        .map(|(o, k)| (k, o))
+        .collect();
+    let owners: BTreeSet<&String> = keys.iter().map(|(_, o)| o).collect();
+    assert_eq!(owners.len(), 3, "keys spread over every primary");
+    keys
+}
+
+// === where keys go ===
+
+async fn keys_land_on_the_node_their_slot_says(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_slots");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let mut client = plugin.cache().await;
+    let primaries = cluster.primaries();
+    let seed = primaries[0].clone();
+    let (host, port) = seed.split_once(':').expect("host:port");
+    for (key, owner) in spread_keys(&cluster, &prefix, "k", 30) {
+        let full = format!("{prefix}{key}");
+        client.set(&key, full.as_bytes()).await.expect("set");
+        assert_eq!(
+            key_slot(&full),
+            cluster.slot_of(&full),
+            "CRC16 as Redis has it"
+        );
+        assert_eq!(
+            cluster.raw_get(&full).as_deref(),
+            Some(full.as_bytes()),
+            "{full} on {owner}"
+        );
+        for other in primaries.iter().filter(|p| **p != owner) {
+            let err = ::redis::cmd("GET")
+                .arg(&full)
+                .query::<Option<String>>(&mut cluster.node(other).admin())
+                .expect_err("another primary redirects");
+            assert!(
+                err.to_string().to_uppercase().contains("MOVED"),
+                "{other}: {err}"
+            );
+        }
+        // What an operator would check: redis-cli -c as the cache user.
+        let out = cluster.cli(As::Cache, &["-c", "-h", host, "-p", port, "GET", &full]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), full, "{out:?}");
+    }
+    plugin.stop().await;
+}
+
+/// A `{tag}` in the key puts keys on one slot; a `{` in `key_prefix` wins
+/// over any tag in the key, because the tag is looked for in the full key
+/// (prefix first): every key of such a plugin shares one slot.
+async fn hash_tags_and_a_braced_prefix_keep_keys_on_one_slot(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_tags");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let mut client = plugin.cache().await;
+    for key in ["{user1}:a", "{user1}:b"] {
+        client.set(key, key.as_bytes()).await.expect("set tagged");
+        let full = format!("{prefix}{key}");
+        assert_eq!(cluster.slot_of(&full), key_slot("user1"), "{full}");
+        assert_eq!(cluster.raw_get(&full).as_deref(), Some(key.as_bytes()));
+    }
+    let hits = client.mget(["{user1}:a", "{user1}:b"]).await.expect("mget");
+    assert_eq!(hits.hits.len(), 2);
+    plugin.stop().await;
+
+    let braced = format!("cache:app{{x}}:{}:", std::process::id());
+    let plain: BTreeSet<u16> = (0..20)
+        .map(|i| key_slot(&format!("{prefix}k{i}")))
+        .collect();
+    assert!(plain.len() > 1, "without a tag the keys spread: {plain:?}");
+    let plugin = plugin_with(&cluster, &braced, |_| {}).await;
+    let mut client = plugin.cache().await;
+    let keys: Vec<String> = (0..20)
+        .map(|i| format!("k{i}"))
+        .chain(["{user1}:a".into()])
+        .collect();
+    let owner = cluster.owner_of(key_slot("x"));
+    for key in &keys {
+        client
+            .set(key, key.as_bytes())
+            .await
+            .expect("set under the braced prefix");
+        let full = format!("{braced}{key}");
+        assert_eq!(cluster.slot_of(&full), key_slot("x"), "{full}");
+        let held: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(&full)
+            .query(&mut cluster.node(&owner).admin())
+            .expect("GET on the owner of slot(\"x\")");
+        assert_eq!(held.as_deref(), Some(key.as_bytes()), "{full} on {owner}");
+    }
+    assert_eq!(
+        client.mget(&keys).await.expect("mget").hits.len(),
+        keys.len()
+    );
+    plugin.stop().await;
+}
+
+async fn mget_and_delete_span_every_primary(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_multi");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let mut client = plugin.cache().await;
+    let keys = spread_keys(&cluster, &prefix, "m", 30);
+    for (key, _) in &keys {
+        client.set(key, key.as_bytes()).await.expect("set");
+    }
+    // Asked in an order that interleaves nodes, with misses and a repeat.
+    let mut asked: Vec<String> = keys.iter().rev().map(|(k, _)| k.clone()).collect();
+    asked.extend(["absent1".into(), keys[0].0.clone(), "absent2".into()]);
+    let hits = client.mget(&asked).await.expect("mget").hits;
+    let want: HashMap<String, Vec<u8>> = keys
+        .iter()
+        .map(|(k, _)| (k.clone(), k.as_bytes().to_vec()))
+        .collect();
+    let got: HashMap<String, Vec<u8>> = hits.into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+    assert_eq!(got, want, "every hit, keyed by the caller's key, no miss");
+
+    let deleted = client.delete(&asked).await.expect("delete");
+    assert_eq!(deleted, 30, "counts summed over the nodes, each key once");
+    assert!(client.mget(&asked).await.expect("mget").hits.is_empty());
+    assert_eq!(cluster.dbsize(), 0, "nothing left on any primary");
+    plugin.stop().await;
+}
+
+// === the random run ===
+
+/// Slots `redis-cli --cluster reshard` moves in the random run: the lowest
+/// of the first primary.
+const RESHARD_SLOTS: u16 = 1000;
+
+/// Each worker's keys: 40 anywhere plus 6 in the slots the reshard moves,
+/// so some of every worker's keys are redirected.
+fn worker_keys(prefix: &str, worker: usize) -> Vec<String> {
+    let candidates = (0..).map(|j| format!("w{worker}:k{j}"));
+    let moving = candidates
+        .clone()
+        .filter(|k| key_slot(&format!("{prefix}{k}")) < RESHARD_SLOTS)
+        .take(6);
+    candidates.take(40).chain(moving).collect()
+}
+
+/// What the faults of the random run did, for the assertions.
+struct Faults {
+    moved_from: String,
+    moved_to: String,
+    took_over: String,
+    stepped_down: String,
+    reshard_window: (Instant, Instant),
+    failover_window: (Instant, Instant),
+}
+
+/// Reshards the lowest slots of the first primary to the second, then has
+/// the third's replica take over; asserts each fault really happened.
+fn inject_faults(cluster: &RedisCluster) -> Faults {
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0].clone(), primaries[1].clone());
+    assert_eq!(
+        cluster.owner_of(0),
+        from,
+        "slot 0 starts on the first primary"
+    );
+    assert_eq!(cluster.owner_of(RESHARD_SLOTS - 1), from);
+    let started = Instant::now();
+    cluster.reshard(&from, &to, RESHARD_SLOTS);
+    let reshard_window = (started, Instant::now());
+    for slot in [0, RESHARD_SLOTS / 2, RESHARD_SLOTS - 1] {
+        assert_eq!(cluster.owner_of(slot), to, "slot {slot} moved");
+    }
+    assert_eq!(
+        cluster.owner_of(RESHARD_SLOTS),
+        from,
+        "only {RESHARD_SLOTS} slots moved"
+    );
+
+    let old = primaries[2].clone();
+    let replica = cluster.replicas_of(&old).remove(0);
+    let started = Instant::now();
+    cluster.failover(&replica);
+    let failover_window = (started, Instant::now());
+    let now = cluster.primaries();
+    assert!(
+        now.contains(&replica) && !now.contains(&old),
+        "roles swapped: {now:?}"
+    );
+    assert_eq!(cluster.replicas_of(&replica), vec![old.clone()]);
+    Faults {
+        moved_from: from,
+        moved_to: to,
+        took_over: replica,
+        stepped_down: old,
+        reshard_window,
+        failover_window,
+    }
+}
+
+/// The plugin's redirect and refresh metrics, as text (empty if it has
+/// none).
+async fn topology_metrics(plugin: &Plugin) -> String {
+    let text = plugin.metrics_text().await;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.contains("redirect") || l.contains("topology") || l.contains("refresh"))
+        .collect();
+    lines.join("\n")
+}
+
+/// Calls that succeeded between `from` and `to`.
+fn ok_between(tally: &Tally, (from, to): (Instant, Instant)) -> usize {
+    let during = |at: Instant| at >= from && at <= to;
+    tally
+        .calls
+        .iter()
+        .filter(|c| during(c.at) && c.code == Code::Ok)
+        .count()
+}
+
+async fn random_run_stays_exact_through_reshard_and_failover(flavor: Flavor) {
+    const WORKERS: usize = 8;
+    const HARD_CAP: Duration = Duration::from_secs(90);
+    let cluster = Arc::new(RedisCluster::start(flavor));
+    let prefix = test_prefix("cluster_chaos");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let key_sets: Vec<Vec<String>> = (0..WORKERS).map(|w| worker_keys(&prefix, w)).collect();
+    let chaos = Chaos::start(plugin.channel().await, key_sets, rand::random());
+    let seed = chaos.seed;
+    let begun = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = cluster.clone();
+    let faults = tokio::time::timeout(HARD_CAP, off_thread(move || inject_faults(&c)))
+        .await
+        .unwrap_or_else(|_| panic!("faults not done within {HARD_CAP:?} (seed {seed})"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tally = chaos.finish().await;
+    let redirects = topology_metrics(&plugin).await;
+    println!(
+        "{flavor:?} random run (seed {seed}, {WORKERS} workers, {:?}): {}; \
+         reshard {} -> {} of {RESHARD_SLOTS} slots took {:?} ({} calls ok meanwhile), \
+         failover to {} took {:?} ({} ok meanwhile); plugin metrics:\n{redirects}",
+        begun.elapsed(),
+        tally.summary(),
+        faults.moved_from,
+        faults.moved_to,
+        faults.reshard_window.1 - faults.reshard_window.0,
+        ok_between(&tally, faults.reshard_window),
+        faults.took_over,
+        faults.failover_window.1 - faults.failover_window.0,
+        ok_between(&tally, faults.failover_window),
+    );
+    assert!(
+        tally.wrong.is_empty(),
+        "seed {seed}: wrong answers: {:#?}",
+        &tally.wrong[..tally.wrong.len().min(10)]
+    );
+    assert!(
+        tally.only_allowed_errors(),
+        "seed {seed}: {:?}",
+        tally.errors()
+    );
+    assert!(
+        tally.failed() * 100 < tally.calls.len(),
+        "seed {seed}: {} of {} calls failed",
+        tally.failed(),
+        tally.calls.len()
+    );
+    assert!(
+        ok_between(&tally, faults.reshard_window) > 0,
+        "load ran during the reshard"
+    );
+    assert!(
+        ok_between(&tally, faults.failover_window) > 0,
+        "load ran during the failover"
+    );
+    assert_ne!(faults.stepped_down, faults.took_over);
+    plugin.stop().await;
+}
+
+#[test]
+fn the_model_widens_on_a_failed_write_and_narrows_on_an_acknowledged_one() {
+    let keys = vec!["k".to_string()];
+    let mut m = Model::new(&keys);
+    assert!(m.allows("k", None));
+    m.wrote("k", Some(b"1".to_vec()), false);
+    assert!(m.allows("k", None) && m.allows("k", Some(b"1")));
+    assert_eq!(m.delete_bounds(&keys), (0, 1));
+    m.wrote("k", Some(b"2".to_vec()), true);
+    assert!(!m.allows("k", None) && !m.allows("k", Some(b"1")));
+    assert_eq!(m.delete_bounds(&keys), (1, 1));
+    assert!(
+        !m.allows("other", None),
+        "keys outside the model allow nothing"
+    );
+}
+
+// === a killed primary, seeds, health ===
+
+async fn killed_primary_recovers_after_its_replica_takes_over(flavor: Flavor) {
+    let mut cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_kill");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let victim = cluster.primaries().remove(0);
+    let replica = cluster.replicas_of(&victim).remove(0);
+    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
+    let on_victim: BTreeSet<String> = key_sets
+        .iter()
+        .flatten()
+        .filter(|k| cluster.node_for_key(&format!("{prefix}{k}")) == victim)
+        .cloned()
+        .collect();
+    assert!(!on_victim.is_empty(), "some keys live on {victim}");
+    let chaos = Chaos::start(plugin.channel().await, key_sets, rand::random());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    cluster.kill(&victim);
+    let killed_at = Instant::now();
+    let (cluster, promoted_at) = off_thread(move || {
+        let promoted = common::poll(Duration::from_secs(30), Duration::from_millis(50), || {
+            cluster.primaries().contains(&replica)
+        });
+        assert!(promoted, "{replica} was promoted after {victim} was killed");
+        let failed = cluster
+            .topology()
+            .iter()
+            .any(|n| n.address == victim && n.failed);
+        assert!(failed, "the cluster flags {victim} failed");
+        (cluster, Instant::now())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tally = chaos.finish().await;
+    summarize_kill(flavor, &tally, &on_victim, &prefix, killed_at, promoted_at);
+    drop(cluster);
+    plugin.stop().await;
+}
+
+/// Prints and checks the killed-primary run: failures only of the allowed
+/// kinds, and the victim's keys answered again within 3 s of the promotion.
+fn summarize_kill(
+    flavor: Flavor,
+    tally: &Tally,
+    on_victim: &BTreeSet<String>,
+    prefix: &str,
+    killed_at: Instant,
+    promoted_at: Instant,
+) {
+    let last_failure = tally
+        .calls
+        .iter()
+        .filter(|c| c.code != Code::Ok)
+        .map(|c| c.at)
+        .max();
+    let victim_ok_after = tally
+        .calls
+        .iter()
+        .filter(|c| c.at > promoted_at && c.code == Code::Ok && on_victim.contains(&c.key))
+        .count();
+    println!(
+        "{flavor:?} killed primary ({prefix}): {} (wrong answers may follow lost writes); promotion {:?} after the kill, \
+         last failure {:?} after the promotion, {victim_ok_after} ok calls on its keys since",
+        tally.summary(),
+        promoted_at - killed_at,
+        last_failure.map(|t| t.saturating_duration_since(promoted_at)),
+    );
+    // Wrong answers are only printed: writes acknowledged just before the
+    // kill may be lost with the primary (asynchronous replication).
+    assert!(tally.only_allowed_errors(), "{:?}", tally.errors());
+    let recovered = last_failure.is_none_or(|t| t < promoted_at + Duration::from_secs(3));
+    assert!(
+        recovered,
+        "failures went on after the promotion: {last_failure:?}"
+    );
+    assert!(
+        victim_ok_after >= 20,
+        "{victim_ok_after} calls on the victim's keys after"
+    );
+}
+
+async fn starts_and_serves_when_the_first_seed_is_down(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_seed");
+    let dead = format!("127.0.0.1:{}", free_port());
+    assert!(
+        std::net::TcpStream::connect(&dead).is_err(),
+        "nothing listens on {dead}"
+    );
+    let plugin = plugin_with(&cluster, &prefix, |c| {
+        c.backend.addresses.insert(0, dead.clone())
+    })
+    .await;
+    let mut client = plugin.cache().await;
+    for (key, _) in spread_keys(&cluster, &prefix, "s", 20) {
+        client.set(&key, b"v").await.expect("set");
+        let got = client.get(&key).await.expect("get");
+        assert!(got.found && got.value.as_ref() == b"v", "{key}");
+    }
+    plugin.stop().await;
+}
+
+async fn health_is_not_serving_only_while_slots_have_no_primary(flavor: Flavor) {
+    let mut cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_health");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let victim = cluster.primaries().remove(1);
+    let replica = cluster.replicas_of(&victim).remove(0);
+
+    // A replica alone going away leaves every slot served.
+    cluster.kill(&replica);
+    for _ in 0..10 {
+        assert_eq!(
+            plugin.health("").await,
+            SERVING,
+            "a replica down is no outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.kill(&victim);
+    let (mut cluster, victim) = off_thread(move || {
+        let failed = common::poll(Duration::from_secs(20), Duration::from_millis(50), || {
+            cluster
+                .topology()
+                .iter()
+                .any(|n| n.address == victim && n.failed)
+        });
+        assert!(
+            failed,
+            "the cluster flags {victim} failed: its slots have no primary"
+        );
+        (cluster, victim)
+    })
+    .await;
+    assert!(
+        plugin
+            .wait_health(NOT_SERVING, Duration::from_secs(10))
+            .await,
+        "NOT_SERVING while slots have no primary"
+    );
+    cluster.restart(&victim);
+    cluster.restart(&replica);
+    let cluster = off_thread(move || {
+        cluster.wait_settled();
+        cluster
+    })
+    .await;
+    assert!(
+        plugin.wait_health(SERVING, Duration::from_secs(15)).await,
+        "SERVING again once the primary is back"
+    );
+    let mut client = plugin.cache().await;
+    assert!(
+        client
+            .set_succeeds_within("back", b"v", Duration::from_secs(5))
+            .await
+    );
+    drop(cluster);
+    plugin.stop().await;
+}
+
+// === credentials ===
+
+/// Sets (`>`) or removes (`<`) a password of the cache user on every node
+/// (ACL users are per node), and with `kick` closes the cache user's
+/// connections so the plugin must log in again.
+fn on_every_node(cluster: &RedisCluster, rule: &str, kick: bool) {
+    for node in cluster.seed_addresses() {
+        let mut conn = cluster.node(&node).admin();
+        ::redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(CACHE_USER)
+            .arg(rule)
+            .exec(&mut conn)
+            .expect("ACL SETUSER");
+        if kick {
+            ::redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("USER")
+                .arg(CACHE_USER)
+                .exec(&mut conn)
+                .expect("CLIENT KILL USER");
+        }
+    }
+}
+
+/// Connections of the cache user on the node at `address`.
+fn cache_connections(cluster: &RedisCluster, address: &str) -> usize {
+    let list: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut cluster.node(address).admin())
+        .expect("CLIENT LIST");
+    let user = format!(" user={CACHE_USER} ");
+    list.lines().filter(|l| l.contains(&user)).count()
+}
+
+async fn kv_rotation_swaps_every_nodes_pool_without_a_failed_call(flavor: Flavor) {
+    let cluster = Arc::new(RedisCluster::start(flavor));
+    let bao = Arc::new(common::openbao::OpenBao::dev());
+    bao.write_plugin_policy();
+    bao.kv_creds("cache", CACHE_USER, &cluster.users.cache);
+    let token = bao.plugin_token("1h", "2h");
+    let prefix = test_prefix("cluster_kv");
+    let plugin = plugin_with(&cluster, &prefix, |c| {
+        c.backend.password = Default::default();
+        c.backend.username = String::new();
+        c.backend.vault_enabled = true;
+        c.vault.kv_path = "secret/redis/cache".into();
+        c.vault.address = bao.address();
+        c.vault.auth.method = redis_cache_plugin::config::VaultAuthMethod::Token;
+        c.vault.auth.token = redis_cache_plugin::config::Secret::new(token.clone());
+    })
+    .await;
+    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
+    let chaos = Chaos::start(plugin.channel().await, key_sets, rand::random());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (c, b) = (cluster.clone(), bao.clone());
+    let rotated_at = off_thread(move || {
+        let (old, new) = (c.users.cache.clone(), random_secret());
+        on_every_node(&c, &format!(">{new}"), false);
+        b.kv_creds("cache", CACHE_USER, &new);
+        on_every_node(&c, &format!("<{old}"), true);
+        Instant::now()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = chaos.finish().await;
+    let rotations = plugin
+        .metric("redis_plugin_credential_rotations_total")
+        .await;
+    println!(
+        "{flavor:?} KV rotation on a cluster: {}; {rotations} rotations",
+        tally.summary()
+    );
+    assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
+    assert_eq!(tally.failed(), 0, "{:?}", tally.errors());
+    assert!(rotations >= 1.0, "the plugin read the new password");
+    let after = tally.calls.iter().filter(|c| c.at > rotated_at).count();
+    assert!(after >= 100, "{after} calls after the rotation");
+    // The old password is gone from every node, so whatever connects now
+    // logged in with the new one: every primary's pool has swapped.
+    let c = cluster.clone();
+    let swapped = off_thread(move || {
+        c.primaries()
+            .iter()
+            .map(|p| (p.clone(), cache_connections(&c, p)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    assert!(
+        swapped.iter().all(|(_, n)| *n > 0),
+        "cache connections per primary: {swapped:?}"
+    );
+    plugin.stop().await;
+}
