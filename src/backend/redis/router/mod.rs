@@ -27,10 +27,7 @@ use super::{
     settings::RedisSettings,
 };
 use crate::{
-    backend::PoolStats,
-    config::Topology,
-    credentials::CredentialsHandle,
-    error::Result,
+    backend::PoolStats, config::Topology, credentials::CredentialsHandle, error::Result,
     shutdown::Watch,
 };
 
@@ -56,7 +53,8 @@ impl Router {
             Topology::Standalone => {
                 let connector = settings.connector(&settings.address)?;
                 let limits = settings.pool_limits();
-                let node = Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
+                let node =
+                    Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
                 Self::Standalone(node)
             }
             Topology::Sentinel => {
