@@ -106,10 +106,11 @@ async fn reshard_under_traffic_gives_no_wrong_answer(flavor: Flavor) {
                     calls += 1;
                     match client.get(&key).await {
                         Ok(r) => {
-                            if let Some(&want) = model.get(&key) {
-                                if r.value != want.to_string().as_bytes() {
-                                    wrong += 1;
-                                }
+                            if model
+                                .get(&key)
+                                .is_some_and(|want| r.value != want.to_string().as_bytes())
+                            {
+                                wrong += 1;
                             }
                         }
                         Err(e) => {
@@ -144,7 +145,18 @@ async fn reshard_under_traffic_gives_no_wrong_answer(flavor: Flavor) {
         errors += e;
         wrong += x;
     }
-    println!("calls {calls} errors {errors} wrong {wrong}");
+    let moved = common::metric(
+        plugin.addr,
+        "redis_plugin_cluster_redirects_total{kind=\"moved\"}",
+    )
+    .await;
+    let ask = common::metric(
+        plugin.addr,
+        "redis_plugin_cluster_redirects_total{kind=\"ask\"}",
+    )
+    .await;
+    println!("calls {calls} errors {errors} wrong {wrong} moved {moved} ask {ask}");
+    assert!(moved > 0.0, "the reshard moved slots under traffic");
     assert_eq!(wrong, 0);
     assert!(errors * 100 < calls, "errors {errors} of {calls}");
     plugin.stop().await;

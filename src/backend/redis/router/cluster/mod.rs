@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use self::{nodes::Topology, redirect::Redirect};
 use crate::{
     backend::{
-        PoolStats,
+        PoolStats, TopologyStats,
         redis::{
             commands::{Command, MultiKey, Ping},
             failure,
@@ -152,6 +152,23 @@ impl Cluster {
             return Ok(());
         };
         self.topology.pool_for(seed)?.check_tls().await
+    }
+
+    /// Redirects and refreshes so far, and each primary's connections.
+    pub(in crate::backend::redis) fn topology_stats(&self) -> TopologyStats {
+        let c = &self.topology.counters;
+        let nodes = self.topology.nodes();
+        TopologyStats {
+            moved: c.moved.load(Ordering::Relaxed),
+            ask: c.ask.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            failovers: 0,
+            nodes: nodes
+                .pools()
+                .iter()
+                .map(|p| (p.address().to_string(), p.stats()))
+                .collect(),
+        }
     }
 
     /// Connection counts summed over the primaries.
