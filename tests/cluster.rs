@@ -276,7 +276,10 @@ fn inject_faults(cluster: &RedisCluster) -> Faults {
 /// The plugin's redirect and refresh metrics, as text (empty if it has
 /// none).
 async fn topology_metrics(plugin: &Plugin) -> String {
-    let text = plugin.metrics_text().await;
+    let addr = plugin.addr;
+    let text = tokio::task::spawn_blocking(move || common::http_get(addr, "/metrics"))
+        .await
+        .expect("scrape");
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -352,6 +355,12 @@ async fn random_run_stays_exact_through_reshard_and_failover(flavor: Flavor) {
         "load ran during the failover"
     );
     assert_ne!(faults.stepped_down, faults.took_over);
+    let moved = common::metric(
+        plugin.addr,
+        r#"redis_plugin_cluster_redirects_total{kind="moved"}"#,
+    )
+    .await;
+    assert!(moved > 0.0, "the plugin followed MOVED: {redirects}");
     plugin.stop().await;
 }
 
@@ -602,9 +611,7 @@ async fn kv_rotation_swaps_every_nodes_pool_without_a_failed_call(flavor: Flavor
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tally = chaos.finish().await;
-    let rotations = plugin
-        .metric("redis_plugin_credential_rotations_total")
-        .await;
+    let rotations = common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await;
     println!(
         "{flavor:?} KV rotation on a cluster: {}; {rotations} rotations",
         tally.summary()

@@ -447,6 +447,22 @@ impl Connection {
         rx.await.unwrap_or(Err(ConnError::Closed))
     }
 
+    /// Sends `ASKING` and then the command `encode` writes, and waits for
+    /// the command's reply (a cluster's ASK redirect: the importing node
+    /// serves the next command for the migrating slot). Both are queued in
+    /// one poll, so they are adjacent unless another task's command lands
+    /// between them; that command then runs with ASKING (harmless: it only
+    /// matters for a slot being imported) and this one gets the redirect
+    /// again, which the router follows.
+    pub(super) async fn call_asking(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<Reply, ConnError> {
+        let asking = self.call(|out| resp::encode(out, &[b"ASKING"]));
+        let (_, reply) = futures_util::future::join(asking, self.call(encode)).await;
+        reply
+    }
+
     fn enqueue(
         &self,
         encode: impl FnOnce(&mut BytesMut),

@@ -27,7 +27,10 @@ use super::{
     settings::RedisSettings,
 };
 use crate::{
-    backend::PoolStats, config::Topology, credentials::CredentialsHandle, error::Result,
+    backend::{PoolStats, TopologyStats},
+    config::Topology,
+    credentials::CredentialsHandle,
+    error::Result,
     shutdown::Watch,
 };
 
@@ -98,6 +101,18 @@ impl Router {
         match self {
             Self::Cluster(c) => c.ping().await,
             _ => self.send(&super::commands::Ping).await,
+        }
+    }
+
+    /// Redirects, refreshes, failovers and each node's connections.
+    pub(super) fn topology_stats(&self) -> TopologyStats {
+        match self {
+            Self::Standalone(pool) => TopologyStats {
+                nodes: vec![(pool.address().to_string(), pool.stats())],
+                ..TopologyStats::default()
+            },
+            Self::Sentinel(s) => s.topology_stats(),
+            Self::Cluster(c) => c.topology_stats(),
         }
     }
 

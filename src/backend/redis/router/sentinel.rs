@@ -39,6 +39,10 @@ impl Sentinel {
         Ok(())
     }
 
+    pub(in crate::backend::redis) fn topology_stats(&self) -> crate::backend::TopologyStats {
+        crate::backend::TopologyStats::default()
+    }
+
     pub(in crate::backend::redis) fn stats(&self) -> PoolStats {
         self.master.as_ref().map(|p| p.stats()).unwrap_or_default()
     }
