@@ -389,6 +389,7 @@ async fn killed_primary_recovers_after_its_replica_takes_over(flavor: Flavor) {
     let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
     let victim = cluster.primaries().remove(0);
     let replica = cluster.replicas_of(&victim).remove(0);
+    cluster.wait_replicas_synced();
     let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
     let on_victim: BTreeSet<String> = key_sets
         .iter()
@@ -406,7 +407,12 @@ async fn killed_primary_recovers_after_its_replica_takes_over(flavor: Flavor) {
         let promoted = common::poll(Duration::from_secs(30), Duration::from_millis(50), || {
             cluster.primaries().contains(&replica)
         });
-        assert!(promoted, "{replica} was promoted after {victim} was killed");
+        assert!(
+            promoted,
+            "{replica} was not promoted after {victim} was killed: {:#?}\n{}",
+            cluster.topology(),
+            cluster.node(&replica).log()
+        );
         let failed = cluster
             .topology()
             .iter()

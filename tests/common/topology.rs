@@ -139,6 +139,10 @@ fn cluster_args(bus_port: u16) -> Vec<String> {
         "2000",
         "--cluster-port",
         &bus_port.to_string(),
+        // A replica's first full sync starts at once instead of after the
+        // default 5 s, so a replica can take over soon after forming.
+        "--repl-diskless-sync-delay",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -499,6 +503,28 @@ impl RedisCluster {
             })
             .collect();
         views.iter().all(|v| v.len() == self.nodes.len()) && views.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// Waits until every live replica's link to its primary is up (its
+    /// first full sync done): a replica without the data refuses to take
+    /// over (`cluster-replica-validity-factor`).
+    pub fn wait_replicas_synced(&self) {
+        let replicas: Vec<String> = self
+            .topology()
+            .into_iter()
+            .filter(|n| !n.primary && !n.failed)
+            .map(|n| n.address)
+            .collect();
+        let synced = poll(SETTLE_WITHIN, Duration::from_millis(50), || {
+            replicas.iter().all(|r| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut self.node(r).admin())
+                    .unwrap_or_default();
+                info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "replicas did not sync:\n{}", self.describe());
     }
 
     /// Every node's view and log tail, for failure messages.
