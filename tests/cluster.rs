@@ -23,10 +23,12 @@ use std::{
 use common::{
     CACHE_USER, Flavor, NOT_SERVING, Plugin, SERVING,
     chaos::{Chaos, Model, Tally},
-    cluster_config, free_port, random_secret, test_prefix,
+    cluster_config, free_port,
+    openbao::OpenBao,
+    random_secret, test_prefix,
     topology::{As, RedisCluster, key_slot},
 };
-use redis_cache_plugin::config::Config;
+use redis_cache_plugin::config::{Config, Secret, VaultAuthMethod};
 use tonic::Code;
 
 twin_tests!(
@@ -552,54 +554,106 @@ async fn health_is_not_serving_only_while_slots_have_no_primary(flavor: Flavor) 
 
 // === credentials ===
 
-/// Sets (`>`) or removes (`<`) a password of the cache user on every node
-/// (ACL users are per node), and with `kick` closes the cache user's
-/// connections so the plugin must log in again.
-fn on_every_node(cluster: &RedisCluster, rule: &str, kick: bool) {
+/// Sets (`>`) or removes (`<`) a password of the cache user on every node:
+/// ACL users are per node and not replicated.
+fn on_every_node(cluster: &RedisCluster, rule: &str) {
     for node in cluster.seed_addresses() {
-        let mut conn = cluster.node(&node).admin();
         ::redis::cmd("ACL")
             .arg("SETUSER")
             .arg(CACHE_USER)
             .arg(rule)
-            .exec(&mut conn)
+            .exec(&mut cluster.node(&node).admin())
             .expect("ACL SETUSER");
-        if kick {
-            ::redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("USER")
-                .arg(CACHE_USER)
-                .exec(&mut conn)
-                .expect("CLIENT KILL USER");
-        }
     }
 }
 
-/// Connections of the cache user on the node at `address`.
-fn cache_connections(cluster: &RedisCluster, address: &str) -> usize {
-    let list: String = ::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut cluster.node(address).admin())
-        .expect("CLIENT LIST");
+/// Ids of the cache user's connections on every node, by node.
+fn cache_connections(cluster: &RedisCluster) -> Vec<(String, BTreeSet<u64>)> {
     let user = format!(" user={CACHE_USER} ");
-    list.lines().filter(|l| l.contains(&user)).count()
+    let ids = |address: &str| -> BTreeSet<u64> {
+        let list: String = ::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut cluster.node(address).admin())
+            .expect("CLIENT LIST");
+        list.lines()
+            .filter(|l| l.contains(&user))
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let nodes = cluster.seed_addresses();
+    nodes.into_iter().map(|a| (a.clone(), ids(&a))).collect()
+}
+
+/// The rotation an operator does for a KV v2 secret on a cluster: the new
+/// password on every node, then in KV, then the old one off every node;
+/// finally one of the plugin's connections drops (as connections do), so
+/// its next login finds the old password refused. Returns the plugin's
+/// connections from before (all logged in with the old password).
+fn rotate_kv_password(cluster: &RedisCluster, bao: &OpenBao) -> Vec<(String, BTreeSet<u64>)> {
+    let (old, new) = (cluster.users.cache.clone(), random_secret());
+    on_every_node(cluster, &format!(">{new}"));
+    bao.kv_creds("cache", CACHE_USER, &new);
+    on_every_node(cluster, &format!("<{old}"));
+    let before = cache_connections(cluster);
+    let (node, ids) = before
+        .iter()
+        .find(|(_, ids)| !ids.is_empty())
+        .expect("the plugin is connected");
+    let id = ids.first().expect("a connection").to_string();
+    ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .exec(&mut cluster.node(node).admin())
+        .expect("CLIENT KILL ID");
+    before
+}
+
+/// Waits (bounded) until no connection from `before` is left on any node
+/// and every primary has a connection again: every pool has swapped.
+fn wait_swapped(
+    cluster: &RedisCluster,
+    before: &[(String, BTreeSet<u64>)],
+) -> Vec<(String, BTreeSet<u64>)> {
+    let old: BTreeSet<(String, u64)> = before
+        .iter()
+        .flat_map(|(a, ids)| ids.iter().map(move |id| (a.clone(), *id)))
+        .collect();
+    let primaries = cluster.primaries();
+    let mut now = Vec::new();
+    let swapped = common::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        now = cache_connections(cluster);
+        let none_old = now
+            .iter()
+            .all(|(a, ids)| ids.iter().all(|id| !old.contains(&(a.clone(), *id))));
+        let all_up = now
+            .iter()
+            .filter(|(a, _)| primaries.contains(a))
+            .all(|(_, ids)| !ids.is_empty());
+        none_old && all_up
+    });
+    assert!(
+        swapped,
+        "pools still on old connections: before {before:?}, now {now:?}"
+    );
+    now
 }
 
 async fn kv_rotation_swaps_every_nodes_pool_without_a_failed_call(flavor: Flavor) {
     let cluster = Arc::new(RedisCluster::start(flavor));
-    let bao = Arc::new(common::openbao::OpenBao::dev());
+    let bao = Arc::new(OpenBao::dev());
     bao.write_plugin_policy();
     bao.kv_creds("cache", CACHE_USER, &cluster.users.cache);
     let token = bao.plugin_token("1h", "2h");
     let prefix = test_prefix("cluster_kv");
     let plugin = plugin_with(&cluster, &prefix, |c| {
-        c.backend.password = Default::default();
+        c.backend.password = Secret::default();
         c.backend.username = String::new();
         c.backend.vault_enabled = true;
         c.vault.kv_path = "secret/redis/cache".into();
         c.vault.address = bao.address();
-        c.vault.auth.method = redis_cache_plugin::config::VaultAuthMethod::Token;
-        c.vault.auth.token = redis_cache_plugin::config::Secret::new(token.clone());
+        c.vault.auth.method = VaultAuthMethod::Token;
+        c.vault.auth.token = Secret::new(token.clone());
     })
     .await;
     let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
@@ -607,39 +661,28 @@ async fn kv_rotation_swaps_every_nodes_pool_without_a_failed_call(flavor: Flavor
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (c, b) = (cluster.clone(), bao.clone());
-    let rotated_at = off_thread(move || {
-        let (old, new) = (c.users.cache.clone(), random_secret());
-        on_every_node(&c, &format!(">{new}"), false);
-        b.kv_creds("cache", CACHE_USER, &new);
-        on_every_node(&c, &format!("<{old}"), true);
-        Instant::now()
+    let (before, now, swapped_at) = off_thread(move || {
+        let before = rotate_kv_password(&c, &b);
+        let now = wait_swapped(&c, &before);
+        (before, now, Instant::now())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let tally = chaos.finish().await;
     let rotations = common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await;
     println!(
-        "{flavor:?} KV rotation on a cluster: {}; {rotations} rotations",
+        "{flavor:?} KV rotation on a cluster: {}; {rotations} rotations; \
+         the plugin's connections before {before:?}, after {now:?}",
         tally.summary()
     );
     assert!(tally.wrong.is_empty(), "{:#?}", tally.wrong);
     assert_eq!(tally.failed(), 0, "{:?}", tally.errors());
     assert!(rotations >= 1.0, "the plugin read the new password");
-    let after = tally.calls.iter().filter(|c| c.at > rotated_at).count();
-    assert!(after >= 100, "{after} calls after the rotation");
-    // The old password is gone from every node, so whatever connects now
-    // logged in with the new one: every primary's pool has swapped.
-    let c = cluster.clone();
-    let swapped = off_thread(move || {
-        c.primaries()
-            .iter()
-            .map(|p| (p.clone(), cache_connections(&c, p)))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    assert!(
-        swapped.iter().all(|(_, n)| *n > 0),
-        "cache connections per primary: {swapped:?}"
-    );
+    let after = tally
+        .calls
+        .iter()
+        .filter(|c| c.at > swapped_at && c.code == Code::Ok)
+        .count();
+    assert!(after > 0, "calls served after the swap");
     plugin.stop().await;
 }
