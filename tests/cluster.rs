@@ -35,6 +35,7 @@ twin_tests!(
     keys_land_on_the_node_their_slot_says,
     hash_tags_and_a_braced_prefix_keep_keys_on_one_slot,
     mget_and_delete_span_every_primary,
+    ask_is_followed_while_a_slot_migrates,
     random_run_stays_exact_through_reshard_and_failover,
     killed_primary_recovers_after_its_replica_takes_over,
     starts_and_serves_when_the_first_seed_is_down,
@@ -201,6 +202,70 @@ async fn mget_and_delete_span_every_primary(flavor: Flavor) {
     assert_eq!(deleted, 30, "counts summed over the nodes, each key once");
     assert!(client.mget(&asked).await.expect("mget").hits.is_empty());
     assert_eq!(cluster.dbsize(), 0, "nothing left on any primary");
+    plugin.stop().await;
+}
+
+/// One slot moved by hand, key by key: while it migrates, the old owner
+/// answers ASK for the keys it no longer holds (and for new ones), and
+/// the plugin follows with ASKING to the new owner; afterwards MOVED.
+async fn ask_is_followed_while_a_slot_migrates(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("cluster_ask");
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let mut client = plugin.cache().await;
+    let full = |k: &str| format!("{prefix}{k}");
+    let slot = key_slot("ask");
+    let from = cluster.owner_of(slot);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    for k in ["{ask}:a", "{ask}:b"] {
+        client
+            .set(k, k.as_bytes())
+            .await
+            .expect("set before the move");
+    }
+    cluster.begin_migration(slot, &from, &to);
+    cluster.migrate_key(&full("{ask}:a"), &from, &to);
+    let err = ::redis::cmd("GET")
+        .arg(full("{ask}:a"))
+        .query::<Option<String>>(&mut cluster.node(&from).admin())
+        .expect_err("the old owner no longer holds it");
+    assert!(err.to_string().to_uppercase().contains("ASK"), "{err}");
+
+    let ask = r#"redis_plugin_cluster_redirects_total{kind="ask"}"#;
+    let asked_before = common::metric(plugin.addr, ask).await;
+    let got = client.get("{ask}:a").await.expect("get a moved key");
+    assert_eq!(got.value.as_ref(), b"{ask}:a", "read from the new owner");
+    let got = client
+        .get("{ask}:b")
+        .await
+        .expect("get a key not moved yet");
+    assert_eq!(got.value.as_ref(), b"{ask}:b", "read from the old owner");
+    client
+        .set("{ask}:c", b"new")
+        .await
+        .expect("a new key goes to the new owner");
+    let asked = common::metric(plugin.addr, ask).await - asked_before;
+    assert!(
+        asked >= 2.0,
+        "ASK followed for the moved and the new key: {asked}"
+    );
+
+    cluster.migrate_key(&full("{ask}:b"), &from, &to);
+    cluster.finish_migration(slot, &from, &to);
+    assert_eq!(cluster.owner_of(slot), to, "the slot moved");
+    for (k, v) in [
+        ("{ask}:a", &b"{ask}:a"[..]),
+        ("{ask}:b", b"{ask}:b"),
+        ("{ask}:c", b"new"),
+    ] {
+        assert_eq!(cluster.raw_get(&full(k)).as_deref(), Some(v), "{k} on {to}");
+        let got = client.get(k).await.expect("get after the move");
+        assert_eq!(got.value.as_ref(), v, "{k} through the plugin");
+    }
     plugin.stop().await;
 }
 

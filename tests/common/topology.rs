@@ -428,6 +428,68 @@ impl RedisCluster {
         self.wait_settled();
     }
 
+    /// Starts moving `slot` from the primary at `from` to the one at `to`
+    /// by hand, as `redis-cli --cluster reshard` does for each slot
+    /// (IMPORTING on `to`, then MIGRATING on `from`): until
+    /// [`RedisCluster::finish_migration`], `from` answers ASK for keys it
+    /// no longer holds.
+    pub fn begin_migration(&self, slot: u16, from: &str, to: &str) {
+        let nodes = self.topology();
+        let (from_id, to_id) = (Self::id_in(&nodes, from), Self::id_in(&nodes, to));
+        let setslot = |at: &str, state: &str, id: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id)
+                .exec(&mut self.node(at).admin())
+                .expect("CLUSTER SETSLOT");
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+    }
+
+    /// Moves `key` (of a slot being migrated) from `from` to `to` with
+    /// MIGRATE, logged in to `to` as the admin user.
+    pub fn migrate_key(&self, key: &str, from: &str, to: &str) {
+        let (host, port) = to.split_once(':').expect("host:port");
+        let reply: String = redis::cmd("MIGRATE")
+            .arg(host)
+            .arg(port)
+            .arg(key)
+            .arg(0)
+            .arg(5000)
+            .arg("AUTH2")
+            .arg(ADMIN_USER)
+            .arg(&self.users.admin)
+            .query(&mut self.node(from).admin())
+            .expect("MIGRATE");
+        assert_eq!(reply, "OK", "MIGRATE {key}");
+    }
+
+    /// Ends a migration begun with [`RedisCluster::begin_migration`]:
+    /// `to` owns `slot` on every primary (`to` first, as redis-cli does),
+    /// then waits until the cluster is settled.
+    pub fn finish_migration(&self, slot: u16, from: &str, to: &str) {
+        let to_id = Self::id_in(&self.topology(), to);
+        let mut order = vec![to.to_string(), from.to_string()];
+        order.extend(
+            self.primaries()
+                .into_iter()
+                .filter(|p| p != to && p != from),
+        );
+        for at in order {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .exec(&mut self.node(&at).admin())
+                .expect("CLUSTER SETSLOT NODE");
+        }
+        self.wait_settled();
+    }
+
     /// Has the replica at `replica` take over from its primary with
     /// `CLUSTER FAILOVER` and waits until the cluster is settled again;
     /// returns how long that took.
