@@ -21,12 +21,12 @@ use std::{
 };
 
 use common::{
-    CACHE_USER, Flavor, NOT_SERVING, Plugin, SERVING,
+    CACHE_USER, Cache, Flavor, NOT_SERVING, Plugin, SERVING,
     chaos::{Chaos, Model, Tally},
     cluster_config, free_port,
     openbao::OpenBao,
     random_secret, test_prefix,
-    topology::{As, RedisCluster, key_slot},
+    topology::{As, RedisCluster},
 };
 use redis_cache_plugin::config::{Config, Secret, VaultAuthMethod};
 use tonic::Code;
@@ -72,40 +72,48 @@ fn spread_keys(
     stem: &str,
     count: usize,
 ) -> Vec<(String, String)> {
+    let keys: Vec<String> = (0..count).map(|i| format!("{stem}{i}")).collect();
+    let full: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
     let ranges = cluster.slot_ranges();
-    let owner = |key: &str| {
-        let slot = key_slot(&format!("{prefix}{key}"));
+    let owner = |slot: u16| {
         let range = ranges.iter().find(|(a, b, _)| *a <= slot && slot <= *b);
         range.expect("every slot is served").2.clone()
     };
-    let keys: Vec<(String, String)> = (0..count)
-        .map(|i| format!("{stem}{i}"))
-        .map(|k| (owner(&k), k))
-        .map(|(o, k)| (k, o))
+    let keys: Vec<(String, String)> = keys
+        .into_iter()
+        .zip(cluster.slots_of(&full))
+        .map(|(k, slot)| (k, owner(slot)))
         .collect();
     let owners: BTreeSet<&String> = keys.iter().map(|(_, o)| o).collect();
     assert_eq!(owners.len(), 3, "keys spread over every primary");
     keys
 }
 
+/// The cluster, a key prefix from `name`, the plugin on it (SERVING) and a
+/// client.
+async fn start(flavor: Flavor, name: &str) -> (RedisCluster, String, Plugin, Cache) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix(name);
+    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let client = plugin.cache().await;
+    (cluster, prefix, plugin, client)
+}
+
+/// The slot of one key, asked of the cluster.
+fn slot(cluster: &RedisCluster, key: &str) -> u16 {
+    cluster.slots_of(&[key.to_string()])[0]
+}
+
 // === where keys go ===
 
 async fn keys_land_on_the_node_their_slot_says(flavor: Flavor) {
-    let cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_slots");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
-    let mut client = plugin.cache().await;
+    let (cluster, prefix, plugin, mut client) = start(flavor, "cluster_slots").await;
     let primaries = cluster.primaries();
     let seed = primaries[0].clone();
     let (host, port) = seed.split_once(':').expect("host:port");
     for (key, owner) in spread_keys(&cluster, &prefix, "k", 30) {
         let full = format!("{prefix}{key}");
         client.set(&key, full.as_bytes()).await.expect("set");
-        assert_eq!(
-            key_slot(&full),
-            cluster.slot_of(&full),
-            "CRC16 as Redis has it"
-        );
         assert_eq!(
             cluster.raw_get(&full).as_deref(),
             Some(full.as_bytes()),
@@ -132,14 +140,11 @@ async fn keys_land_on_the_node_their_slot_says(flavor: Flavor) {
 /// over any tag in the key, because the tag is looked for in the full key
 /// (prefix first): every key of such a plugin shares one slot.
 async fn hash_tags_and_a_braced_prefix_keep_keys_on_one_slot(flavor: Flavor) {
-    let cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_tags");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
-    let mut client = plugin.cache().await;
+    let (cluster, prefix, plugin, mut client) = start(flavor, "cluster_tags").await;
     for key in ["{user1}:a", "{user1}:b"] {
         client.set(key, key.as_bytes()).await.expect("set tagged");
         let full = format!("{prefix}{key}");
-        assert_eq!(cluster.slot_of(&full), key_slot("user1"), "{full}");
+        assert_eq!(cluster.slot_of(&full), slot(&cluster, "user1"), "{full}");
         assert_eq!(cluster.raw_get(&full).as_deref(), Some(key.as_bytes()));
     }
     let hits = client.mget(["{user1}:a", "{user1}:b"]).await.expect("mget");
@@ -148,7 +153,7 @@ async fn hash_tags_and_a_braced_prefix_keep_keys_on_one_slot(flavor: Flavor) {
 
     let braced = format!("cache:app{{x}}:{}:", std::process::id());
     let plain: BTreeSet<u16> = (0..20)
-        .map(|i| key_slot(&format!("{prefix}k{i}")))
+        .map(|i| slot(&cluster, &format!("{prefix}k{i}")))
         .collect();
     assert!(plain.len() > 1, "without a tag the keys spread: {plain:?}");
     let plugin = plugin_with(&cluster, &braced, |_| {}).await;
@@ -157,14 +162,14 @@ async fn hash_tags_and_a_braced_prefix_keep_keys_on_one_slot(flavor: Flavor) {
         .map(|i| format!("k{i}"))
         .chain(["{user1}:a".into()])
         .collect();
-    let owner = cluster.owner_of(key_slot("x"));
+    let owner = cluster.owner_of(slot(&cluster, "x"));
     for key in &keys {
         client
             .set(key, key.as_bytes())
             .await
             .expect("set under the braced prefix");
         let full = format!("{braced}{key}");
-        assert_eq!(cluster.slot_of(&full), key_slot("x"), "{full}");
+        assert_eq!(cluster.slot_of(&full), slot(&cluster, "x"), "{full}");
         let held: Option<Vec<u8>> = ::redis::cmd("GET")
             .arg(&full)
             .query(&mut cluster.node(&owner).admin())
@@ -179,10 +184,7 @@ async fn hash_tags_and_a_braced_prefix_keep_keys_on_one_slot(flavor: Flavor) {
 }
 
 async fn mget_and_delete_span_every_primary(flavor: Flavor) {
-    let cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_multi");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
-    let mut client = plugin.cache().await;
+    let (cluster, prefix, plugin, mut client) = start(flavor, "cluster_multi").await;
     let keys = spread_keys(&cluster, &prefix, "m", 30);
     for (key, _) in &keys {
         client.set(key, key.as_bytes()).await.expect("set");
@@ -209,12 +211,9 @@ async fn mget_and_delete_span_every_primary(flavor: Flavor) {
 /// answers ASK for the keys it no longer holds (and for new ones), and
 /// the plugin follows with ASKING to the new owner; afterwards MOVED.
 async fn ask_is_followed_while_a_slot_migrates(flavor: Flavor) {
-    let cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_ask");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
-    let mut client = plugin.cache().await;
+    let (cluster, prefix, plugin, mut client) = start(flavor, "cluster_ask").await;
     let full = |k: &str| format!("{prefix}{k}");
-    let slot = key_slot("ask");
+    let slot = slot(&cluster, "ask");
     let from = cluster.owner_of(slot);
     let to = cluster
         .primaries()
@@ -277,13 +276,19 @@ const RESHARD_SLOTS: u16 = 1000;
 
 /// Each worker's keys: 40 anywhere plus 6 in the slots the reshard moves,
 /// so some of every worker's keys are redirected.
-fn worker_keys(prefix: &str, worker: usize) -> Vec<String> {
-    let candidates = (0..).map(|j| format!("w{worker}:k{j}"));
-    let moving = candidates
-        .clone()
-        .filter(|k| key_slot(&format!("{prefix}{k}")) < RESHARD_SLOTS)
-        .take(6);
-    candidates.take(40).chain(moving).collect()
+fn worker_keys(cluster: &RedisCluster, prefix: &str, worker: usize) -> Vec<String> {
+    // About 6 % of slots move, so 400 candidates hold ~24 moving keys.
+    let candidates: Vec<String> = (0..400).map(|j| format!("w{worker}:k{j}")).collect();
+    let full: Vec<String> = candidates.iter().map(|k| format!("{prefix}{k}")).collect();
+    let moving: Vec<String> = candidates
+        .iter()
+        .zip(cluster.slots_of(&full))
+        .filter(|(_, slot)| *slot < RESHARD_SLOTS)
+        .map(|(k, _)| k.clone())
+        .take(6)
+        .collect();
+    assert_eq!(moving.len(), 6, "worker {worker}: keys in the moving slots");
+    candidates.into_iter().take(40).chain(moving).collect()
 }
 
 /// What the faults of the random run did, for the assertions.
@@ -371,7 +376,9 @@ async fn random_run_stays_exact_through_reshard_and_failover(flavor: Flavor) {
     let cluster = Arc::new(RedisCluster::start(flavor));
     let prefix = test_prefix("cluster_chaos");
     let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
-    let key_sets: Vec<Vec<String>> = (0..WORKERS).map(|w| worker_keys(&prefix, w)).collect();
+    let key_sets: Vec<Vec<String>> = (0..WORKERS)
+        .map(|w| worker_keys(&cluster, &prefix, w))
+        .collect();
     let chaos = Chaos::start(plugin.channel().await, key_sets, rand::random());
     let seed = chaos.seed;
     let begun = Instant::now();
@@ -451,13 +458,11 @@ fn the_model_widens_on_a_failed_write_and_narrows_on_an_acknowledged_one() {
 // === a killed primary, seeds, health ===
 
 async fn killed_primary_recovers_after_its_replica_takes_over(flavor: Flavor) {
-    let mut cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_kill");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let (mut cluster, prefix, plugin, _) = start(flavor, "cluster_kill").await;
     let victim = cluster.primaries().remove(0);
     let replica = cluster.replicas_of(&victim).remove(0);
     cluster.wait_replicas_synced();
-    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
+    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&cluster, &prefix, w)).collect();
     let on_victim: BTreeSet<String> = key_sets
         .iter()
         .flatten()
@@ -559,9 +564,7 @@ async fn starts_and_serves_when_the_first_seed_is_down(flavor: Flavor) {
 }
 
 async fn health_is_not_serving_only_while_slots_have_no_primary(flavor: Flavor) {
-    let mut cluster = RedisCluster::start(flavor);
-    let prefix = test_prefix("cluster_health");
-    let plugin = plugin_with(&cluster, &prefix, |_| {}).await;
+    let (mut cluster, _, plugin, _) = start(flavor, "cluster_health").await;
     let victim = cluster.primaries().remove(1);
     let replica = cluster.replicas_of(&victim).remove(0);
 
@@ -721,7 +724,7 @@ async fn kv_rotation_swaps_every_nodes_pool_without_a_failed_call(flavor: Flavor
         c.vault.auth.token = Secret::new(token.clone());
     })
     .await;
-    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&prefix, w)).collect();
+    let key_sets: Vec<Vec<String>> = (0..4).map(|w| worker_keys(&cluster, &prefix, w)).collect();
     let chaos = Chaos::start(plugin.channel().await, key_sets, rand::random());
     tokio::time::sleep(Duration::from_secs(1)).await;
 

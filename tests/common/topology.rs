@@ -348,6 +348,18 @@ impl RedisCluster {
             .expect("CLUSTER KEYSLOT")
     }
 
+    /// The hash slots of `keys` (`CLUSTER KEYSLOT` in one pipelined round
+    /// trip), for tests that pick keys by slot.
+    pub fn slots_of(&self, keys: &[String]) -> Vec<u16> {
+        let live = self.primaries().remove(0);
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("CLUSTER").arg("KEYSLOT").arg(key);
+        }
+        pipe.query(&mut self.node(&live).admin())
+            .expect("CLUSTER KEYSLOT")
+    }
+
     /// Address of the primary that serves `slot`, per `CLUSTER SLOTS`.
     pub fn owner_of(&self, slot: u16) -> String {
         self.slot_ranges()
@@ -593,39 +605,6 @@ impl RedisCluster {
     fn describe(&self) -> String {
         log_tails(self.nodes.iter().map(|n| (n.address(), n.log())))
     }
-}
-
-/// The hash slot of `key` as Redis Cluster computes it: CRC16 (XMODEM) of
-/// the first non-empty `{tag}` if there is one, else of the whole key,
-/// modulo 16384. Computed locally so that tests can pick keys by slot
-/// without a round trip per key; [`RedisCluster::slot_of`] asks a node.
-pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = bytes
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(bytes);
-    crc16(hashed) % 16384
-}
-
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 /// One entry of `CLUSTER SLOTS`: `[first, last, [ip, port, id, ...], ...]`.
