@@ -182,14 +182,7 @@ impl Pool {
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
-            let result = {
-                let _busy = Busy::new(&self.slots[idx].inflight);
-                if asking {
-                    live.conn.call_asking(encode).await
-                } else {
-                    live.conn.call(encode).await
-                }
-            };
+            let result = self.call_on(idx, &live, encode, asking).await;
             let (class, err) = match result {
                 Ok(Reply::Error(msg)) => (
                     classify_reply(&msg),
@@ -246,6 +239,22 @@ impl Pool {
     /// The node's address as configured or announced.
     pub(super) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// One attempt on the connection in slot `idx`, counted in flight.
+    async fn call_on(
+        &self,
+        idx: usize,
+        live: &Live,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        asking: bool,
+    ) -> std::result::Result<Reply, ConnError> {
+        let _busy = Busy::new(&self.slots[idx].inflight);
+        if asking {
+            live.conn.call_asking(encode).await
+        } else {
+            live.conn.call(encode).await
+        }
     }
 
     /// A snapshot of the slots, for metrics.
