@@ -241,6 +241,29 @@ impl Pool {
         &self.address
     }
 
+    /// Sends the `n` commands `encode` writes, adjacent on one connection,
+    /// and returns their replies in order, error replies included: one
+    /// attempt, no retry, no sorting of error replies. The caller (a
+    /// cluster router sending one node its parts of a multi-key call)
+    /// resends what failed through [`Pool::query`], which does both.
+    pub(super) async fn query_batch(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<Vec<Reply>> {
+        let (idx, live) = self.checkout().await?;
+        let result = {
+            let _busy = Busy::new(&self.slots[idx].inflight);
+            live.conn.call_batch(encode, n).await
+        };
+        result.map_err(|e| {
+            if classify(&e) == Class::Connection {
+                self.drop_conn(idx, &live);
+            }
+            Error::Unavailable(format!("redis: {e}"))
+        })
+    }
+
     /// One attempt on the connection in slot `idx`, counted in flight.
     async fn call_on(
         &self,
