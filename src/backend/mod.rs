@@ -59,4 +59,7 @@ pub struct PoolStats {
     pub in_use: usize,
     /// Not connected (reconnecting).
     pub disconnected: usize,
+    /// Connections replaced because their peer stopped answering, since
+    /// start (a counter; summed over nodes).
+    pub dead: u64,
 }
