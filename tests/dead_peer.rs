@@ -118,13 +118,9 @@ async fn streak_of_hits(cache: &mut common::client::Cache, deadline: Instant) ->
 async fn metric(plugin: &PluginProcess, name: &str) -> f64 {
     // reqwest here has TLS without a provider; plain HTTP still builds one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let text = reqwest::get(format!("http://{}/metrics", plugin.addr))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    let scrape = reqwest::get(format!("http://{}/metrics", plugin.addr));
+    let text = scrape.await.and_then(|r| r.error_for_status());
+    let text = text.expect("scrape").text().await.expect("body");
+    let sample = |l: &str| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok();
+    text.lines().find_map(sample).unwrap_or(0.0)
 }
