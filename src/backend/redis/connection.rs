@@ -768,6 +768,24 @@ mod tests {
         );
     }
 
+    /// Every Redis socket has keepalive on with the documented values
+    /// (README, "Dead peers").
+    #[tokio::test]
+    async fn redis_sockets_have_keepalive_on() {
+        let conn = open(&stalled_server().await).await;
+        let w = conn.direct.as_ref().expect("plain TCP");
+        let tcp: &TcpStream = (**w).as_ref();
+        let sock = SockRef::from(tcp);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"), "keepalive on");
+        let time = sock.tcp_keepalive_time().expect("TCP_KEEPIDLE");
+        let interval = sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL");
+        let retries = sock.tcp_keepalive_retries().expect("TCP_KEEPCNT");
+        assert_eq!(
+            (time, interval, retries),
+            (Duration::from_secs(10), Duration::from_secs(5), 3)
+        );
+    }
+
     /// Every reply restarts the clock of the next one due: a peer that
     /// answers slowly but steadily is never overdue.
     #[tokio::test]
