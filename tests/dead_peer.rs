@@ -7,17 +7,29 @@
 //! declares the silent connections dead, replaces them, and calls succeed
 //! again, with the metric and a warn line naming the node.
 //!
+//! And the other side of the bound: a stall shorter than it (the proxy
+//! holds bytes, then delivers them, as a slow but alive Redis would) keeps
+//! every connection.
+//!
 //! The time to recover is printed (the figure for the issue); the only
-//! time assertion is a generous correctness bound.
+//! time assertions are generous correctness bounds.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{CACHE_USER, Flavor, PluginProcess, RedisServer, blackhole::BlackHole, test_prefix};
+use common::{
+    CACHE_USER, Flavor, PluginProcess, RedisServer,
+    blackhole::{BlackHole, Mode},
+    client::Cache,
+    test_prefix,
+};
 use tonic::Code;
 
-twin_tests!(black_holed_connections_are_declared_dead_and_replaced);
+twin_tests!(
+    black_holed_connections_are_declared_dead_and_replaced,
+    a_stall_below_the_bound_keeps_every_connection,
+);
 
 /// The plugin's `operation_timeout`; connections are declared dead after a
 /// reply is overdue by three of them (1.5 s).
@@ -31,12 +43,21 @@ const RECOVER_WITHIN: Duration = Duration::from_secs(10);
 /// connections round-robin, a stuck one would fail some of them.
 const STREAK: usize = 10;
 
-async fn black_holed_connections_are_declared_dead_and_replaced(flavor: Flavor) {
+/// A server, the proxy in front of it, and the plugin (two connections,
+/// `op_timeout`) on the proxy, serving keys `k0..k{STREAK}`.
+struct Setup {
+    server: RedisServer,
+    proxy: BlackHole,
+    plugin: PluginProcess,
+    cache: Cache,
+}
+
+async fn setup(flavor: Flavor, op_timeout: &str) -> Setup {
     let server = RedisServer::start(flavor);
     let proxy = BlackHole::start(&server.address());
     let backend =
-        format!("  username: {CACHE_USER}\n  operation_timeout: {OP_TIMEOUT}\n  pool_size: 2\n");
-    let mut plugin = PluginProcess::start_at(
+        format!("  username: {CACHE_USER}\n  operation_timeout: {op_timeout}\n  pool_size: 2\n");
+    let plugin = PluginProcess::start_at(
         &proxy.address(),
         Some(&server.cache_password),
         &test_prefix("dead_peer"),
@@ -48,8 +69,26 @@ async fn black_holed_connections_are_declared_dead_and_replaced(flavor: Flavor) 
     for i in 0..STREAK {
         cache.set(&format!("k{i}"), b"v").await.expect("set before");
     }
+    assert!(
+        proxy.connections() >= 2,
+        "the pool's connections go through the proxy"
+    );
+    Setup {
+        server,
+        proxy,
+        plugin,
+        cache,
+    }
+}
+
+async fn black_holed_connections_are_declared_dead_and_replaced(flavor: Flavor) {
+    let Setup {
+        server,
+        proxy,
+        mut plugin,
+        mut cache,
+    } = setup(flavor, OP_TIMEOUT).await;
     let before = proxy.connections();
-    assert!(before >= 2, "the pool's connections go through the proxy");
 
     proxy.black_hole_existing();
     let holed_at = Instant::now();
@@ -90,9 +129,46 @@ async fn black_holed_connections_are_declared_dead_and_replaced(flavor: Flavor) 
     );
 }
 
+/// Held traffic for less than the bound (3 s here: `operation_timeout`
+/// 1 s): calls time out meanwhile, but once the bytes flow again the same
+/// connections serve, and none was declared dead.
+async fn a_stall_below_the_bound_keeps_every_connection(flavor: Flavor) {
+    let Setup {
+        server: _server,
+        proxy,
+        mut plugin,
+        mut cache,
+    } = setup(flavor, "1s").await;
+    let before = proxy.connections();
+
+    proxy.set_mode(Mode::Hold);
+    let held_at = Instant::now();
+    let stalled = cache.get("k0").await.expect_err("a call while held");
+    assert_eq!(stalled.code(), Code::DeadlineExceeded, "{stalled:?}");
+    // Half the bound in all: a reply overdue this long is slow, not dead.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(held_at.elapsed())).await;
+    proxy.resume();
+    let held_for = held_at.elapsed();
+
+    let served = streak_of_hits(&mut cache, Instant::now() + RECOVER_WITHIN).await;
+    assert!(
+        served.is_some(),
+        "serves after the stall; log:\n{}",
+        plugin.log()
+    );
+    println!("{flavor:?}: held {held_for:.2?} (bound 3 s): no connection replaced");
+    assert_eq!(proxy.connections(), before, "the same connections");
+    assert_eq!(
+        metric(&plugin, "redis_plugin_dead_connections_total").await,
+        0.0
+    );
+    let log = plugin.log();
+    assert!(!log.contains("declared dead"), "{log}");
+}
+
 /// Gets until [`STREAK`] in a row hit, or `deadline`; returns when the first
 /// of that run was served.
-async fn streak_of_hits(cache: &mut common::client::Cache, deadline: Instant) -> Option<Instant> {
+async fn streak_of_hits(cache: &mut Cache, deadline: Instant) -> Option<Instant> {
     let mut first_ok: Option<Instant> = None;
     let mut run = 0;
     while Instant::now() < deadline {
