@@ -7,7 +7,9 @@
 //! declares the silent connections dead, replaces them, and calls succeed
 //! again, with the metric and a warn line naming the node.
 //!
-//! And the other side of the bound: a stall shorter than it (the proxy
+//! A connection that breaks while idle (closed by the peer here; TCP
+//! keepalive giving up takes the same path) is replaced by the same
+//! watchdog before any call needs it. And the other side of the bound: a stall shorter than it (the proxy
 //! holds bytes, then delivers them, as a slow but alive Redis would) keeps
 //! every connection.
 //!
@@ -29,6 +31,7 @@ use tonic::Code;
 twin_tests!(
     black_holed_connections_are_declared_dead_and_replaced,
     a_stall_below_the_bound_keeps_every_connection,
+    connections_closed_while_idle_are_replaced_without_a_call,
 );
 
 /// The plugin's `operation_timeout`; connections are declared dead after a
@@ -53,6 +56,11 @@ struct Setup {
 }
 
 async fn setup(flavor: Flavor, op_timeout: &str) -> Setup {
+    setup_with(flavor, op_timeout, "").await
+}
+
+/// [`setup`] with `control_plane` flow pairs for the plugin.
+async fn setup_with(flavor: Flavor, op_timeout: &str, control_plane: &str) -> Setup {
     let server = RedisServer::start(flavor);
     let proxy = BlackHole::start(&server.address());
     let backend =
@@ -61,7 +69,7 @@ async fn setup(flavor: Flavor, op_timeout: &str) -> Setup {
         &proxy.address(),
         Some(&server.cache_password),
         &test_prefix("dead_peer"),
-        "",
+        control_plane,
         &backend,
     );
     let mut cache = plugin.cache().await;
@@ -164,6 +172,39 @@ async fn a_stall_below_the_bound_keeps_every_connection(flavor: Flavor) {
     );
     let log = plugin.log();
     assert!(!log.contains("declared dead"), "{log}");
+}
+
+/// Both sides of every connection closed, and no call made afterwards (the
+/// health probe, which would find them, is set to an hour): the pool still
+/// opens new ones within a few watchdog ticks.
+async fn connections_closed_while_idle_are_replaced_without_a_call(flavor: Flavor) {
+    let Setup {
+        server: _server,
+        proxy,
+        mut plugin,
+        mut cache,
+    } = setup_with(flavor, OP_TIMEOUT, "health_interval: 1h").await;
+    let before = proxy.connections();
+
+    // New connections are the evidence the old ones closed: the pool
+    // opens one only for an empty slot.
+    proxy.close_all();
+    let replaced = common::poll(RECOVER_WITHIN, Duration::from_millis(20), || {
+        proxy.connections() >= before + 2
+    });
+    assert!(
+        replaced,
+        "{} of 2 connections reopened; log:\n{}",
+        proxy.connections() - before,
+        plugin.log()
+    );
+    let hit = cache
+        .get("k0")
+        .await
+        .expect("served on the new connections");
+    assert!(hit.found);
+    let dead = metric(&plugin, "redis_plugin_dead_connections_total").await;
+    assert_eq!(dead, 0.0, "a close is not a dead peer");
 }
 
 /// Gets until [`STREAK`] in a row hit, or `deadline`; returns when the first
