@@ -15,17 +15,17 @@
 //!   a budget ([`Pool::query`]); credentials Redis rejects are refreshed
 //!   once.
 //! - *Repair*: a connection that fails with an I/O error is dropped from its
-//!   slot and the maintenance task reconnects it with backoff.
-//! - *Dead peers*: the same task checks every [`dead_after`]/4 for a
-//!   connection whose next reply is overdue by more than [`dead_after`] (a
-//!   black-holed peer: no RST, no error, just silence) or that broke while
-//!   idle (TCP keepalive gave up, the server closed it), breaks it so its
-//!   waiting requests are retried elsewhere, and replaces it. A request
+//!   slot and the maintenance task reconnects it with backoff. A request
 //!   that finds no connection while that first reconnect is under way waits
 //!   for it (bounded by `pool_timeout`), so killed connections cost no
 //!   errors. Once a reconnect has failed, the circuit is open: requests fail
 //!   at once with `Unavailable` instead of each waiting for a connect
 //!   timeout, until a reconnect succeeds.
+//! - *Dead peers*: the same task checks every [`dead_after`]/4 for a
+//!   connection whose next reply is overdue by more than [`dead_after`] (a
+//!   black-holed peer: no RST, no error, just silence) or that broke while
+//!   idle (TCP keepalive gave up, the server closed it), breaks it so its
+//!   waiting requests are retried elsewhere, and replaces it.
 //! - *Rotation*: when new credentials are published, the same task opens new
 //!   connections with them and swaps each slot atomically; requests in flight
 //!   finish on the old connection, which closes when its last user drops it.
