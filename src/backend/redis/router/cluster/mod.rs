@@ -227,19 +227,19 @@ impl Cluster {
         }
     }
 
-    /// Connection counts summed over the primaries.
+    /// Connection counts summed over the primaries; dead connections
+    /// counted by pools since retired too (the metric is a counter).
     pub(in crate::backend::redis) fn stats(&self) -> PoolStats {
+        let retired = PoolStats {
+            dead: self.topology.counters.retired_dead.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        };
         self.topology
             .nodes()
             .pools()
             .iter()
             .map(|p| p.stats())
-            .fold(PoolStats::default(), |a, b| PoolStats {
-                size: a.size + b.size,
-                idle: a.idle + b.idle,
-                in_use: a.in_use + b.in_use,
-                disconnected: a.disconnected + b.disconnected,
-            })
+            .fold(retired, |a, b| a + b)
     }
 
     /// Runs the command `encode` writes for a key of `slot`, following
