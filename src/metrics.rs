@@ -106,6 +106,7 @@ pub struct Metrics {
     pub misses: Counter,
     pub pool_size: Gauge,
     pub pool_connections: Family<State, Gauge>,
+    pub dead_connections: Counter,
     pub health_status: Gauge,
     pub lease_expiry_seconds: Gauge<f64, AtomicU64>,
     pub rotations: Counter,
@@ -133,6 +134,7 @@ impl Metrics {
             misses: Counter::default(),
             pool_size: Gauge::default(),
             pool_connections: Family::default(),
+            dead_connections: Counter::default(),
             health_status: Gauge::default(),
             lease_expiry_seconds: Gauge::default(),
             rotations: Counter::default(),
@@ -190,6 +192,11 @@ impl Metrics {
             "redis_plugin_pool_connections",
             "Redis connections by state (idle, in_use, disconnected)",
             self.pool_connections.clone(),
+        );
+        r.register(
+            "redis_plugin_dead_connections",
+            "Redis connections replaced because the peer stopped answering",
+            self.dead_connections.clone(),
         );
         r.register(
             "redis_plugin_health_status",
@@ -293,6 +300,11 @@ impl Metrics {
                 .get_or_create(&State { state })
                 .set(n as i64);
         }
+        // The pools count since start; the counter catches up to them.
+        let seen = self.dead_connections.get();
+        if s.dead > seen {
+            self.dead_connections.inc_by(s.dead - seen);
+        }
     }
 
     /// Advances the topology counters to the backend's counts and sets the
@@ -359,6 +371,7 @@ mod tests {
             idle: 3,
             in_use: 1,
             disconnected: 0,
+            dead: 2,
         });
         let text = m.encode();
         for name in [
@@ -368,6 +381,7 @@ mod tests {
             "redis_plugin_cache_misses_total 1",
             "redis_plugin_pool_size 4",
             "redis_plugin_pool_connections{state=\"in_use\"} 1",
+            "redis_plugin_dead_connections_total 2",
             "redis_plugin_health_status 0",
             "redis_plugin_requests_rejected_total{reason=\"overload\"} 1",
             "redis_plugin_credential_rotations_total 0",

@@ -15,7 +15,8 @@ use redis_cache_plugin::config::{BackendKind, Secret, Topology};
 
 twin_tests!(
     cluster_serves_every_slot_through_one_seed,
-    reshard_under_traffic_gives_no_wrong_answer
+    reshard_under_traffic_gives_no_wrong_answer,
+    a_migrating_slot_is_followed_with_ask_then_moved,
 );
 
 fn cluster_config(cluster: &RedisCluster, prefix: &str) -> redis_cache_plugin::config::Config {
@@ -159,5 +160,117 @@ async fn reshard_under_traffic_gives_no_wrong_answer(flavor: Flavor) {
     assert!(moved > 0.0, "the reshard moved slots under traffic");
     assert_eq!(wrong, 0);
     assert!(errors * 100 < calls, "errors {errors} of {calls}");
+    plugin.stop().await;
+}
+
+/// One slot migrated by hand, step by step: while it is migrating, a key
+/// already moved (and a new one) are reached with ASK on the importing
+/// node, and the map is not changed by it; once the slot is assigned, the
+/// next call gets MOVED and stays there.
+async fn a_migrating_slot_is_followed_with_ask_then_moved(flavor: Flavor) {
+    let cluster = RedisCluster::start(flavor);
+    let prefix = test_prefix("ask");
+    let plugin = Plugin::start_serving(cluster_config(&cluster, &prefix)).await;
+    let mut client = plugin.cache().await;
+    client.set("{t}moved", b"old-home").await.expect("set");
+    let (moved_key, new_key) = (format!("{prefix}{{t}}moved"), format!("{prefix}{{t}}new"));
+    let slot = cluster.slot_of(&moved_key);
+    let source = cluster.owner_of(slot);
+    let target = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != source)
+        .expect("another primary");
+    let id = |address: &str| {
+        let nodes = cluster.topology();
+        nodes
+            .into_iter()
+            .find(|n| n.address == address)
+            .expect("node")
+            .id
+    };
+    let (source_id, target_id) = (id(&source), id(&target));
+    let admin = |node: &str, args: &[&str]| {
+        let (host, port) = node.split_once(':').expect("host:port");
+        let mut all = vec!["-h", host, "-p", port];
+        all.extend_from_slice(args);
+        let out = cluster.cli(As::Admin, &all);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let slot_text = slot.to_string();
+    assert_eq!(
+        admin(
+            &target,
+            &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &source_id]
+        ),
+        "OK"
+    );
+    assert_eq!(
+        admin(
+            &source,
+            &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target_id]
+        ),
+        "OK"
+    );
+    let (host, port) = target.split_once(':').expect("host:port");
+    let migrated = admin(
+        &source,
+        &[
+            "MIGRATE",
+            host,
+            port,
+            "",
+            "0",
+            "5000",
+            "AUTH2",
+            "admin",
+            &cluster.users.admin,
+            "KEYS",
+            &moved_key,
+        ],
+    );
+    assert_eq!(migrated, "OK", "the key moved to the importing node");
+    let asked = admin(&source, &["EXISTS", &moved_key]);
+    assert!(
+        asked.starts_with("ASK"),
+        "gone from the source, which now redirects: {asked}"
+    );
+
+    let got = client.get("{t}moved").await.expect("get during migration");
+    assert_eq!(&got.value[..], b"old-home", "found on the importing node");
+    client
+        .set("{t}new", b"new-home")
+        .await
+        .expect("set during migration");
+    let (_, on_target): ((), u32) = ::redis::pipe()
+        .cmd("ASKING")
+        .cmd("EXISTS")
+        .arg(&new_key)
+        .query(&mut cluster.node(&target).admin())
+        .expect("ASKING + EXISTS on the importing node");
+    assert_eq!(on_target, 1, "a new key goes to the importing node");
+    let ask = "redis_plugin_cluster_redirects_total{kind=\"ask\"}";
+    assert!(
+        common::metric(plugin.addr, ask).await >= 2.0,
+        "both calls were ASK-redirected"
+    );
+
+    for node in cluster.primaries() {
+        admin(
+            &node,
+            &["CLUSTER", "SETSLOT", &slot_text, "NODE", &target_id],
+        );
+    }
+    let moved = "redis_plugin_cluster_redirects_total{kind=\"moved\"}";
+    // The first call after the move learns the new owner from MOVED (or
+    // from a periodic refresh that came first).
+    assert!(client.get("{t}new").await.expect("get after").found);
+    let moved_now = common::metric(plugin.addr, moved).await;
+    assert!(client.get("{t}moved").await.expect("get again").found);
+    assert_eq!(
+        common::metric(plugin.addr, moved).await,
+        moved_now,
+        "the map was updated: no second MOVED"
+    );
     plugin.stop().await;
 }

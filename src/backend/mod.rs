@@ -79,4 +79,22 @@ pub struct PoolStats {
     pub in_use: usize,
     /// Not connected (reconnecting).
     pub disconnected: usize,
+    /// Connections replaced because their peer stopped answering, since
+    /// start (a counter; summed over nodes).
+    pub dead: u64,
+}
+
+impl std::ops::Add for PoolStats {
+    type Output = Self;
+
+    /// Two nodes' pools as one.
+    fn add(self, o: Self) -> Self {
+        Self {
+            size: self.size + o.size,
+            idle: self.idle + o.idle,
+            in_use: self.in_use + o.in_use,
+            disconnected: self.disconnected + o.disconnected,
+            dead: self.dead + o.dead,
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! A loopback TCP proxy in front of one server that can be switched to
 //! stop forwarding in both directions without closing either socket, the
 //! way a dead peer or a silent network partition looks to a client: no RST,
-//! no FIN, just no answer. Used for dead-peer detection tests.
+//! no FIN, just no answer — on every connection, or only on those open at
+//! the switch (one dead path, new connections fine). Used for dead-peer
+//! detection tests.
 //!
 //! Owns: the proxy's sockets and pump threads, the switch, and counters
 //! that let a test assert the fault really happened. Not owned here: the
@@ -53,6 +55,9 @@ struct Shared {
     mode: AtomicU8,
     stop: AtomicBool,
     accepted: AtomicUsize,
+    /// Connections numbered below this discard whatever the mode (see
+    /// [`BlackHole::black_hole_existing`]).
+    holed_below: AtomicUsize,
     open: AtomicUsize,
     vanished: AtomicU64,
     /// Clones of every socket, so drop and `close_all` can shut them.
@@ -61,7 +66,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn mode(&self) -> Mode {
+    /// The mode of connection number `conn`.
+    fn mode(&self, conn: usize) -> Mode {
+        if conn < self.holed_below.load(Ordering::SeqCst) {
+            return Mode::Discard;
+        }
         Mode::from_u8(self.mode.load(Ordering::SeqCst))
     }
 
@@ -115,8 +124,17 @@ impl BlackHole {
         self.set_mode(Mode::Discard);
     }
 
-    /// Forwards again.
+    /// Stops forwarding on the connections open now only; later ones are
+    /// forwarded: one dead path while the server itself is fine, so a
+    /// client that replaces its connections recovers.
+    pub fn black_hole_existing(&self) {
+        let accepted = self.shared.accepted.load(Ordering::SeqCst);
+        self.shared.holed_below.store(accepted, Ordering::SeqCst);
+    }
+
+    /// Forwards again, on every connection.
     pub fn resume(&self) {
+        self.shared.holed_below.store(0, Ordering::SeqCst);
         self.set_mode(Mode::Forward);
     }
 
@@ -175,7 +193,7 @@ fn connect(client: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>) {
     let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(1)) else {
         return;
     };
-    shared.accepted.fetch_add(1, Ordering::SeqCst);
+    let conn = shared.accepted.fetch_add(1, Ordering::SeqCst);
     shared.open.fetch_add(1, Ordering::SeqCst);
     let ends = [&client, &server].map(|s| {
         let _ = s.set_nonblocking(false);
@@ -196,7 +214,7 @@ fn connect(client: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>) {
     for (from, to) in pairs {
         let (shared2, alive) = (shared.clone(), alive.clone());
         let pump = std::thread::spawn(move || {
-            pump(from, to, &shared2);
+            pump(from, to, &shared2, conn);
             if alive.fetch_sub(1, Ordering::SeqCst) == 1 {
                 shared2.open.fetch_sub(1, Ordering::SeqCst);
             }
@@ -205,10 +223,10 @@ fn connect(client: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>) {
     }
 }
 
-/// The mode once it is not [`Mode::Hold`] (or the proxy stops).
-fn settled_mode(shared: &Shared) -> Mode {
+/// The mode of `conn` once it is not [`Mode::Hold`] (or the proxy stops).
+fn settled_mode(shared: &Shared, conn: usize) -> Mode {
     loop {
-        let mode = shared.mode();
+        let mode = shared.mode(conn);
         if mode != Mode::Hold || shared.stopped() {
             return mode;
         }
@@ -216,12 +234,12 @@ fn settled_mode(shared: &Shared) -> Mode {
     }
 }
 
-/// Copies `from` to `to` according to the switch until either side closes
-/// or the proxy stops; then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+/// Copies `from` to `to` (connection number `conn`) according to the
+/// switch until either side closes or the proxy stops; then closes both.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, conn: usize) {
     let mut buf = [0u8; 16 * 1024];
     while !shared.stopped() {
-        let mode = shared.mode();
+        let mode = shared.mode(conn);
         if mode == Mode::Hold {
             std::thread::sleep(TICK);
             continue;
@@ -230,7 +248,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             Ok(0) => break,
             // The switch may have flipped while this read was waiting:
             // bytes already taken are held here until it flips back.
-            Ok(n) => match settled_mode(shared) {
+            Ok(n) => match settled_mode(shared, conn) {
                 Mode::Discard => {
                     shared.vanished.fetch_add(n as u64, Ordering::SeqCst);
                 }
@@ -246,7 +264,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
     }
     // A black hole delivers no FIN either: the close reaches the other side
     // only once forwarding resumes (or the proxy stops).
-    while !shared.stopped() && shared.mode() != Mode::Forward {
+    while !shared.stopped() && shared.mode(conn) != Mode::Forward {
         std::thread::sleep(TICK);
     }
     let _ = from.shutdown(Shutdown::Both);

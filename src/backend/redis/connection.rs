@@ -25,6 +25,12 @@
 //! pool replaces the connection. Dropping [`Connection`] stops both tasks
 //! and closes the socket.
 //!
+//! A peer that vanishes without a RST (a black-holed route, a frozen VM)
+//! fails neither half: the connection notes when the reply due next began
+//! to be awaited ([`Connection::overdue`]), and the pool's watchdog breaks
+//! one that waits too long ([`Connection::declare_dead`]). TCP keepalive
+//! ([`KEEPALIVE`]) finds the same on an idle connection.
+//!
 //! This module owns the socket, the handshake (TLS, `AUTH`, `SELECT`) and
 //! ordering. Which commands to send is the business of `commands`;
 //! retries and reconnection, of `pool`.
@@ -36,11 +42,12 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::{ClientConfig, pki_types::ServerName};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedWriteHalf},
@@ -133,6 +140,10 @@ pub(super) enum ConnError {
     /// promoted); see [`Connector::require_master`].
     #[error("the node is a {0}, not the master")]
     NotMaster(String),
+    /// No reply for this long while one was due: the peer is taken for dead
+    /// (see [`Connection::declare_dead`]).
+    #[error("no reply from redis for {0:?}; connection declared dead")]
+    Unresponsive(Duration),
 }
 
 impl From<io::Error> for ConnError {
@@ -150,7 +161,23 @@ impl ConnError {
             _ => false,
         }
     }
+
+    /// True when TCP keepalive gave up on the peer (see [`KEEPALIVE`]).
+    pub(super) fn is_keepalive_timeout(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
 }
+
+/// TCP keepalive on every Redis socket: a peer gone without a RST is found
+/// even when no command is outstanding (the pool's watchdog covers the
+/// connections that are waiting for a reply). First probe after 10 s idle,
+/// then every 5 s, dead after 3 unanswered: about 25 s. Far below the
+/// kernel's default (2 h + 9 x 75 s), far above any idle gap a healthy
+/// Redis or NAT causes, and one small packet per 10 s per idle connection.
+const KEEPALIVE: TcpKeepalive = TcpKeepalive::new()
+    .with_time(Duration::from_secs(10))
+    .with_interval(Duration::from_secs(5))
+    .with_retries(3);
 
 /// TLS towards Redis: the client config and the name to verify.
 #[derive(Clone)]
@@ -190,6 +217,7 @@ impl Connector {
         // Small pipelined commands: Nagle would hold them for the peer's
         // delayed ACK.
         tcp.set_nodelay(true)?;
+        SockRef::from(&tcp).set_tcp_keepalive(&KEEPALIVE)?;
         match &self.tls {
             None => {
                 let leftover = self.handshake(&mut tcp, creds).await?;
@@ -345,6 +373,11 @@ struct State {
     broken: Option<ConnError>,
     /// A request is writing to the socket itself; the writer task waits.
     direct: bool,
+    /// Since when the reply due next has been awaited: set when a command
+    /// is queued on an empty queue and on every reply that leaves others
+    /// due, `None` with nothing outstanding. Not per command: one clock
+    /// read per busy period or batch of replies, not per request.
+    due_since: Option<Instant>,
 }
 
 struct Shared {
@@ -368,6 +401,7 @@ impl Shared {
             if st.broken.is_none() {
                 st.broken = Some(cause.clone());
             }
+            st.due_since = None;
             std::mem::take(&mut st.waiting)
         };
         for w in waiting {
@@ -413,6 +447,7 @@ impl Connection {
                 waiting: VecDeque::new(),
                 broken: None,
                 direct: false,
+                due_since: None,
             }),
             writer: Notify::new(),
             peak_buffered: AtomicUsize::new(0),
@@ -439,12 +474,42 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Reply, ConnError> {
         let (tx, rx) = oneshot::channel();
-        match self.enqueue(encode, tx)? {
+        self.send(encode, std::iter::once(tx))?;
+        rx.await.unwrap_or(Err(ConnError::Closed))
+    }
+
+    /// Sends the `n` commands `encode` writes, adjacent on the wire, and
+    /// waits for all their replies, in order: one lock, one write and one
+    /// wake-up for all of them (a cluster MGet's parts for one node). An
+    /// error reply is a reply; `Err` is the first part whose reply did not
+    /// come (the connection failed, or it passed `max_reply_bytes`).
+    pub(super) async fn call_batch(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        n: usize,
+    ) -> Result<Vec<Reply>, ConnError> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
+        self.send(encode, txs)?;
+        let mut replies = Vec::with_capacity(n);
+        for rx in rxs {
+            replies.push(rx.await.unwrap_or(Err(ConnError::Closed))?);
+        }
+        Ok(replies)
+    }
+
+    /// Queues what `encode` writes with one waiter per command, and gets
+    /// it written.
+    fn send(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        waiters: impl IntoIterator<Item = Waiter>,
+    ) -> Result<(), ConnError> {
+        match self.enqueue(encode, waiters)? {
             Then::Nothing => {}
             Then::WakeWriter => self.shared.writer.notify_one(),
             Then::WriteDirectly(w, buf) => self.write_directly(w, buf),
         }
-        rx.await.unwrap_or(Err(ConnError::Closed))
+        Ok(())
     }
 
     /// Sends `ASKING` and then the command `encode` writes, and waits for
@@ -466,7 +531,7 @@ impl Connection {
     fn enqueue(
         &self,
         encode: impl FnOnce(&mut BytesMut),
-        tx: Waiter,
+        waiters: impl IntoIterator<Item = Waiter>,
     ) -> Result<Then<'_>, ConnError> {
         let mut st = self.shared.state();
         if let Some(cause) = &st.broken {
@@ -477,8 +542,11 @@ impl Connection {
         }
         let was_empty = st.out.is_empty();
         let idle = was_empty && st.waiting.is_empty() && !st.direct;
+        if st.waiting.is_empty() {
+            st.due_since = Some(Instant::now());
+        }
         encode(&mut st.out);
-        st.waiting.push_back(tx);
+        st.waiting.extend(waiters);
         Ok(match &self.direct {
             Some(w) if idle => {
                 st.direct = true;
@@ -487,6 +555,28 @@ impl Connection {
             _ if was_empty => Then::WakeWriter,
             _ => Then::Nothing,
         })
+    }
+
+    /// How long the reply due next has been awaited, when that is longer
+    /// than `bound` at `now` and the connection is not already broken.
+    pub(super) fn overdue(&self, now: Instant, bound: Duration) -> Option<Duration> {
+        let st = self.shared.state();
+        if st.broken.is_some() {
+            return None;
+        }
+        overdue_by(st.due_since, now, bound)
+    }
+
+    /// Breaks the connection because no reply came for `waited`: its
+    /// queued requests fail with a connection error (so the pool retries
+    /// them elsewhere) and later ones are refused.
+    pub(super) fn declare_dead(&self, waited: Duration) {
+        self.shared.fail(ConnError::Unresponsive(waited));
+    }
+
+    /// Why the connection broke, if it did.
+    pub(super) fn broken(&self) -> Option<ConnError> {
+        self.shared.state().broken.clone()
     }
 
     /// Writes `buf` without blocking: a lone request's command goes out
@@ -517,6 +607,14 @@ impl Connection {
             self.shared.writer.notify_one();
         }
     }
+}
+
+/// How long a reply awaited since `due_since` has waited at `now`, if that
+/// is more than `bound`. Below the bound a peer is only slow (a large
+/// reply, a busy script): never dead.
+fn overdue_by(due_since: Option<Instant>, now: Instant, bound: Duration) -> Option<Duration> {
+    let waited = now.saturating_duration_since(due_since?);
+    (waited > bound).then_some(waited)
 }
 
 async fn write_loop(shared: Arc<Shared>, mut sink: Sink) {
@@ -631,6 +729,8 @@ fn deliver(
             return false;
         }
         waiters.extend(st.waiting.drain(..replies.len()));
+        // A reply is progress: the next one is due from now.
+        st.due_since = (!st.waiting.is_empty()).then(Instant::now);
     }
     for (w, reply) in waiters.drain(..).zip(replies.drain(..)) {
         // The request may have given up (deadline); its reply is dropped.
@@ -680,6 +780,117 @@ mod tests {
         for p in pending {
             p.abort();
         }
+    }
+
+    #[test]
+    fn a_reply_is_overdue_only_past_the_bound() {
+        let bound = Duration::from_millis(1500);
+        let since = Instant::now();
+        let at = |ms| since + Duration::from_millis(ms);
+        assert_eq!(overdue_by(None, at(60_000), bound), None, "nothing due");
+        assert_eq!(overdue_by(Some(since), at(0), bound), None);
+        assert_eq!(
+            overdue_by(Some(since), at(1500), bound),
+            None,
+            "at the bound"
+        );
+        assert_eq!(
+            overdue_by(Some(since), at(1501), bound),
+            Some(Duration::from_millis(1501))
+        );
+        // A clock read before `since` (another thread's) is not overdue.
+        assert_eq!(overdue_by(Some(at(10)), since, bound), None);
+    }
+
+    /// A silent peer: the queued request's reply becomes overdue, and once
+    /// declared dead the request fails with a connection error (which the
+    /// pool retries elsewhere) and new ones are refused.
+    #[tokio::test]
+    async fn a_silent_connection_is_overdue_and_declared_dead() {
+        let conn = Arc::new(open(&stalled_server().await).await);
+        let bound = Duration::from_secs(2);
+        assert_eq!(
+            conn.overdue(Instant::now() + bound * 9, bound),
+            None,
+            "idle"
+        );
+        let c = conn.clone();
+        let call =
+            tokio::spawn(async move { c.call(|out| resp::encode(out, &[b"GET", b"k"])).await });
+        while conn.shared.state().waiting.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(conn.overdue(Instant::now(), bound), None, "just sent");
+        let waited = conn
+            .overdue(Instant::now() + bound * 2, bound)
+            .expect("overdue later");
+        assert!(waited > bound, "{waited:?}");
+        conn.declare_dead(waited);
+        let failed = call.await.expect("join");
+        assert!(
+            matches!(failed, Err(ConnError::Unresponsive(_))),
+            "{failed:?}"
+        );
+        assert_eq!(
+            super::super::failure::classify(&ConnError::Unresponsive(waited)),
+            super::super::failure::Class::Connection
+        );
+        assert!(conn.broken().is_some(), "broken");
+        assert_eq!(
+            conn.overdue(Instant::now() + bound * 9, bound),
+            None,
+            "already broken"
+        );
+        let refused = conn.call(|out| resp::encode(out, &[b"GET", b"k"])).await;
+        assert!(
+            matches!(refused, Err(ConnError::Unresponsive(_))),
+            "{refused:?}"
+        );
+    }
+
+    /// Every Redis socket has keepalive on with the documented values
+    /// (README, "Dead peers").
+    #[tokio::test]
+    async fn redis_sockets_have_keepalive_on() {
+        let conn = open(&stalled_server().await).await;
+        let w = conn.direct.as_ref().expect("plain TCP");
+        let tcp: &TcpStream = (**w).as_ref();
+        let sock = SockRef::from(tcp);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"), "keepalive on");
+        let time = sock.tcp_keepalive_time().expect("TCP_KEEPIDLE");
+        let interval = sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL");
+        let retries = sock.tcp_keepalive_retries().expect("TCP_KEEPCNT");
+        assert_eq!(
+            (time, interval, retries),
+            (Duration::from_secs(10), Duration::from_secs(5), 3)
+        );
+    }
+
+    /// Every reply restarts the clock of the next one due: a peer that
+    /// answers slowly but steadily is never overdue.
+    #[tokio::test]
+    async fn each_reply_restarts_the_clock_of_the_next() {
+        let connector = fake_server(|mut sock| async move {
+            read_commands(&mut sock, 2).await;
+            sock.write_all(b"$1\r\na\r\n").await.expect("first reply");
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let conn = Arc::new(open(&connector).await);
+        let c = conn.clone();
+        let first =
+            tokio::spawn(async move { c.call(|out| resp::encode(out, &[b"GET", b"a"])).await });
+        while conn.shared.state().waiting.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let first_due = conn.shared.state().due_since.expect("due");
+        let c = conn.clone();
+        let second =
+            tokio::spawn(async move { c.call(|out| resp::encode(out, &[b"GET", b"b"])).await });
+        first.await.expect("join").expect("first reply");
+        let next_due = conn.shared.state().due_since.expect("second still due");
+        assert!(next_due > first_due, "the clock restarted at the reply");
+        second.abort();
     }
 
     #[tokio::test]

@@ -21,6 +21,11 @@
 //!   errors. Once a reconnect has failed, the circuit is open: requests fail
 //!   at once with `Unavailable` instead of each waiting for a connect
 //!   timeout, until a reconnect succeeds.
+//! - *Dead peers*: the same task checks every [`dead_after`]/4 for a
+//!   connection whose next reply is overdue by more than [`dead_after`] (a
+//!   black-holed peer: no RST, no error, just silence) or that broke while
+//!   idle (TCP keepalive gave up, the server closed it), breaks it so its
+//!   waiting requests are retried elsewhere, and replaces it.
 //! - *Rotation*: when new credentials are published, the same task opens new
 //!   connections with them and swaps each slot atomically; requests in flight
 //!   finish on the old connection, which closes when its last user drops it.
@@ -35,15 +40,18 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use futures_util::future::join_all;
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, watch},
+    time::MissedTickBehavior,
+};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -93,6 +101,29 @@ pub(super) struct Pool {
     /// cluster): the maintenance task ends, and the connections close with
     /// the last request that still holds the pool.
     retired: AtomicBool,
+    /// A reply overdue by more than this means a dead peer ([`dead_after`]).
+    dead_after: Duration,
+    /// Connections replaced as dead so far, for metrics.
+    dead: AtomicU64,
+}
+
+/// How many operation timeouts a reply may be overdue before its
+/// connection is declared dead: every caller waiting on it gave up after
+/// one, and up to three leave room for a slow but alive Redis (a large
+/// reply, a short busy script) without keeping a dead one for long.
+const DEAD_AFTER_TIMEOUTS: u32 = 3;
+
+/// The least overdue time that declares a connection dead, for very short
+/// operation timeouts: a scheduling hiccup or a GC-like pause of the host
+/// is not a dead peer.
+const DEAD_AFTER_FLOOR: Duration = Duration::from_secs(1);
+
+/// The bound past which an overdue reply declares its connection dead:
+/// [`DEAD_AFTER_TIMEOUTS`] operation timeouts, at least [`DEAD_AFTER_FLOOR`].
+pub(super) fn dead_after(operation_timeout: Duration) -> Duration {
+    operation_timeout
+        .saturating_mul(DEAD_AFTER_TIMEOUTS)
+        .max(DEAD_AFTER_FLOOR)
 }
 
 #[derive(Default)]
@@ -121,6 +152,7 @@ impl Pool {
         shutdown: Watch,
     ) -> Arc<Self> {
         let slots = (0..limits.size).map(|_| Slot::default()).collect();
+        let dead_after = dead_after(limits.operation_timeout);
         let pool = Arc::new(Self {
             address,
             connector,
@@ -132,6 +164,8 @@ impl Pool {
             attempts: watch::channel(0).0,
             circuit_open: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            dead_after,
+            dead: AtomicU64::new(0),
         });
         tokio::spawn(maintain(pool.clone(), shutdown));
         pool
@@ -182,14 +216,7 @@ impl Pool {
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
-            let result = {
-                let _busy = Busy::new(&self.slots[idx].inflight);
-                if asking {
-                    live.conn.call_asking(encode).await
-                } else {
-                    live.conn.call(encode).await
-                }
-            };
+            let result = self.call_on(idx, &live, encode, asking).await;
             let (class, err) = match result {
                 Ok(Reply::Error(msg)) => (
                     classify_reply(&msg),
@@ -248,10 +275,50 @@ impl Pool {
         &self.address
     }
 
+    /// Sends the `n` commands `encode` writes, adjacent on one connection,
+    /// and returns their replies in order, error replies included: one
+    /// attempt, no retry, no sorting of error replies. The caller (a
+    /// cluster router sending one node its parts of a multi-key call)
+    /// resends what failed through [`Pool::query`], which does both.
+    pub(super) async fn query_batch(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<Vec<Reply>> {
+        let (idx, live) = self.checkout().await?;
+        let result = {
+            let _busy = Busy::new(&self.slots[idx].inflight);
+            live.conn.call_batch(encode, n).await
+        };
+        result.map_err(|e| {
+            if classify(&e) == Class::Connection {
+                self.drop_conn(idx, &live);
+            }
+            Error::Unavailable(format!("redis: {e}"))
+        })
+    }
+
+    /// One attempt on the connection in slot `idx`, counted in flight.
+    async fn call_on(
+        &self,
+        idx: usize,
+        live: &Live,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        asking: bool,
+    ) -> std::result::Result<Reply, ConnError> {
+        let _busy = Busy::new(&self.slots[idx].inflight);
+        if asking {
+            live.conn.call_asking(encode).await
+        } else {
+            live.conn.call(encode).await
+        }
+    }
+
     /// A snapshot of the slots, for metrics.
     pub(super) fn stats(&self) -> PoolStats {
         let mut stats = PoolStats {
             size: self.slots.len(),
+            dead: self.dead.load(Ordering::Relaxed),
             ..PoolStats::default()
         };
         for slot in self.slots.iter() {
@@ -410,14 +477,65 @@ impl Pool {
     }
 }
 
+// === dead peers ===
+
+impl Pool {
+    /// Breaks and empties every slot whose connection is dead (see the
+    /// module docs); true when it emptied one, so the caller refills.
+    fn reap_dead(&self, now: Instant) -> bool {
+        let mut reaped = false;
+        for (idx, slot) in self.slots.iter().enumerate() {
+            let Some(live) = slot.conn.load_full() else {
+                continue;
+            };
+            if self.is_dead(idx, &live.conn, now) {
+                self.drop_conn(idx, &live);
+                reaped = true;
+            }
+        }
+        reaped
+    }
+
+    /// True when `conn` is to be replaced: breaks it when its reply is
+    /// overdue; counts and logs the dead ones.
+    fn is_dead(&self, idx: usize, conn: &Connection, now: Instant) -> bool {
+        let address = &self.address;
+        if let Some(waited) = conn.overdue(now, self.dead_after) {
+            conn.declare_dead(waited);
+            self.dead.fetch_add(1, Ordering::Relaxed);
+            warn!(%address, slot = idx, ?waited, bound = ?self.dead_after,
+                "redis connection declared dead: no reply within the bound; replacing it");
+            return true;
+        }
+        match conn.broken() {
+            None => false,
+            Some(cause) if cause.is_keepalive_timeout() => {
+                self.dead.fetch_add(1, Ordering::Relaxed);
+                warn!(%address, slot = idx,
+                    "redis connection declared dead by TCP keepalive; replacing it");
+                true
+            }
+            Some(cause) => {
+                debug!(%address, slot = idx, error = %cause, "idle redis connection broke; replacing it");
+                true
+            }
+        }
+    }
+}
+
 /// The pool's maintenance task: keeps every slot connected with the current
 /// credentials, with exponential backoff while Redis is unreachable. Wakes
-/// when a slot is emptied or credentials change; ends at
-/// [`Phase::Stopped`], whatever it was doing.
+/// when a slot is emptied, credentials change or the dead-peer watchdog
+/// ticks; ends at [`Phase::Stopped`], whatever it was doing.
 async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     let mut creds = pool.creds.clone();
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
     let mut source_alive = true;
+    // One timer per pool rather than per connection: a connection's hot
+    // path only notes a time, and a dead one is found within a quarter of
+    // the bound after it passes.
+    let mut watchdog = tokio::time::interval(pool.dead_after / 4);
+    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         if pool.retired.load(Ordering::Acquire) {
             return;
@@ -433,14 +551,24 @@ async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
         } else {
             backoff.next_delay()
         };
-        // New credentials end the backoff too: after a revocation they are
-        // what the reconnect was waiting for.
-        tokio::select! {
-            biased;
-            () = shutdown.reached(Phase::Stopped) => return,
-            () = pool.repair.notified(), if filled => {}
-            () = tokio::time::sleep(delay), if !filled => {}
-            alive = creds.changed(), if source_alive => source_alive = alive,
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        // Until there is upkeep to do. New credentials end the backoff
+        // too: after a revocation they are what the reconnect waited for.
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.reached(Phase::Stopped) => return,
+                () = pool.repair.notified(), if filled => break,
+                () = &mut sleep, if !filled => break,
+                alive = creds.changed(), if source_alive => {
+                    source_alive = alive;
+                    break;
+                }
+                _ = watchdog.tick() => if pool.reap_dead(Instant::now()) {
+                    break;
+                },
+            }
         }
     }
 }
@@ -480,6 +608,15 @@ mod tests {
             max_reply: 1 << 20,
             require_master: false,
         }
+    }
+
+    #[test]
+    fn dead_after_is_three_operation_timeouts_at_least_one_second() {
+        let ms = Duration::from_millis;
+        assert_eq!(dead_after(ms(500)), ms(1500));
+        assert_eq!(dead_after(ms(5000)), ms(15_000));
+        assert_eq!(dead_after(ms(100)), ms(1000), "floor");
+        assert_eq!(dead_after(Duration::MAX), Duration::MAX, "no overflow");
     }
 
     #[tokio::test]

@@ -99,6 +99,8 @@ pub(super) struct Counters {
     pub(super) moved: AtomicU64,
     pub(super) ask: AtomicU64,
     pub(super) refreshes: AtomicU64,
+    /// Dead connections counted by pools retired since.
+    pub(super) retired_dead: AtomicU64,
 }
 
 /// The cluster's nodes and how to reach new ones.
@@ -289,12 +291,14 @@ impl Topology {
     }
 
     fn retire_others(&self, primaries: &[String]) {
+        let retired_dead = &self.counters.retired_dead;
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|address, pool| {
             let keep = primaries.contains(address);
             if !keep {
                 debug!(address = %address, "redis cluster node is no longer a primary; closing its pool");
                 pool.retire();
+                retired_dead.fetch_add(pool.stats().dead, Ordering::Relaxed);
             }
             keep
         });
