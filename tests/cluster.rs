@@ -555,7 +555,7 @@ async fn starts_and_serves_when_the_first_seed_is_down(flavor: Flavor) {
     })
     .await;
     let mut client = plugin.cache().await;
-    for (key, _) in spread_keys(&cluster, &prefix, "s", 20) {
+    for (key, _) in spread_keys(&cluster, &prefix, "s", 30) {
         client.set(&key, b"v").await.expect("set");
         let got = client.get(&key).await.expect("get");
         assert!(got.found && got.value.as_ref() == b"v", "{key}");
