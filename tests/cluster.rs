@@ -523,10 +523,10 @@ fn summarize_kill(
         .count();
     println!(
         "{flavor:?} killed primary ({prefix}): {} (wrong answers may follow lost writes); promotion {:?} after the kill, \
-         last failure {:?} after the promotion, {victim_ok_after} ok calls on its keys since",
+         last failure {:?} after the kill, {victim_ok_after} ok calls on its keys since",
         tally.summary(),
         promoted_at - killed_at,
-        last_failure.map(|t| t.saturating_duration_since(promoted_at)),
+        last_failure.map(|t| t.saturating_duration_since(killed_at)),
     );
     // Wrong answers are only printed: writes acknowledged just before the
     // kill may be lost with the primary (asynchronous replication).
@@ -657,6 +657,11 @@ fn cache_connections(cluster: &RedisCluster) -> Vec<(String, BTreeSet<u64>)> {
 /// finally one of the plugin's connections drops (as connections do), so
 /// its next login finds the old password refused. Returns the plugin's
 /// connections from before (all logged in with the old password).
+///
+/// Only one connection drops: with every connection of a node killed at
+/// once, the pool's circuit opens while the refresh is under way and a few
+/// calls fail UNAVAILABLE, on a standalone Redis as on a cluster (the
+/// pool's behaviour, not the router's).
 fn rotate_kv_password(cluster: &RedisCluster, bao: &OpenBao) -> Vec<(String, BTreeSet<u64>)> {
     let (old, new) = (cluster.users.cache.clone(), random_secret());
     on_every_node(cluster, &format!(">{new}"));
