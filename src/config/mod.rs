@@ -317,13 +317,16 @@ mod tests {
             Value::String(s) => {
                 let longer = parse_duration(s).map(|d| d + Duration::from_secs(1));
                 let longer = longer.map(duration::format_duration);
-                let variants = ["memory", "text", "approle"].map(String::from);
+                let variants = ["memory", "text", "approle", "cluster"].map(String::from);
                 longer
                     .into_iter()
                     .chain(variants)
                     .chain([format!("{s}x")])
                     .map(Value::from)
                     .collect()
+            }
+            Value::Sequence(items) if items.is_empty() => {
+                vec![Value::Sequence(vec![Value::from("127.0.0.1:7000")])]
             }
             other => panic!("no other value for {other:?}"),
         }
