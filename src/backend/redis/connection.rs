@@ -644,10 +644,8 @@ impl Connector {
     /// Opens a [`PushStream`] with the same handshake and timeout as
     /// [`Connector::connect`].
     pub(super) async fn connect_push(&self, creds: &Credentials) -> Result<PushStream, ConnError> {
-        match tokio::time::timeout(self.timeout, self.open_push(creds)).await {
-            Ok(result) => result,
-            Err(_) => Err(ConnError::TimedOut),
-        }
+        let bounded = tokio::time::timeout(self.timeout, self.open_push(creds));
+        bounded.await.unwrap_or(Err(ConnError::TimedOut))
     }
 
     async fn open_push(&self, creds: &Credentials) -> Result<PushStream, ConnError> {
