@@ -159,15 +159,17 @@ impl Sentinel {
 // === impl Inner ===
 
 impl Inner {
-    /// Sends calls to the master at `address` from now on (nothing to do
-    /// when it already does): a new pool swapped in, the old one retired.
-    fn switch_to(&self, address: &str, why: &str) {
+    /// Sends calls to the master at `address` from now on: a new pool
+    /// swapped in, the old one retired. Nothing to do when it already does,
+    /// or when `still` says the master in use is no longer the one the
+    /// caller chose against (another task switched meanwhile).
+    fn switch_to(&self, address: &str, why: &str, still: impl Fn(Option<&Pool>) -> bool) {
         let _one_at_a_time = self
             .switching
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.master.load_full();
-        if current.as_ref().is_some_and(|p| p.address() == address) {
+        if current.as_ref().is_some_and(|p| p.address() == address) || !still(current.as_deref()) {
             return;
         }
         let connector = match self.settings.connector(address) {

@@ -79,7 +79,9 @@ async fn listen(inner: &Inner, index: usize, backoff: &mut Backoff) -> ConnError
                     inner.ask_now.notify_one();
                 }
                 if let Some(new) = switched_to(&reply, &inner.sentinels.master_name) {
-                    inner.switch_to(&new, "+switch-master");
+                    // Sentinel has promoted it by now: whatever the router used
+                    // before, this is the master.
+                    inner.switch_to(&new, "+switch-master", |_| true);
                 }
             }
             Some(Err(e)) => return e,
