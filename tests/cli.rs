@@ -161,8 +161,14 @@ fn missing_config_file_and_bad_arguments_exit_64() {
 fn sample(var: &str) -> Option<&'static str> {
     Some(match var {
         "REDIS_ADDRESS" => "127.0.0.1:7001",
+        "REDIS_TOPOLOGY" => "cluster",
+        "REDIS_ADDRESSES" => "127.0.0.1:7000, 127.0.0.1:7001",
+        "REDIS_SENTINEL_MASTER" => "cache-master",
+        "REDIS_SENTINEL_USERNAME" => "watcher",
         "REDIS_USERNAME" => "someone",
-        "REDIS_PASSWORD" | "VAULT_TOKEN" | "VAULT_SECRET_ID" => "not-empty",
+        "REDIS_PASSWORD" | "REDIS_SENTINEL_PASSWORD" | "VAULT_TOKEN" | "VAULT_SECRET_ID" => {
+            "not-empty"
+        }
         "REDIS_DATABASE" => "3",
         "REDIS_POOL_SIZE" => "7",
         "REDIS_KEY_PREFIX" => "other:",
@@ -176,6 +182,16 @@ fn sample(var: &str) -> Option<&'static str> {
         "VAULT_ROLE_ID" => "role-1",
         _ => return None,
     })
+}
+
+/// What a variable needs set with it to make a valid config: a topology
+/// reads its own address field.
+fn companions(var: &str) -> &'static [(&'static str, &'static str)] {
+    match var {
+        "REDIS_TOPOLOGY" => &[("REDIS_ADDRESSES", "127.0.0.1:7000")],
+        "REDIS_ADDRESSES" => &[("REDIS_TOPOLOGY", "cluster")],
+        _ => &[],
+    }
 }
 
 /// Variables naming a file (CA bundles, client certificates and keys).
@@ -219,6 +235,11 @@ fn every_listed_env_var_sets_its_field() {
             None => panic!("add a sample value for {var}"),
         };
         let mut env = HashMap::from([(var.to_string(), value.clone())]);
+        env.extend(
+            companions(var)
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         if file_valued(var) {
             // Files may come in pairs (certificate and key): give them all.
             env.extend(sample_files.iter().cloned());

@@ -836,6 +836,24 @@ impl SentinelSet {
         }
     }
 
+    /// Waits until every replica's link to the master is up, i.e. its
+    /// first full sync is done: diskless sync waits
+    /// `repl-diskless-sync-delay` (5 s) for more replicas before sending
+    /// anything, and a replica promoted before then has no data at all.
+    pub fn wait_replicas_synced(&self) {
+        let master = self.current_master().expect("a sentinel names the master");
+        let synced = poll(SETTLE_WITHIN, Duration::from_millis(50), || {
+            self.data.iter().filter(|n| n.address() != master).all(|n| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut n.admin())
+                    .unwrap_or_default();
+                info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "replicas did not sync with {master}");
+    }
+
     /// Kills the current master (SIGKILL); returns its address and when.
     pub fn kill_master(&mut self) -> (String, Instant) {
         let master = self.current_master().expect("a sentinel names the master");

@@ -739,6 +739,69 @@ fn deliver(
     true
 }
 
+// === a connection driven by one task ===
+
+/// Both halves of a socket, plain or TLS, as one stream.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A handshaken connection that one task writes and reads itself, for what
+/// the pipelined [`Connection`] cannot carry: a subscription, whose pushes
+/// arrive without a command to match them to (Sentinel's
+/// `+switch-master`).
+pub(super) struct PushStream {
+    stream: Box<dyn Duplex>,
+    buf: ReadBuf,
+    scanner: Scanner,
+}
+
+impl Connector {
+    /// Opens a [`PushStream`] with the same handshake and timeout as
+    /// [`Connector::connect`].
+    pub(super) async fn connect_push(&self, creds: &Credentials) -> Result<PushStream, ConnError> {
+        let bounded = tokio::time::timeout(self.timeout, self.open_push(creds));
+        bounded.await.unwrap_or(Err(ConnError::TimedOut))
+    }
+
+    async fn open_push(&self, creds: &Credentials) -> Result<PushStream, ConnError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream: Box<dyn Duplex> = match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                Box::new(connector.connect(tls.server_name.clone(), tcp).await?)
+            }
+        };
+        let leftover = self.handshake(&mut stream, creds).await?;
+        Ok(PushStream {
+            stream,
+            buf: ReadBuf::new(leftover.bytes),
+            scanner: leftover.scanner,
+        })
+    }
+}
+
+impl PushStream {
+    /// Writes one command.
+    pub(super) async fn send(&mut self, args: &[&[u8]]) -> Result<(), ConnError> {
+        let mut out = BytesMut::new();
+        resp::encode(&mut out, args);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next reply or push. Cancel-safe: what was read stays buffered
+    /// for the next call.
+    pub(super) async fn next(&mut self) -> Result<Reply, ConnError> {
+        let reply = read_reply(&mut self.stream, &mut self.buf, &mut self.scanner).await;
+        self.buf.shrink();
+        reply
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

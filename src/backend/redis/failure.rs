@@ -2,8 +2,8 @@
 //! connection error, sorted into what to do about it ([`Class`]).
 //!
 //! NOPERM is permission denied; WRONGPASS/NOAUTH asks for one credential
-//! refresh; LOADING/BUSY/MASTERDOWN/TRYAGAIN is "Redis cannot serve now";
-//! a broken connection is retried on another. The pool acts on the class
+//! refresh; LOADING/BUSY/MASTERDOWN/TRYAGAIN/READONLY is "Redis cannot
+//! serve now"; a broken connection is retried on another. The pool acts on the class
 //! (`pool`); a router that follows redirects (MOVED/ASK in a cluster) gets
 //! its classes here too, next to the ones it must not confuse them with.
 //!
@@ -36,7 +36,10 @@ pub(super) fn classify_reply(msg: &[u8]) -> Class {
     match Reply::error_code(msg) {
         "NOPERM" => Class::NoPerm,
         "WRONGPASS" | "NOAUTH" => Class::Auth,
-        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" => Class::NotReady,
+        // READONLY: a demoted master refusing a write (Sentinel failover).
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" => {
+            Class::NotReady
+        }
         "MOVED" | "ASK" => Class::Redirect,
         _ => Class::Other,
     }
@@ -91,6 +94,10 @@ mod tests {
         assert_eq!(classify_reply(b"LOADING Redis is loading"), Class::NotReady);
         assert_eq!(
             classify_reply(b"CLUSTERDOWN The cluster is down"),
+            Class::NotReady
+        );
+        assert_eq!(
+            classify_reply(b"READONLY You can't write against a read only replica."),
             Class::NotReady
         );
         assert_eq!(

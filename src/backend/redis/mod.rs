@@ -59,6 +59,12 @@ impl RedisBackend {
     pub async fn check_tls(&self) -> Result<()> {
         self.router.check_tls().await
     }
+
+    /// Sentinel: master changes followed so far (for metrics); 0 in the
+    /// other topologies.
+    pub fn failovers_followed(&self) -> u64 {
+        self.router.failovers()
+    }
 }
 
 impl Backend for RedisBackend {

@@ -116,6 +116,15 @@ impl Router {
         }
     }
 
+    /// Sentinel: how many times the master moved and was followed; 0 in
+    /// the other topologies.
+    pub(super) fn failovers(&self) -> u64 {
+        match self {
+            Self::Sentinel(s) => s.failovers(),
+            _ => 0,
+        }
+    }
+
     /// Connection counts over every node.
     pub(super) fn stats(&self) -> PoolStats {
         match self {
