@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::backend::PoolStats;
+use crate::backend::{PoolStats, TopologyStats};
 
 /// The media type of `/metrics`: prometheus-client writes OpenMetrics 1.0
 /// text (with `# EOF`), which Prometheus asks for in its `Accept` header.
@@ -51,6 +51,21 @@ pub struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub result: &'static str,
+}
+
+/// Labels of `redis_plugin_cluster_redirects_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: &'static str,
+}
+
+/// Labels of `redis_plugin_node_connections`: the node's address (no
+/// credentials: config moved them out of addresses; nodes a cluster
+/// announces carry none).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeState {
+    pub node: String,
+    pub state: &'static str,
 }
 
 /// Histogram buckets that resolve cache latencies: 25 µs doubling to ~1.6 s.
@@ -98,6 +113,13 @@ pub struct Metrics {
     pub vault_errors: Family<Op, Counter>,
     pub rejected: Family<Reason, Counter>,
     pub tls_reloads: Family<Outcome, Counter>,
+    pub redirects: Family<Kind, Counter>,
+    pub topology_refreshes: Counter,
+    pub failovers: Counter,
+    pub node_connections: Family<NodeState, Gauge>,
+    /// Serialises [`Metrics::set_topology`]: counters advance by the
+    /// difference to the backend's own counts.
+    topology_lock: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -118,11 +140,17 @@ impl Metrics {
             vault_errors: Family::default(),
             rejected: Family::default(),
             tls_reloads: Family::default(),
+            redirects: Family::default(),
+            topology_refreshes: Counter::default(),
+            failovers: Counter::default(),
+            node_connections: Family::default(),
+            topology_lock: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         m.register_requests(&mut registry);
         m.register_serving(&mut registry);
         m.register_credentials(&mut registry);
+        m.register_topology(&mut registry);
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -172,6 +200,30 @@ impl Metrics {
             "redis_plugin_tls_reloads",
             "Reloads of the gRPC port's TLS certificates by result",
             self.tls_reloads.clone(),
+        );
+    }
+
+    /// Sentinel and Cluster: redirects, map refreshes, failovers, nodes.
+    fn register_topology(&self, r: &mut Registry) {
+        r.register(
+            "redis_plugin_cluster_redirects",
+            "Cluster redirects followed by kind (moved, ask)",
+            self.redirects.clone(),
+        );
+        r.register(
+            "redis_plugin_topology_refreshes",
+            "Cluster slot maps read",
+            self.topology_refreshes.clone(),
+        );
+        r.register(
+            "redis_plugin_failovers_followed",
+            "Master changes followed (sentinel)",
+            self.failovers.clone(),
+        );
+        r.register(
+            "redis_plugin_node_connections",
+            "Redis connections per node by state (idle, in_use, disconnected)",
+            self.node_connections.clone(),
         );
     }
 
@@ -240,6 +292,42 @@ impl Metrics {
             self.pool_connections
                 .get_or_create(&State { state })
                 .set(n as i64);
+        }
+    }
+
+    /// Advances the topology counters to the backend's counts and sets the
+    /// per-node gauges (nodes that left drop out).
+    pub fn set_topology(&self, s: &TopologyStats) {
+        let _serial = self
+            .topology_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let advance = |c: &Counter, to: u64| {
+            let now = c.get();
+            if to > now {
+                c.inc_by(to - now);
+            }
+        };
+        advance(
+            &self.redirects.get_or_create(&Kind { kind: "moved" }),
+            s.moved,
+        );
+        advance(&self.redirects.get_or_create(&Kind { kind: "ask" }), s.ask);
+        advance(&self.topology_refreshes, s.refreshes);
+        advance(&self.failovers, s.failovers);
+        self.node_connections.clear();
+        for (node, p) in &s.nodes {
+            for (state, n) in [
+                ("idle", p.idle),
+                ("in_use", p.in_use),
+                ("disconnected", p.disconnected),
+            ] {
+                let labels = NodeState {
+                    node: node.clone(),
+                    state,
+                };
+                self.node_connections.get_or_create(&labels).set(n as i64);
+            }
         }
     }
 

@@ -283,6 +283,7 @@ fn routes<B: Backend>(
         let (backend, metrics) = (backend.clone(), metrics.clone());
         async move {
             metrics.set_pool(backend.pool_stats());
+            metrics.set_topology(&backend.topology_stats());
             ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics.encode())
         }
     };

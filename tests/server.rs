@@ -4,15 +4,10 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::{
-    Cache, Flavor, Plugin, RedisServer, memory_config,
+    Cache, Flavor, Plugin, RedisServer, http_get, memory_config,
     plugin::{self, PluginCommand},
     test_prefix,
 };
@@ -26,20 +21,6 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
 }
 
 // grpcurl blocks its thread; the in-process server needs another.

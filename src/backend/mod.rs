@@ -46,6 +46,26 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A snapshot of connection use, for metrics.
     fn pool_stats(&self) -> PoolStats;
+
+    /// What the router did and each node's connections, for metrics; empty
+    /// for a store without nodes.
+    fn topology_stats(&self) -> TopologyStats {
+        TopologyStats::default()
+    }
+}
+
+/// Counts since start and per-node connections at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopologyStats {
+    /// Cluster redirects followed: `MOVED` (the map changed) and `ASK`.
+    pub moved: u64,
+    pub ask: u64,
+    /// Slot maps read (cluster).
+    pub refreshes: u64,
+    /// Master changes followed (sentinel).
+    pub failovers: u64,
+    /// Each node's address and its pool.
+    pub nodes: Vec<(String, PoolStats)>,
 }
 
 /// Connection counts at one instant.

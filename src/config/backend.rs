@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{
         address,
-        topology::Topology,
         duration::{Dur, Ttl, format_duration},
         error::ConfigError,
         rules::{at_most, cert_and_key, readable, timeout, tls_off, within},
+        topology::Topology,
     },
     secret::Secret,
 };

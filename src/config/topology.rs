@@ -157,19 +157,28 @@ mod tests {
 
     #[test]
     fn topology_parses_and_defaults_to_standalone() {
-        assert_eq!(load("{}").expect("valid").backend.topology, Topology::Standalone);
+        assert_eq!(
+            load("{}").expect("valid").backend.topology,
+            Topology::Standalone
+        );
         let c = load("backend: { topology: cluster, addresses: [\"127.0.0.1:7000\"] }\n")
             .expect("valid");
         assert_eq!(c.backend.topology, Topology::Cluster);
         assert!(load("backend: { topology: ring }\n").is_err());
-        assert_eq!(address_list(" a:1, b:2 ,,"), Ok(vec!["a:1".into(), "b:2".into()]));
+        assert_eq!(
+            address_list(" a:1, b:2 ,,"),
+            Ok(vec!["a:1".into(), "b:2".into()])
+        );
     }
 
     #[test]
     fn bad_topology_combinations_name_the_field() {
         let cases = [
             ("backend: { topology: cluster }", "backend.addresses"),
-            ("backend: { topology: sentinel, addresses: [\"h:1\"] }", "backend.sentinel_master"),
+            (
+                "backend: { topology: sentinel, addresses: [\"h:1\"] }",
+                "backend.sentinel_master",
+            ),
             ("backend: { addresses: [\"h:1\"] }", "backend.addresses"),
             (
                 "backend: { topology: cluster, addresses: [\"h:1\"], database: 2 }",

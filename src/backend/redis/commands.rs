@@ -46,8 +46,13 @@ pub(super) trait MultiKey: Command + Sized {
     fn subset(&self, indices: &[usize]) -> Self;
 
     /// The output for all keys from the parts' outputs, each with the
-    /// indices its part was built from.
-    fn merge(&self, parts: Vec<(Vec<usize>, Self::Output)>) -> Self::Output;
+    /// indices its part was built from; fails as the unsplit command would
+    /// have when the whole reply passes `max_reply` bytes.
+    fn merge(
+        &self,
+        parts: Vec<(Vec<usize>, Self::Output)>,
+        max_reply: usize,
+    ) -> Result<Self::Output>;
 }
 
 /// `GET key`: the value, or `None` on a miss.
@@ -182,8 +187,8 @@ impl MultiKey for Delete {
         Self { keys }
     }
 
-    fn merge(&self, parts: Vec<(Vec<usize>, u64)>) -> u64 {
-        parts.into_iter().map(|(_, n)| n).sum()
+    fn merge(&self, parts: Vec<(Vec<usize>, u64)>, _max_reply: usize) -> Result<u64> {
+        Ok(parts.into_iter().map(|(_, n)| n).sum())
     }
 }
 
@@ -193,15 +198,36 @@ impl MultiKey for MGet {
         Self { keys }
     }
 
-    fn merge(&self, parts: Vec<(Vec<usize>, Self::Output)>) -> Self::Output {
+    fn merge(
+        &self,
+        parts: Vec<(Vec<usize>, Self::Output)>,
+        max_reply: usize,
+    ) -> Result<Self::Output> {
         let mut values = vec![None; self.keys.len()];
         for (indices, part) in parts {
             for (i, value) in indices.into_iter().zip(part) {
                 values[i] = value;
             }
         }
-        values
+        if reply_size(&values) > max_reply {
+            return Err(Error::ReplyTooLarge(max_reply));
+        }
+        Ok(values)
     }
+}
+
+/// The size of the one `MGET` reply these values would have been, framing
+/// included, as the connection counts it against `max_reply_bytes`.
+fn reply_size(values: &[Option<Bytes>]) -> usize {
+    let digits = |n: usize| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let header = 3 + digits(values.len());
+    values.iter().fold(header, |total, v| {
+        total
+            + match v {
+                Some(v) => 5 + digits(v.len()) + v.len(),
+                None => 5,
+            }
+    })
 }
 
 impl Command for Expire {

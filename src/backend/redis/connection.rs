@@ -230,7 +230,14 @@ impl Connector {
         // PING (or ROLE) last: it proves the connection works end to end
         // (with TLS 1.3 a refused client certificate shows only on the
         // first read).
-        resp::encode(&mut out, &[if self.require_master { b"ROLE" } else { b"PING" }]);
+        resp::encode(
+            &mut out,
+            &[if self.require_master {
+                b"ROLE"
+            } else {
+                b"PING"
+            }],
+        );
         expected += 1;
         stream.write_all(&out).await?;
         stream.flush().await?;
@@ -438,6 +445,22 @@ impl Connection {
             Then::WriteDirectly(w, buf) => self.write_directly(w, buf),
         }
         rx.await.unwrap_or(Err(ConnError::Closed))
+    }
+
+    /// Sends `ASKING` and then the command `encode` writes, and waits for
+    /// the command's reply (a cluster's ASK redirect: the importing node
+    /// serves the next command for the migrating slot). Both are queued in
+    /// one poll, so they are adjacent unless another task's command lands
+    /// between them; that command then runs with ASKING (harmless: it only
+    /// matters for a slot being imported) and this one gets the redirect
+    /// again, which the router follows.
+    pub(super) async fn call_asking(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<Reply, ConnError> {
+        let asking = self.call(|out| resp::encode(out, &[b"ASKING"]));
+        let (_, reply) = futures_util::future::join(asking, self.call(encode)).await;
+        reply
     }
 
     fn enqueue(

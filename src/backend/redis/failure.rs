@@ -89,8 +89,14 @@ mod tests {
             Class::Auth
         );
         assert_eq!(classify_reply(b"LOADING Redis is loading"), Class::NotReady);
-        assert_eq!(classify_reply(b"CLUSTERDOWN The cluster is down"), Class::NotReady);
-        assert_eq!(classify_reply(b"MOVED 3999 127.0.0.1:6381"), Class::Redirect);
+        assert_eq!(
+            classify_reply(b"CLUSTERDOWN The cluster is down"),
+            Class::NotReady
+        );
+        assert_eq!(
+            classify_reply(b"MOVED 3999 127.0.0.1:6381"),
+            Class::Redirect
+        );
         assert_eq!(classify_reply(b"ASK 3999 127.0.0.1:6381"), Class::Redirect);
         assert_eq!(
             classify_reply(b"WRONGTYPE Operation against a key"),

@@ -29,7 +29,7 @@ use self::{
     commands::{Delete, Expire, Get, MGet, Set},
     router::Router,
 };
-use super::{Backend, PoolStats};
+use super::{Backend, PoolStats, TopologyStats};
 use crate::{credentials::CredentialsHandle, error::Result, shutdown::Watch};
 
 /// The Redis backend. Cloning shares the pools.
@@ -88,5 +88,9 @@ impl Backend for RedisBackend {
 
     fn pool_stats(&self) -> PoolStats {
         self.router.stats()
+    }
+
+    fn topology_stats(&self) -> TopologyStats {
+        self.router.topology_stats()
     }
 }

@@ -161,13 +161,34 @@ impl Pool {
     /// `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, ... which a cluster router
     /// retries); `failure::refusal` turns those into the caller's error.
     pub(super) async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
+        self.query_on(encode, false).await
+    }
+
+    /// [`Pool::query`] after `ASKING` on the same connection (a cluster's
+    /// ASK redirect).
+    pub(super) async fn query_asking(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+    ) -> Result<Reply> {
+        self.query_on(encode, true).await
+    }
+
+    async fn query_on(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        asking: bool,
+    ) -> Result<Reply> {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
             let result = {
                 let _busy = Busy::new(&self.slots[idx].inflight);
-                live.conn.call(encode).await
+                if asking {
+                    live.conn.call_asking(encode).await
+                } else {
+                    live.conn.call(encode).await
+                }
             };
             let (class, err) = match result {
                 Ok(Reply::Error(msg)) => (

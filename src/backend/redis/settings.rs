@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     config::{Topology, address::parse_address},
-    secret::Secret,
     error::{Error, Result},
+    secret::Secret,
 };
 
 /// Where and how to connect; built from `backend` config.

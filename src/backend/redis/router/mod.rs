@@ -27,7 +27,7 @@ use super::{
     settings::RedisSettings,
 };
 use crate::{
-    backend::PoolStats,
+    backend::{PoolStats, TopologyStats},
     config::Topology,
     credentials::CredentialsHandle,
     error::Result,
@@ -56,7 +56,8 @@ impl Router {
             Topology::Standalone => {
                 let connector = settings.connector(&settings.address)?;
                 let limits = settings.pool_limits();
-                let node = Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
+                let node =
+                    Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
                 Self::Standalone(node)
             }
             Topology::Sentinel => {
@@ -100,6 +101,18 @@ impl Router {
         match self {
             Self::Cluster(c) => c.ping().await,
             _ => self.send(&super::commands::Ping).await,
+        }
+    }
+
+    /// Redirects, refreshes, failovers and each node's connections.
+    pub(super) fn topology_stats(&self) -> TopologyStats {
+        match self {
+            Self::Standalone(pool) => TopologyStats {
+                nodes: vec![(pool.address().to_string(), pool.stats())],
+                ..TopologyStats::default()
+            },
+            Self::Sentinel(s) => s.topology_stats(),
+            Self::Cluster(c) => c.topology_stats(),
         }
     }
 

@@ -25,7 +25,10 @@ impl Sentinel {
         Ok(Self { master: None })
     }
 
-    pub(in crate::backend::redis) async fn send<C: Command>(&self, command: &C) -> Result<C::Output> {
+    pub(in crate::backend::redis) async fn send<C: Command>(
+        &self,
+        command: &C,
+    ) -> Result<C::Output> {
         match &self.master {
             Some(pool) => send_to(pool, command).await,
             None => Err(Error::Unavailable("no master known".into())),
@@ -34,6 +37,10 @@ impl Sentinel {
 
     pub(in crate::backend::redis) async fn check_tls(&self) -> Result<()> {
         Ok(())
+    }
+
+    pub(in crate::backend::redis) fn topology_stats(&self) -> crate::backend::TopologyStats {
+        crate::backend::TopologyStats::default()
     }
 
     pub(in crate::backend::redis) fn stats(&self) -> PoolStats {

@@ -1,0 +1,316 @@
+//! Redis Cluster: each key goes to the primary that serves its slot, one
+//! pipelined pool per primary, so a Get on a stable cluster is still one
+//! round trip (a slot lookup in a map read with one atomic load, then the
+//! pool's query).
+//!
+//! What a node hands back is followed here, within the request's time:
+//! - `MOVED slot node`: the map is patched at once, a refresh is asked for,
+//!   and the command is resent to the node named;
+//! - `ASK slot node`: resent once to that node after `ASKING` (a slot being
+//!   migrated), the map unchanged;
+//! - `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, ...: retried after a short
+//!   pause, while `operation_timeout` allows;
+//! - a node that cannot be reached: a refresh is asked for and awaited (a
+//!   replica may have taken over), then the command goes to whichever
+//!   primary serves the slot now.
+//!
+//! Multi-key commands are split by slot (Redis refuses keys of several
+//! slots in one command), the parts sent in parallel and merged.
+//!
+//! `nodes` owns the map and its refresh; `slots` the key-to-slot function;
+//! `redirect` what a reply asks for. This module neither opens connections
+//! (the pools') nor knows what a command means.
+
+mod nodes;
+mod redirect;
+mod slots;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use futures_util::future::{join_all, try_join_all};
+use tokio::time::Instant;
+
+use self::{nodes::Topology, redirect::Redirect};
+use crate::{
+    backend::{
+        PoolStats, TopologyStats,
+        redis::{
+            commands::{Command, MultiKey, Ping},
+            failure,
+            pool::Pool,
+            resp::Reply,
+            settings::RedisSettings,
+        },
+    },
+    backoff::Backoff,
+    credentials::CredentialsHandle,
+    error::{Error, Result},
+    shutdown::Watch,
+};
+
+/// Redirects followed for one command before giving up: a slot moves once
+/// per reshard step, so more than a few in a row is a map in flux.
+const MAX_REDIRECTS: u32 = 8;
+
+/// The router to a Redis Cluster; cloning shares the map and pools.
+#[derive(Clone)]
+pub(in crate::backend::redis) struct Cluster {
+    topology: Arc<Topology>,
+}
+
+/// Where the next attempt goes.
+enum Target {
+    /// The owner of the slot, by the map.
+    Owner,
+    /// A node a MOVED named.
+    Node(Arc<Pool>),
+    /// A node an ASK named: `ASKING` first.
+    Asking(Arc<Pool>),
+}
+
+impl Cluster {
+    /// Starts the refresh task, which reads the slot map from the seeds at
+    /// once; requests that come before it wait for it (up to their time).
+    pub(in crate::backend::redis) fn start(
+        settings: &RedisSettings,
+        creds: CredentialsHandle,
+        shutdown: Watch,
+    ) -> Result<Self> {
+        for seed in &settings.addresses {
+            settings.connector(seed)?;
+        }
+        let topology = Arc::new(Topology::new(settings.clone(), creds, shutdown.clone()));
+        tokio::spawn(nodes::run(topology.clone(), shutdown));
+        Ok(Self { topology })
+    }
+
+    /// Sends a single-slot command to the primary of its slot.
+    pub(in crate::backend::redis) async fn send<C: Command>(
+        &self,
+        command: &C,
+    ) -> Result<C::Output> {
+        let slot = command
+            .keys()
+            .first()
+            .map_or(0, |k| slots::slot(k.as_bytes()));
+        let reply = self.query(slot, &|out| command.encode(out)).await?;
+        command.decode(reply)
+    }
+
+    /// Sends a multi-key command: whole when its keys share a slot, else one
+    /// part per slot, in parallel, merged in key order.
+    pub(in crate::backend::redis) async fn send_multi<C: MultiKey>(
+        &self,
+        command: &C,
+    ) -> Result<C::Output> {
+        let groups = by_slot(command.keys());
+        if groups.len() <= 1 {
+            return self.send(command).await;
+        }
+        let parts = groups.into_iter().map(|(slot, indices)| async move {
+            let part = command.subset(&indices);
+            let reply = self.query(slot, &|out| part.encode(out)).await?;
+            Ok::<_, Error>((indices, part.decode(reply)?))
+        });
+        let parts = try_join_all(parts).await?;
+        command.merge(parts, self.topology.settings().max_reply_bytes)
+    }
+
+    /// Every primary answers PING, and every slot has a primary.
+    pub(in crate::backend::redis) async fn ping(&self) -> Result<()> {
+        let nodes = self.topology.nodes().clone();
+        if nodes.pools().is_empty() {
+            return Err(Error::Unavailable(
+                "the redis cluster's slot map is not known yet".into(),
+            ));
+        }
+        let unowned = nodes.unowned();
+        if unowned > 0 {
+            return Err(Error::Unavailable(format!(
+                "no redis primary serves {unowned} slots"
+            )));
+        }
+        let pings = nodes.pools().iter().map(|pool| async move {
+            match pool.query(&|out| Ping.encode(out)).await {
+                Ok(Reply::Error(msg)) => Err(failure::refusal(&msg)),
+                Ok(reply) => Ping.decode(reply),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| Error::Unavailable(format!("redis primary {}: {e}", pool.address())))
+        });
+        join_all(pings).await.into_iter().collect()
+    }
+
+    /// Opens one connection to the first seed: fails only when TLS does.
+    pub(in crate::backend::redis) async fn check_tls(&self) -> Result<()> {
+        let Some(seed) = self.topology.settings().addresses.first() else {
+            return Ok(());
+        };
+        self.topology.pool_for(seed)?.check_tls().await
+    }
+
+    /// Redirects and refreshes so far, and each primary's connections.
+    pub(in crate::backend::redis) fn topology_stats(&self) -> TopologyStats {
+        let c = &self.topology.counters;
+        let nodes = self.topology.nodes();
+        TopologyStats {
+            moved: c.moved.load(Ordering::Relaxed),
+            ask: c.ask.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            failovers: 0,
+            nodes: nodes
+                .pools()
+                .iter()
+                .map(|p| (p.address().to_string(), p.stats()))
+                .collect(),
+        }
+    }
+
+    /// Connection counts summed over the primaries.
+    pub(in crate::backend::redis) fn stats(&self) -> PoolStats {
+        self.topology
+            .nodes()
+            .pools()
+            .iter()
+            .map(|p| p.stats())
+            .fold(PoolStats::default(), |a, b| PoolStats {
+                size: a.size + b.size,
+                idle: a.idle + b.idle,
+                in_use: a.in_use + b.in_use,
+                disconnected: a.disconnected + b.disconnected,
+            })
+    }
+
+    /// Runs the command `encode` writes for a key of `slot`, following
+    /// redirects and waiting out "cannot serve now" within
+    /// `operation_timeout`.
+    async fn query(&self, slot: u16, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
+        let budget = Instant::now() + self.topology.settings().operation_timeout;
+        let mut pause = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
+        let mut target = Target::Owner;
+        for _ in 0..MAX_REDIRECTS {
+            let result = match &target {
+                Target::Owner => match self.owner(slot, budget).await? {
+                    Some(pool) => pool.query(encode).await,
+                    None => {
+                        return Err(Error::Unavailable(format!(
+                            "no redis primary serves slot {slot}"
+                        )));
+                    }
+                },
+                Target::Node(pool) => pool.query(encode).await,
+                Target::Asking(pool) => pool.query_asking(encode).await,
+            };
+            target = match result {
+                Ok(Reply::Error(msg)) => self.follow(&msg, &mut pause, budget).await?,
+                Ok(reply) => return Ok(reply),
+                Err(Error::Unavailable(why)) if Instant::now() < budget => {
+                    // A primary that cannot be reached may have been
+                    // replaced: look again, then try whoever serves now.
+                    let before = self.owner_now(slot);
+                    self.topology.refresh_within(budget - Instant::now()).await;
+                    let after = self.owner_now(slot);
+                    if before.is_some() && same_pool(&before, &after) {
+                        return Err(Error::Unavailable(why));
+                    }
+                    Target::Owner
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Err(Error::Unavailable(format!(
+            "slot {slot}: too many redirects (the cluster is resharding)"
+        )))
+    }
+
+    /// What to do after the error reply `msg`.
+    async fn follow(&self, msg: &[u8], pause: &mut Backoff, budget: Instant) -> Result<Target> {
+        let counters = &self.topology.counters;
+        match Redirect::parse(msg) {
+            Some(Redirect::Moved { slot, address }) => {
+                counters.moved.fetch_add(1, Ordering::Relaxed);
+                let pool = self.topology.pool_for(&address)?;
+                self.topology.moved(slot, &pool);
+                Ok(Target::Node(pool))
+            }
+            Some(Redirect::Ask { address }) => {
+                counters.ask.fetch_add(1, Ordering::Relaxed);
+                Ok(Target::Asking(self.topology.pool_for(&address)?))
+            }
+            Some(Redirect::Retry) => {
+                let delay = pause.next_delay();
+                if Instant::now() + delay >= budget {
+                    return Err(failure::refusal(msg));
+                }
+                if msg.starts_with(b"CLUSTERDOWN") {
+                    self.topology.want_refresh();
+                }
+                tokio::time::sleep(delay).await;
+                Ok(Target::Owner)
+            }
+            None => Err(failure::refusal(msg)),
+        }
+    }
+
+    /// The owner of `slot`; with none known, asks for a refresh and waits
+    /// for it (the first map at start-up, or a primary that left).
+    async fn owner(&self, slot: u16, budget: Instant) -> Result<Option<Arc<Pool>>> {
+        if let Some(pool) = self.owner_now(slot) {
+            return Ok(Some(pool));
+        }
+        let wait = budget.saturating_duration_since(Instant::now());
+        self.topology.refresh_within(wait).await;
+        Ok(self.owner_now(slot))
+    }
+
+    fn owner_now(&self, slot: u16) -> Option<Arc<Pool>> {
+        self.topology.nodes().owner(slot).cloned()
+    }
+}
+
+fn same_pool(a: &Option<Arc<Pool>>, b: &Option<Arc<Pool>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Key indices grouped by slot, in order of first appearance.
+fn by_slot(keys: &[String]) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<u16, usize> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        let slot = slots::slot(key.as_bytes());
+        match index.get(&slot) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                index.insert(slot, groups.len());
+                groups.push((slot, vec![i]));
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_group_by_slot_in_order() {
+        let keys: Vec<String> = ["{a}1", "b", "{a}2", "c", "b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let groups = by_slot(&keys);
+        let indices: Vec<_> = groups.iter().map(|(_, i)| i.clone()).collect();
+        assert_eq!(indices, vec![vec![0, 2], vec![1, 4], vec![3]]);
+        assert_eq!(groups[0].0, slots::slot(b"a"));
+    }
+}
