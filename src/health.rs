@@ -77,6 +77,12 @@ impl Prober {
 
     /// Sets every status at once and mirrors it in the metric.
     pub async fn set(&self, serving: bool) {
+        self.set_because(serving, None).await;
+    }
+
+    /// [`Health::set`], logging `details` (why the probe failed: no master,
+    /// slots without a primary, ...) when the status turns NOT_SERVING.
+    async fn set_because(&self, serving: bool, details: Option<&str>) {
         let status = if serving {
             ServingStatus::Serving
         } else {
@@ -90,7 +96,10 @@ impl Prober {
             if serving {
                 info!("health: SERVING");
             } else {
-                warn!("health: NOT_SERVING");
+                warn!(
+                    details = details.unwrap_or("shutting down"),
+                    "health: NOT_SERVING"
+                );
             }
         }
     }
@@ -110,12 +119,13 @@ impl Prober {
         self.set_liveness(ServingStatus::Serving).await;
         loop {
             // A probe in flight (Redis slow or gone) must not hold up shutdown.
-            let ok = tokio::select! {
+            let probed = tokio::select! {
                 biased;
                 () = shutdown.reached(Phase::Closing) => break,
-                ok = self.probe(&*backend, timeout) => ok,
+                probed = self.probe(&*backend, timeout) => probed,
             };
-            self.set(ok).await;
+            let ok = probed.is_ok();
+            self.set_because(ok, probed.err().as_deref()).await;
             // When failing, look again soon so recovery shows quickly.
             let wait = if ok {
                 interval
@@ -132,14 +142,17 @@ impl Prober {
         self.set_liveness(ServingStatus::NotServing).await;
     }
 
-    /// True when the credentials are valid and the backend answers a PING
-    /// within `timeout`.
-    async fn probe<B: Backend>(&self, backend: &B, timeout: Duration) -> bool {
-        self.credentials_valid()
-            && matches!(
-                tokio::time::timeout(timeout, backend.ping()).await,
-                Ok(Ok(()))
-            )
+    /// Ok when the credentials are valid and the backend answers a PING
+    /// within `timeout`; else why not.
+    async fn probe<B: Backend>(&self, backend: &B, timeout: Duration) -> Result<(), String> {
+        if !self.credentials_valid() {
+            return Err("the Redis credentials are expired or not issued yet".into());
+        }
+        match tokio::time::timeout(timeout, backend.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("redis did not answer PING within {timeout:?}")),
+        }
     }
 
     async fn set_liveness(&self, status: ServingStatus) {

@@ -283,6 +283,97 @@ impl BackendConfig {
     }
 }
 
+// === topology ===
+
+impl BackendConfig {
+    /// The address fields the topology reads, and the combinations that
+    /// cannot work. `dynamic_vault` is true when Vault issues database
+    /// users (not a KV secret).
+    pub(crate) fn validate_topology(&self, dynamic_vault: bool) -> Result<(), ConfigError> {
+        match self.topology {
+            Topology::Standalone => self.validate_standalone(),
+            Topology::Sentinel => {
+                self.validate_addresses("sentinels")?;
+                if self.sentinel_master.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        "backend.sentinel_master",
+                        "must name the master the sentinels monitor when backend.topology is sentinel (REDIS_SENTINEL_MASTER)",
+                    ));
+                }
+                self.validate_static_credentials(dynamic_vault)
+            }
+            Topology::Cluster => {
+                self.validate_addresses("seed nodes")?;
+                if self.database != 0 {
+                    return Err(ConfigError::new(
+                        "backend.database",
+                        "must be 0 when backend.topology is cluster: Redis Cluster has only database 0",
+                    ));
+                }
+                self.validate_static_credentials(dynamic_vault)
+            }
+        }
+    }
+
+    fn validate_standalone(&self) -> Result<(), ConfigError> {
+        if !self.addresses.is_empty() {
+            return Err(ConfigError::new(
+                "backend.addresses",
+                "is for sentinel and cluster topologies; a standalone Redis takes backend.address (or set backend.topology)",
+            ));
+        }
+        if self.address.trim().is_empty() {
+            return Err(ConfigError::new(
+                "backend.address",
+                "must not be empty (REDIS_ADDRESS)",
+            ));
+        }
+        address::parse_address(&self.address)
+            .map(|_| ())
+            .map_err(|reason| ConfigError::new("backend.address", reason))
+    }
+
+    fn validate_addresses(&self, what: &str) -> Result<(), ConfigError> {
+        let topology = self.topology;
+        if self.addresses.is_empty() {
+            return Err(ConfigError::new(
+                "backend.addresses",
+                format!(
+                    "must list the {what} when backend.topology is {topology} (REDIS_ADDRESSES, comma-separated); backend.address is for standalone only"
+                ),
+            ));
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            let field = format!("backend.addresses[{i}]");
+            if address::split_credentials(a).is_ok_and(|c| c.is_some()) {
+                return Err(ConfigError::new(
+                    field,
+                    "must not carry credentials: use backend.username/password (and sentinel_username/sentinel_password for the sentinels)",
+                ));
+            }
+            address::parse_address(a).map_err(|reason| ConfigError::new(field, reason))?;
+        }
+        Ok(())
+    }
+
+    /// ACL users are per node and not replicated, and Vault's Redis
+    /// database plugin creates a user on one host: a dynamic user would
+    /// exist on one node of a cluster or on a master that may be gone after
+    /// the next failover.
+    fn validate_static_credentials(&self, dynamic_vault: bool) -> Result<(), ConfigError> {
+        if dynamic_vault {
+            return Err(ConfigError::new(
+                "backend.vault_enabled",
+                format!(
+                    "dynamic Vault users work with backend.topology standalone only (the database plugin creates the user on one server; a {} has several): use static credentials or a KV v2 secret (vault.kv_path)",
+                    self.topology
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, tests::load};

@@ -439,12 +439,42 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Reply, ConnError> {
         let (tx, rx) = oneshot::channel();
-        match self.enqueue(encode, tx)? {
+        self.send(encode, std::iter::once(tx))?;
+        rx.await.unwrap_or(Err(ConnError::Closed))
+    }
+
+    /// Sends the `n` commands `encode` writes, adjacent on the wire, and
+    /// waits for all their replies, in order: one lock, one write and one
+    /// wake-up for all of them (a cluster MGet's parts for one node). An
+    /// error reply is a reply; `Err` is the first part whose reply did not
+    /// come (the connection failed, or it passed `max_reply_bytes`).
+    pub(super) async fn call_batch(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        n: usize,
+    ) -> Result<Vec<Reply>, ConnError> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
+        self.send(encode, txs)?;
+        let mut replies = Vec::with_capacity(n);
+        for rx in rxs {
+            replies.push(rx.await.unwrap_or(Err(ConnError::Closed))?);
+        }
+        Ok(replies)
+    }
+
+    /// Queues what `encode` writes with one waiter per command, and gets
+    /// it written.
+    fn send(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        waiters: impl IntoIterator<Item = Waiter>,
+    ) -> Result<(), ConnError> {
+        match self.enqueue(encode, waiters)? {
             Then::Nothing => {}
             Then::WakeWriter => self.shared.writer.notify_one(),
             Then::WriteDirectly(w, buf) => self.write_directly(w, buf),
         }
-        rx.await.unwrap_or(Err(ConnError::Closed))
+        Ok(())
     }
 
     /// Sends `ASKING` and then the command `encode` writes, and waits for
@@ -466,7 +496,7 @@ impl Connection {
     fn enqueue(
         &self,
         encode: impl FnOnce(&mut BytesMut),
-        tx: Waiter,
+        waiters: impl IntoIterator<Item = Waiter>,
     ) -> Result<Then<'_>, ConnError> {
         let mut st = self.shared.state();
         if let Some(cause) = &st.broken {
@@ -478,7 +508,7 @@ impl Connection {
         let was_empty = st.out.is_empty();
         let idle = was_empty && st.waiting.is_empty() && !st.direct;
         encode(&mut st.out);
-        st.waiting.push_back(tx);
+        st.waiting.extend(waiters);
         Ok(match &self.direct {
             Some(w) if idle => {
                 st.direct = true;

@@ -182,14 +182,7 @@ impl Pool {
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
-            let result = {
-                let _busy = Busy::new(&self.slots[idx].inflight);
-                if asking {
-                    live.conn.call_asking(encode).await
-                } else {
-                    live.conn.call(encode).await
-                }
-            };
+            let result = self.call_on(idx, &live, encode, asking).await;
             let (class, err) = match result {
                 Ok(Reply::Error(msg)) => (
                     classify_reply(&msg),
@@ -246,6 +239,45 @@ impl Pool {
     /// The node's address as configured or announced.
     pub(super) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Sends the `n` commands `encode` writes, adjacent on one connection,
+    /// and returns their replies in order, error replies included: one
+    /// attempt, no retry, no sorting of error replies. The caller (a
+    /// cluster router sending one node its parts of a multi-key call)
+    /// resends what failed through [`Pool::query`], which does both.
+    pub(super) async fn query_batch(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<Vec<Reply>> {
+        let (idx, live) = self.checkout().await?;
+        let result = {
+            let _busy = Busy::new(&self.slots[idx].inflight);
+            live.conn.call_batch(encode, n).await
+        };
+        result.map_err(|e| {
+            if classify(&e) == Class::Connection {
+                self.drop_conn(idx, &live);
+            }
+            Error::Unavailable(format!("redis: {e}"))
+        })
+    }
+
+    /// One attempt on the connection in slot `idx`, counted in flight.
+    async fn call_on(
+        &self,
+        idx: usize,
+        live: &Live,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        asking: bool,
+    ) -> std::result::Result<Reply, ConnError> {
+        let _busy = Busy::new(&self.slots[idx].inflight);
+        if asking {
+            live.conn.call_asking(encode).await
+        } else {
+            live.conn.call(encode).await
+        }
     }
 
     /// A snapshot of the slots, for metrics.

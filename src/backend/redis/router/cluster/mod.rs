@@ -63,6 +63,12 @@ pub(in crate::backend::redis) struct Cluster {
     topology: Arc<Topology>,
 }
 
+/// Key indices of one slot.
+type SlotGroup = (u16, Vec<usize>);
+
+/// The slot groups one primary serves (`None`: no owner known).
+type Batch = (Option<Arc<Pool>>, Vec<SlotGroup>);
+
 /// Where the next attempt goes.
 enum Target {
     /// The owner of the slot, by the map.
@@ -103,7 +109,8 @@ impl Cluster {
     }
 
     /// Sends a multi-key command: whole when its keys share a slot, else one
-    /// part per slot, in parallel, merged in key order.
+    /// part per slot, merged in key order. Each primary gets its parts as
+    /// one batch on one connection, the primaries in parallel.
     pub(in crate::backend::redis) async fn send_multi<C: MultiKey>(
         &self,
         command: &C,
@@ -112,13 +119,62 @@ impl Cluster {
         if groups.len() <= 1 {
             return self.send(command).await;
         }
-        let parts = groups.into_iter().map(|(slot, indices)| async move {
-            let part = command.subset(&indices);
-            let reply = self.query(slot, &|out| part.encode(out)).await?;
-            Ok::<_, Error>((indices, part.decode(reply)?))
-        });
-        let parts = try_join_all(parts).await?;
+        let batches = self.by_owner(groups);
+        let parts = try_join_all(batches.into_iter().map(|(pool, groups)| async move {
+            let parts: Vec<(u16, Vec<usize>, C)> = groups
+                .into_iter()
+                .map(|(slot, indices)| {
+                    let part = command.subset(&indices);
+                    (slot, indices, part)
+                })
+                .collect();
+            self.send_batch(pool.as_deref(), parts).await
+        }))
+        .await?;
+        let parts = parts.into_iter().flatten().collect();
         command.merge(parts, self.topology.settings().max_reply_bytes)
+    }
+
+    /// Slot groups by the primary that serves them now (`None`: no owner
+    /// known; those go one by one, waiting for a refresh).
+    fn by_owner(&self, groups: Vec<(u16, Vec<usize>)>) -> Vec<Batch> {
+        let nodes = self.topology.nodes();
+        let mut batches: Vec<Batch> = Vec::new();
+        for (slot, indices) in groups {
+            let owner = nodes.owner(slot).cloned();
+            match batches.iter_mut().find(|(p, _)| same_pool(p, &owner)) {
+                Some((_, batch)) => batch.push((slot, indices)),
+                None => batches.push((owner, vec![(slot, indices)])),
+            }
+        }
+        batches
+    }
+
+    /// Sends one primary its parts in one batch; a part whose reply is an
+    /// error (a redirect, a slot being migrated) or whose connection failed
+    /// goes again alone through [`Cluster::query`], which follows it.
+    async fn send_batch<C: MultiKey>(
+        &self,
+        pool: Option<&Pool>,
+        parts: Vec<(u16, Vec<usize>, C)>,
+    ) -> Result<Vec<(Vec<usize>, C::Output)>> {
+        let replies = match pool {
+            Some(pool) if parts.len() > 1 => {
+                let encode = |out: &mut BytesMut| parts.iter().for_each(|(_, _, p)| p.encode(out));
+                pool.query_batch(&encode, parts.len()).await.ok()
+            }
+            _ => None,
+        };
+        let mut replies = replies.map(Vec::into_iter);
+        let mut done = Vec::with_capacity(parts.len());
+        for (slot, indices, part) in parts {
+            let reply = match replies.as_mut().and_then(Iterator::next) {
+                Some(reply) if !matches!(reply, Reply::Error(_)) => reply,
+                _ => self.query(slot, &|out| part.encode(out)).await?,
+            };
+            done.push((indices, part.decode(reply)?));
+        }
+        Ok(done)
     }
 
     /// Every primary answers PING, and every slot has a primary.
@@ -282,8 +338,8 @@ fn same_pool(a: &Option<Arc<Pool>>, b: &Option<Arc<Pool>>) -> bool {
 }
 
 /// Key indices grouped by slot, in order of first appearance.
-fn by_slot(keys: &[String]) -> Vec<(u16, Vec<usize>)> {
-    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+fn by_slot(keys: &[String]) -> Vec<SlotGroup> {
+    let mut groups: Vec<SlotGroup> = Vec::new();
     let mut index: HashMap<u16, usize> = HashMap::new();
     for (i, key) in keys.iter().enumerate() {
         let slot = slots::slot(key.as_bytes());
