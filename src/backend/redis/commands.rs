@@ -39,20 +39,22 @@ pub(super) trait Command: Sync {
 
 /// A command over several keys that a cluster router splits: Redis
 /// Cluster refuses a multi-key command whose keys hash to different slots
-/// (`CROSSSLOT`), so each slot's keys go as one command of the same type and
-/// the outputs are merged back in the order of [`Command::keys`].
-pub(super) trait MultiKey: Command + Sized {
-    /// The same command over the keys at `indices` (into `keys()`).
-    fn subset(&self, indices: &[usize]) -> Self;
+/// (`CROSSSLOT`), so each slot's keys go as one command of the same kind,
+/// written straight from the indices of its keys (no sub-command is built,
+/// no key copied), and each reply is folded into one output.
+pub(super) trait MultiKey: Command {
+    /// Appends the command over the keys at `indices` (into `keys()`).
+    fn encode_part(&self, indices: &[usize], out: &mut BytesMut);
 
-    /// The output for all keys from the parts' outputs, each with the
-    /// indices its part was built from; fails as the unsplit command would
-    /// have when the whole reply passes `max_reply` bytes.
-    fn merge(
-        &self,
-        parts: Vec<(Vec<usize>, Self::Output)>,
-        max_reply: usize,
-    ) -> Result<Self::Output>;
+    /// The output before any part is folded in.
+    fn empty(&self) -> Self::Output;
+
+    /// Folds the reply to the part over `indices` into `output`.
+    fn fold_part(&self, indices: &[usize], reply: Reply, output: &mut Self::Output) -> Result<()>;
+
+    /// The folded output; fails as the unsplit command would have when the
+    /// whole reply passes `max_reply` bytes.
+    fn finish(&self, output: Self::Output, max_reply: usize) -> Result<Self::Output>;
 }
 
 /// `GET key`: the value, or `None` on a miss.
@@ -182,37 +184,57 @@ impl Command for MGet {
 }
 
 impl MultiKey for Delete {
-    fn subset(&self, indices: &[usize]) -> Self {
-        let keys = indices.iter().map(|&i| self.keys[i].clone()).collect();
-        Self { keys }
+    fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
+        command(
+            out,
+            b"DEL",
+            indices.iter().map(|&i| self.keys[i].as_bytes()),
+        );
     }
 
-    fn merge(&self, parts: Vec<(Vec<usize>, u64)>, _max_reply: usize) -> Result<u64> {
-        Ok(parts.into_iter().map(|(_, n)| n).sum())
+    fn empty(&self) -> u64 {
+        0
+    }
+
+    fn fold_part(&self, _indices: &[usize], reply: Reply, output: &mut u64) -> Result<()> {
+        *output += self.decode(reply)?;
+        Ok(())
+    }
+
+    fn finish(&self, output: u64, _max_reply: usize) -> Result<u64> {
+        Ok(output)
     }
 }
 
 impl MultiKey for MGet {
-    fn subset(&self, indices: &[usize]) -> Self {
-        let keys = indices.iter().map(|&i| self.keys[i].clone()).collect();
-        Self { keys }
+    fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
+        command(
+            out,
+            b"MGET",
+            indices.iter().map(|&i| self.keys[i].as_bytes()),
+        );
     }
 
-    fn merge(
-        &self,
-        parts: Vec<(Vec<usize>, Self::Output)>,
-        max_reply: usize,
-    ) -> Result<Self::Output> {
-        let mut values = vec![None; self.keys.len()];
-        for (indices, part) in parts {
-            for (i, value) in indices.into_iter().zip(part) {
-                values[i] = value;
-            }
+    fn empty(&self) -> Self::Output {
+        vec![None; self.keys.len()]
+    }
+
+    fn fold_part(&self, indices: &[usize], reply: Reply, output: &mut Self::Output) -> Result<()> {
+        let items = match reply {
+            Reply::Array(items) if items.len() == indices.len() => items,
+            other => return Err(unexpected("MGET", &other)),
+        };
+        for (&i, item) in indices.iter().zip(items) {
+            output[i] = value("MGET", item)?;
         }
-        if reply_size(&values) > max_reply {
+        Ok(())
+    }
+
+    fn finish(&self, output: Self::Output, max_reply: usize) -> Result<Self::Output> {
+        if reply_size(&output) > max_reply {
             return Err(Error::ReplyTooLarge(max_reply));
         }
-        Ok(values)
+        Ok(output)
     }
 }
 

@@ -26,7 +26,7 @@ mod redirect;
 mod slots;
 
 use std::{
-    collections::HashMap,
+    ops::Range,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -63,11 +63,9 @@ pub(in crate::backend::redis) struct Cluster {
     topology: Arc<Topology>,
 }
 
-/// Key indices of one slot.
-type SlotGroup = (u16, Vec<usize>);
-
-/// The slot groups one primary serves (`None`: no owner known).
-type Batch = (Option<Arc<Pool>>, Vec<SlotGroup>);
+/// The parts (indices into `Split::parts`) one primary serves (`None`: no
+/// owner known).
+type Batch = (Option<Arc<Pool>>, Vec<usize>);
 
 /// Where the next attempt goes.
 enum Target {
@@ -109,72 +107,83 @@ impl Cluster {
     }
 
     /// Sends a multi-key command: whole when its keys share a slot, else one
-    /// part per slot, merged in key order. Each primary gets its parts as
+    /// part per slot, folded in key order. Each primary gets its parts as
     /// one batch on one connection, the primaries in parallel.
     pub(in crate::backend::redis) async fn send_multi<C: MultiKey>(
         &self,
         command: &C,
     ) -> Result<C::Output> {
-        let groups = by_slot(command.keys());
-        if groups.len() <= 1 {
+        let split = Split::new(command.keys());
+        if split.parts.len() <= 1 {
             return self.send(command).await;
         }
-        let batches = self.by_owner(groups);
-        let parts = try_join_all(batches.into_iter().map(|(pool, groups)| async move {
-            let parts: Vec<(u16, Vec<usize>, C)> = groups
-                .into_iter()
-                .map(|(slot, indices)| {
-                    let part = command.subset(&indices);
-                    (slot, indices, part)
-                })
-                .collect();
-            self.send_batch(pool.as_deref(), parts).await
-        }))
+        let batches = self.by_owner(&split);
+        let replies = try_join_all(
+            batches
+                .iter()
+                .map(|(pool, parts)| self.send_batch(command, &split, pool.as_deref(), parts)),
+        )
         .await?;
-        let parts = parts.into_iter().flatten().collect();
-        command.merge(parts, self.topology.settings().max_reply_bytes)
+        let mut output = command.empty();
+        for (parts, replies) in batches.iter().map(|(_, p)| p).zip(replies) {
+            for (&part, reply) in parts.iter().zip(replies) {
+                command.fold_part(split.indices(part), reply, &mut output)?;
+            }
+        }
+        command.finish(output, self.topology.settings().max_reply_bytes)
     }
 
-    /// Slot groups by the primary that serves them now (`None`: no owner
-    /// known; those go one by one, waiting for a refresh).
-    fn by_owner(&self, groups: Vec<(u16, Vec<usize>)>) -> Vec<Batch> {
+    /// The parts of `split` by the primary that serves them now (`None`:
+    /// no owner known; those go one by one, waiting for a refresh).
+    fn by_owner(&self, split: &Split) -> Vec<Batch> {
         let nodes = self.topology.nodes();
         let mut batches: Vec<Batch> = Vec::new();
-        for (slot, indices) in groups {
+        for (part, &(slot, _)) in split.parts.iter().enumerate() {
             let owner = nodes.owner(slot).cloned();
             match batches.iter_mut().find(|(p, _)| same_pool(p, &owner)) {
-                Some((_, batch)) => batch.push((slot, indices)),
-                None => batches.push((owner, vec![(slot, indices)])),
+                Some((_, parts)) => parts.push(part),
+                None => batches.push((owner, vec![part])),
             }
         }
         batches
     }
 
-    /// Sends one primary its parts in one batch; a part whose reply is an
-    /// error (a redirect, a slot being migrated) or whose connection failed
-    /// goes again alone through [`Cluster::query`], which follows it.
+    /// Sends one primary its `parts` in one batch and returns their
+    /// replies in order; a part whose reply is an error (a redirect, a slot
+    /// being migrated) or whose connection failed goes again alone through
+    /// [`Cluster::query`], which follows it.
     async fn send_batch<C: MultiKey>(
         &self,
+        command: &C,
+        split: &Split,
         pool: Option<&Pool>,
-        parts: Vec<(u16, Vec<usize>, C)>,
-    ) -> Result<Vec<(Vec<usize>, C::Output)>> {
-        let replies = match pool {
+        parts: &[usize],
+    ) -> Result<Vec<Reply>> {
+        let batch = match pool {
             Some(pool) if parts.len() > 1 => {
-                let encode = |out: &mut BytesMut| parts.iter().for_each(|(_, _, p)| p.encode(out));
+                let encode = |out: &mut BytesMut| {
+                    for &part in parts {
+                        command.encode_part(split.indices(part), out);
+                    }
+                };
                 pool.query_batch(&encode, parts.len()).await.ok()
             }
             _ => None,
         };
-        let mut replies = replies.map(Vec::into_iter);
-        let mut done = Vec::with_capacity(parts.len());
-        for (slot, indices, part) in parts {
-            let reply = match replies.as_mut().and_then(Iterator::next) {
+        let mut batch = batch.map(Vec::into_iter);
+        let mut replies = Vec::with_capacity(parts.len());
+        for &part in parts {
+            let reply = match batch.as_mut().and_then(Iterator::next) {
                 Some(reply) if !matches!(reply, Reply::Error(_)) => reply,
-                _ => self.query(slot, &|out| part.encode(out)).await?,
+                _ => {
+                    let indices = split.indices(part);
+                    let encode = |out: &mut BytesMut| command.encode_part(indices, out);
+                    self.query(split.parts[part].0, &encode).await?
+                }
             };
-            done.push((indices, part.decode(reply)?));
+            replies.push(reply);
         }
-        Ok(done)
+        Ok(replies)
     }
 
     /// Every primary answers PING, and every slot has a primary.
@@ -337,21 +346,34 @@ fn same_pool(a: &Option<Arc<Pool>>, b: &Option<Arc<Pool>>) -> bool {
     }
 }
 
-/// Key indices grouped by slot, in order of first appearance.
-fn by_slot(keys: &[String]) -> Vec<SlotGroup> {
-    let mut groups: Vec<SlotGroup> = Vec::new();
-    let mut index: HashMap<u16, usize> = HashMap::new();
-    for (i, key) in keys.iter().enumerate() {
-        let slot = slots::slot(key.as_bytes());
-        match index.get(&slot) {
-            Some(&g) => groups[g].1.push(i),
-            None => {
-                index.insert(slot, groups.len());
-                groups.push((slot, vec![i]));
+/// A multi-key command's keys by slot: their indices sorted by slot (in
+/// key order within one), and one part per slot. Two allocations whatever
+/// the number of keys and slots.
+struct Split {
+    order: Vec<usize>,
+    /// Each part's slot and its range in `order`.
+    parts: Vec<(u16, Range<usize>)>,
+}
+
+impl Split {
+    fn new(keys: &[String]) -> Self {
+        let slots: Vec<u16> = keys.iter().map(|k| slots::slot(k.as_bytes())).collect();
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| (slots[i], i));
+        let mut parts: Vec<(u16, Range<usize>)> = Vec::new();
+        for (at, &i) in order.iter().enumerate() {
+            match parts.last_mut() {
+                Some((slot, range)) if *slot == slots[i] => range.end = at + 1,
+                _ => parts.push((slots[i], at..at + 1)),
             }
         }
+        Self { order, parts }
     }
-    groups
+
+    /// The key indices of part `part`.
+    fn indices(&self, part: usize) -> &[usize] {
+        &self.order[self.parts[part].1.clone()]
+    }
 }
 
 #[cfg(test)]
@@ -359,14 +381,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_group_by_slot_in_order() {
+    fn keys_split_by_slot_in_key_order() {
         let keys: Vec<String> = ["{a}1", "b", "{a}2", "c", "b"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let groups = by_slot(&keys);
-        let indices: Vec<_> = groups.iter().map(|(_, i)| i.clone()).collect();
-        assert_eq!(indices, vec![vec![0, 2], vec![1, 4], vec![3]]);
-        assert_eq!(groups[0].0, slots::slot(b"a"));
+        let split = Split::new(&keys);
+        let mut parts: Vec<(u16, Vec<usize>)> = (0..split.parts.len())
+            .map(|p| (split.parts[p].0, split.indices(p).to_vec()))
+            .collect();
+        parts.sort();
+        let mut want = vec![
+            (slots::slot(b"a"), vec![0, 2]),
+            (slots::slot(b"b"), vec![1, 4]),
+            (slots::slot(b"c"), vec![3]),
+        ];
+        want.sort();
+        assert_eq!(parts, want);
     }
 }
