@@ -122,7 +122,7 @@ async fn black_holed_connections_are_declared_dead_and_replaced(flavor: Flavor) 
     );
     assert!(proxy.connections() > before, "new connections were opened");
 
-    let dead = metric(&plugin, "redis_plugin_dead_connections_total").await;
+    let dead = common::metric(plugin.addr, "redis_plugin_dead_connections_total").await;
     assert!(dead >= 1.0, "dead connections counted: {dead}");
     let log = plugin.log();
     let line = log
@@ -167,7 +167,7 @@ async fn a_stall_below_the_bound_keeps_every_connection(flavor: Flavor) {
     println!("{flavor:?}: held {held_for:.2?} (bound 3 s): no connection replaced");
     assert_eq!(proxy.connections(), before, "the same connections");
     assert_eq!(
-        metric(&plugin, "redis_plugin_dead_connections_total").await,
+        common::metric(plugin.addr, "redis_plugin_dead_connections_total").await,
         0.0
     );
     let log = plugin.log();
@@ -203,7 +203,7 @@ async fn connections_closed_while_idle_are_replaced_without_a_call(flavor: Flavo
         .await
         .expect("served on the new connections");
     assert!(hit.found);
-    let dead = metric(&plugin, "redis_plugin_dead_connections_total").await;
+    let dead = common::metric(plugin.addr, "redis_plugin_dead_connections_total").await;
     assert_eq!(dead, 0.0, "a close is not a dead peer");
 }
 
@@ -229,15 +229,4 @@ async fn streak_of_hits(cache: &mut Cache, deadline: Instant) -> Option<Instant>
         }
     }
     None
-}
-
-/// A metric's value from the plugin's `/metrics` (0 when absent).
-async fn metric(plugin: &PluginProcess, name: &str) -> f64 {
-    // reqwest here has TLS without a provider; plain HTTP still builds one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let scrape = reqwest::get(format!("http://{}/metrics", plugin.addr));
-    let text = scrape.await.and_then(|r| r.error_for_status());
-    let text = text.expect("scrape").text().await.expect("body");
-    let sample = |l: &str| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok();
-    text.lines().find_map(sample).unwrap_or(0.0)
 }

@@ -80,20 +80,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// A metric's value from `/metrics` (0 when absent).
-async fn metric(plugin: &Plugin, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", plugin.url()))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 // === load ===
 
 /// A steady mix of Set/Get/MGet from a few workers, every call recorded.
@@ -190,7 +176,8 @@ async fn token_login_serves_on_dynamic_credentials_and_revokes_at_shutdown() {
     round_trip(&mut client, "a").await;
     let users = vault_users(&w.redis);
     assert_eq!(users.len(), 1, "one Vault-issued user: {users:?}");
-    let lease_left = metric(&plugin, "redis_plugin_credential_lease_expiry_seconds").await;
+    let lease_left =
+        common::metric(plugin.addr, "redis_plugin_credential_lease_expiry_seconds").await;
     assert!(lease_left > 20.0 && lease_left <= 30.0, "{lease_left}");
     plugin.stop().await;
     assert!(
@@ -266,7 +253,7 @@ async fn approle_logs_in_again_at_the_tokens_max_ttl() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     let samples = load.finish().await;
     let failed = failures(&samples);
-    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
+    let rotations = common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await;
     eprintln!(
         "approle re-login: {} calls, {} failed, {rotations} rotations",
         samples.len(),
@@ -328,7 +315,7 @@ async fn own_token_is_renewed_past_its_first_ttl() {
     let info = w.bao.bao_json(&["token", "lookup", &token]);
     let ttl = info["data"]["ttl"].as_u64().expect("ttl");
     assert!(ttl > 0, "token still alive after 10 s");
-    assert!(metric(&plugin, "redis_plugin_credential_rotations_total").await >= 2.0);
+    assert!(common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await >= 2.0);
     plugin.stop().await;
 }
 
@@ -520,7 +507,7 @@ async fn token_file_is_reread_when_the_token_changes() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let samples = load.finish().await;
     let failed = failures(&samples);
-    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
+    let rotations = common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await;
     assert!(
         failed.is_empty(),
         "{} of {} failed",
@@ -571,9 +558,9 @@ async fn rotation_under_load_drops_nothing() {
     }
     let samples = load.finish().await;
     let failed = failures(&samples);
-    let rotations = metric(&plugin, "redis_plugin_credential_rotations_total").await;
-    let renewals = metric(
-        &plugin,
+    let rotations = common::metric(plugin.addr, "redis_plugin_credential_rotations_total").await;
+    let renewals = common::metric(
+        plugin.addr,
         "redis_plugin_credential_renewals_total{result=\"ok\"}",
     )
     .await;
@@ -701,13 +688,13 @@ async fn vault_outages_short_and_past_expiry() {
 
     // Shorter than the lease: a renewal fails, no call does.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let errors_before = metric(&plugin, renew_errors).await;
+    let errors_before = common::metric(plugin.addr, renew_errors).await;
     let down = Instant::now();
     blocking(|| w.bao.stop());
     tokio::time::sleep(Duration::from_secs(3)).await;
     blocking(|| w.bao.restart());
     let up = Instant::now();
-    let errors_during = metric(&plugin, renew_errors).await - errors_before;
+    let errors_during = common::metric(plugin.addr, renew_errors).await - errors_before;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failed = load.failures_so_far();
     let calls_while_down = load.calls_between(down, up);

@@ -735,18 +735,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 /// The value of the metric line starting with `series` (name and labels as
-/// printed), 0 when absent.
+/// printed) on the plugin's `/metrics`, 0 when absent.
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let body = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-        .await
-        .expect("scrape");
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    // reqwest here has TLS without a provider; plain HTTP still builds one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scrape = reqwest::get(format!("http://{addr}/metrics"));
+    let text = scrape.await.and_then(|r| r.error_for_status());
+    let text = text.expect("scrape").text().await.expect("body");
+    let sample = |l: &str| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    };
+    text.lines().find_map(sample).unwrap_or(0.0)
 }

@@ -54,11 +54,7 @@ impl Router {
     ) -> Result<Self> {
         Ok(match settings.topology {
             Topology::Standalone => {
-                let connector = settings.connector(&settings.address)?;
-                let limits = settings.pool_limits();
-                let node =
-                    Pool::start(settings.address.clone(), connector, limits, creds, shutdown);
-                Self::Standalone(node)
+                Self::Standalone(start_pool(settings, &settings.address, creds, shutdown)?)
             }
             Topology::Sentinel => {
                 Self::Sentinel(sentinel::Sentinel::start(settings, creds, shutdown)?)
@@ -133,6 +129,26 @@ impl Router {
             Self::Cluster(c) => c.stats(),
         }
     }
+}
+
+/// Starts the pool of the node at `address` (the configured one, a master
+/// a sentinel named, a cluster primary) with the limits of `settings`; its
+/// maintenance task ends at `Stopped` or when it is retired.
+fn start_pool(
+    settings: &RedisSettings,
+    address: &str,
+    creds: CredentialsHandle,
+    shutdown: Watch,
+) -> Result<Arc<Pool>> {
+    let connector = settings.connector(address)?;
+    let limits = settings.pool_limits();
+    Ok(Pool::start(
+        address.to_string(),
+        connector,
+        limits,
+        creds,
+        shutdown,
+    ))
 }
 
 /// Sends `command` on `pool` and decodes the reply; an error reply the

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::slots::{NO_OWNER, SLOTS, SlotMap};
+use crate::backend::redis::router::start_pool;
 use crate::{
     backend::redis::{
         pool::Pool,
@@ -163,14 +164,12 @@ impl Topology {
         if let Some(pool) = pools.get(address) {
             return Ok(pool.clone());
         }
-        let connector = self.settings.connector(address)?;
-        let pool = Pool::start(
-            address.to_string(),
-            connector,
-            self.settings.pool_limits(),
+        let pool = start_pool(
+            &self.settings,
+            address,
             self.creds.clone(),
             self.shutdown.clone(),
-        );
+        )?;
         pools.insert(address.to_string(), pool.clone());
         Ok(pool)
     }

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use self::ask::Sentinels;
-use super::send_to;
+use super::{send_to, start_pool};
 use crate::{
     backend::redis::{commands::Command, pool::Pool, settings::RedisSettings},
     backend::{PoolStats, TopologyStats},
@@ -194,20 +194,18 @@ impl Inner {
         if current.as_ref().is_some_and(|p| p.address() == address) || !still(current.as_deref()) {
             return;
         }
-        let connector = match self.settings.connector(address) {
-            Ok(c) => c,
+        let pool = match start_pool(
+            &self.settings,
+            address,
+            self.creds.clone(),
+            self.shutdown.clone(),
+        ) {
+            Ok(pool) => pool,
             Err(e) => {
                 warn!(master = %address, error = %e, "sentinel named a master that cannot be reached as given");
                 return;
             }
         };
-        let pool = Pool::start(
-            address.to_string(),
-            connector,
-            self.settings.pool_limits(),
-            self.creds.clone(),
-            self.shutdown.clone(),
-        );
         self.master.store(Some(pool));
         self.unnamed_logged.store(false, Ordering::Relaxed);
         let name = &self.sentinels.master_name;
