@@ -86,6 +86,7 @@ impl From<Rejected> for Status {
         let code = match &why {
             Rejected::Requests(_) | Rejected::Bytes { .. } => Code::ResourceExhausted,
             Rejected::ReadTimeout(_) => Code::DeadlineExceeded,
+            Rejected::Draining => Code::Unavailable,
         };
         Status::new(code, why.to_string())
     }
@@ -109,6 +110,9 @@ pub enum Rejected {
         "request body not received within {0:?} (request_read_timeout or the caller's deadline); nothing was written"
     )]
     ReadTimeout(std::time::Duration),
+    /// Prism's `Drain` closed the plugin to new data calls.
+    #[error("the plugin is draining (Prism Drain); new calls are refused, retry elsewhere")]
+    Draining,
 }
 
 impl Rejected {
@@ -118,6 +122,7 @@ impl Rejected {
             Rejected::Requests(_) => "max_concurrent_requests",
             Rejected::Bytes { budget, .. } => budget,
             Rejected::ReadTimeout(_) => "request_read_timeout",
+            Rejected::Draining => "draining",
         }
     }
 }

@@ -7,8 +7,11 @@
 //! process, not a healthy sidecar whose Redis is down.
 //!
 //! The service wakes the prober at once on a connection failure, so health
-//! follows reality faster than `health_interval`. This module does not serve
-//! gRPC; tonic-health does, from the reporter it drives.
+//! follows reality faster than `health_interval`. While Prism's `Drain` has
+//! closed the [`Gate`] the status is NOT_SERVING whatever Redis does. What
+//! was published last (and why) is also kept in a [`HealthView`], which
+//! Prism's `HealthCheck` and `Drain` read. This module does not serve gRPC;
+//! tonic-health does, from the reporter it drives.
 
 use std::{
     sync::{
@@ -18,13 +21,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
     backend::Backend,
     credentials::CredentialsHandle,
+    drain::Gate,
     metrics::Metrics,
     shutdown::{Phase, Watch},
 };
@@ -46,6 +50,21 @@ pub struct Prober {
     /// When set, expired credentials (a lease Vault could not replace) mean
     /// NOT_SERVING even if Redis still answers.
     creds: Option<CredentialsHandle>,
+    /// Closed by Prism's `Drain`: NOT_SERVING from then on.
+    gate: Arc<Gate>,
+    /// The last status published, for readers other than gRPC health.
+    view: watch::Sender<HealthView>,
+}
+
+/// The status last published and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthView {
+    pub serving: bool,
+    /// Why not serving ("" when serving).
+    pub reason: String,
+    /// The status was decided with the drain gate already closed, so no
+    /// SERVING can follow it (Prism's `Drain` waits for this).
+    pub draining: bool,
 }
 
 impl Prober {
@@ -59,7 +78,23 @@ impl Prober {
             wake: Arc::new(Notify::new()),
             serving: AtomicBool::new(false),
             creds: None,
+            gate: Arc::new(Gate::new()),
+            view: watch::Sender::new(HealthView {
+                reason: "starting".into(),
+                ..HealthView::default()
+            }),
         }
+    }
+
+    /// Reports NOT_SERVING while `gate` is closed (Prism's `Drain`).
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The published status, as it changes.
+    pub fn view(&self) -> watch::Receiver<HealthView> {
+        self.view.subscribe()
     }
 
     /// Also requires the credentials in `creds` to be valid.
@@ -83,6 +118,17 @@ impl Prober {
     /// [`Health::set`], logging `details` (why the probe failed: no master,
     /// slots without a primary, ...) when the status turns NOT_SERVING.
     async fn set_because(&self, serving: bool, details: Option<&str>) {
+        // Read just before publishing: a status decided before the gate
+        // closed must not be published after it (see `HealthView::draining`).
+        let draining = self.gate.is_draining();
+        let serving = serving && !draining;
+        let drain_reason;
+        let details = if draining {
+            drain_reason = format!("draining: {}", self.gate.reason());
+            Some(drain_reason.as_str())
+        } else {
+            details
+        };
         let status = if serving {
             ServingStatus::Serving
         } else {
@@ -92,6 +138,15 @@ impl Prober {
             self.reporter.set_service_status(name, status).await;
         }
         self.metrics.health_status.set(i64::from(serving));
+        let reason = match serving {
+            true => String::new(),
+            false => details.unwrap_or("backend not probed yet").to_string(),
+        };
+        self.view.send_replace(HealthView {
+            serving,
+            reason,
+            draining,
+        });
         if self.serving.swap(serving, Ordering::Relaxed) != serving {
             if serving {
                 info!("health: SERVING");
@@ -138,13 +193,16 @@ impl Prober {
                 () = self.wake.notified() => {}
             }
         }
-        self.set(false).await;
+        self.set_because(false, Some("shutting down")).await;
         self.set_liveness(ServingStatus::NotServing).await;
     }
 
     /// Ok when the credentials are valid and the backend answers a PING
     /// within `timeout`; else why not.
     async fn probe<B: Backend>(&self, backend: &B, timeout: Duration) -> Result<(), String> {
+        if self.gate.is_draining() {
+            return Err(format!("draining: {}", self.gate.reason()));
+        }
         if !self.credentials_valid() {
             return Err("the Redis credentials are expired or not issued yet".into());
         }

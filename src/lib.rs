@@ -11,6 +11,9 @@
 //!   byte budgets, read deadline); [`codec`] decodes `cache.v1` messages.
 //! - [`service`]: the `cache.v1.Cache` RPCs — validation, key prefix,
 //!   deadlines ([`grpc_timeout`]), metrics, the error contract.
+//! - [`prism`]: Prism's plugin interfaces on the same port — the key-value
+//!   services as an adapter over [`service`], and the lifecycle
+//!   (Initialize, Start, Drain, Stop, HealthCheck) over [`drain`].
 //! - [`backend`]: the [`backend::Backend`] trait; [`backend::memory`] and
 //!   [`backend::redis`], itself in layers: `commands` (what to send) →
 //!   `router` (which node) → `pool` (which connection, repair, circuit) →
@@ -23,7 +26,7 @@
 //! - [`config`]: the YAML schema, a file per section with its defaults and
 //!   validation, and the environment overlay named once (`config::env`).
 //! - Leaves that know nothing above them: [`error`] (the one error type and
-//!   its gRPC mapping), [`secret`], [`backoff`], [`shutdown`].
+//!   its gRPC mapping), [`secret`], [`backoff`], [`shutdown`], [`drain`].
 
 #![forbid(unsafe_code)]
 
@@ -33,10 +36,12 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod credentials;
+pub mod drain;
 pub mod error;
 pub mod grpc_timeout;
 pub mod health;
 pub mod metrics;
+pub mod prism;
 pub mod probe;
 pub mod secret;
 pub mod server;

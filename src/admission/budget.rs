@@ -111,6 +111,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(a) = &self.admission {
             a.requests.give(1);
+            a.gate.leave();
             a.release(&self.conn, self.bytes);
         }
         self.conn.end();

@@ -21,8 +21,14 @@
 //!   window, so a caller that never reads holds at most two pieces outside
 //!   the budget.
 //!
-//! Health, reflection and `/metrics` take no permit and no bytes. This
-//! module neither accepts connections (`transport`) nor runs the RPCs.
+//! - Data calls are the cache RPCs and Prism's key-value RPCs. Once Prism's
+//!   `Drain` has closed the [`Gate`], a new one is answered UNAVAILABLE; the
+//!   gate counts the admitted ones until their ticket is released, which is
+//!   what `Drain` waits for.
+//!
+//! Health, reflection, Prism's lifecycle and `/metrics` take no permit and
+//! no bytes and are never refused for draining. This module neither accepts
+//! connections (`transport`) nor runs the RPCs.
 
 use std::{
     convert::Infallible,
@@ -50,6 +56,7 @@ pub use budget::ConnState;
 use budget::{Budget, Ticket};
 
 use crate::{
+    drain::Gate,
     error::{Error, Rejected},
     grpc_timeout::parse_grpc_timeout,
     metrics::Metrics,
@@ -66,8 +73,10 @@ pub const CHUNK: usize = 16 * 1024;
 /// buffered: each piece is dropped as it arrives.
 pub const REFUSED_BODY_GRACE: Duration = Duration::from_secs(1);
 
-/// Path prefix of the cache RPCs, the only admitted routes.
+/// Path prefix of the cache RPCs, admitted as data calls.
 const CACHE_PATH: &str = "/cache.v1.Cache/";
+/// Path prefix of Prism's key-value RPCs (basic, batch, TTL), data calls too.
+const PRISM_DATA_PATH: &str = "/prism.interfaces.keyvalue.";
 
 /// The admission limits, from `control_plane` config.
 #[derive(Debug, Clone)]
@@ -90,17 +99,25 @@ pub struct Admission {
     bytes: Budget,
     limits: AdmissionLimits,
     metrics: Arc<Metrics>,
+    /// Closed by Prism's `Drain`; counts data calls in flight.
+    gate: Arc<Gate>,
 }
 
 impl Admission {
     /// Admission in front of `router` (the gRPC routes and `/metrics`).
-    pub fn new(router: Router, limits: AdmissionLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        router: Router,
+        limits: AdmissionLimits,
+        metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             router,
             requests: Budget::new(limits.max_concurrent_requests),
             bytes: Budget::new(limits.max_in_flight_bytes),
             limits,
             metrics,
+            gate,
         })
     }
 
@@ -130,6 +147,7 @@ impl Admission {
         let status = match why {
             Rejected::ReadTimeout(_) => "deadline_exceeded",
             Rejected::Requests(_) | Rejected::Bytes { .. } => "resource_exhausted",
+            Rejected::Draining => "unavailable",
         };
         self.metrics.record(op, status, 0.0);
     }
@@ -197,7 +215,7 @@ impl ConnService {
         if !grpc {
             return Err(StatusCode::UNSUPPORTED_MEDIA_TYPE);
         }
-        Ok(path.starts_with(CACHE_PATH))
+        Ok(path.starts_with(CACHE_PATH) || path.starts_with(PRISM_DATA_PATH))
     }
 
     fn admit(&self, req: Request<Incoming>, mut ticket: Ticket) -> Admitted {
@@ -207,6 +225,12 @@ impl ConnService {
             let refused = a.refuse(op, Rejected::Requests(a.limits.max_concurrent_requests));
             return Admitted::refused(refused, ticket, req.into_body());
         }
+        if !a.gate.enter() {
+            a.requests.give(1);
+            let refused = a.refuse(op, Rejected::Draining);
+            return Admitted::refused(refused, ticket, req.into_body());
+        }
+        // From here the ticket gives back the slot and leaves the gate.
         ticket.admission = Some(a.clone());
         let mut read = a.limits.request_read_timeout;
         if let Some(caller) = req
@@ -236,14 +260,33 @@ impl ConnService {
     }
 }
 
-/// The `operation` label of a cache RPC path.
+/// The `operation` label of a data call's path: a cache RPC's own, a Prism
+/// RPC's the cache RPC it runs as (see `prism::keyvalue`).
 fn operation(path: &str) -> &'static str {
+    if let Some(prism) = path.strip_prefix(PRISM_DATA_PATH) {
+        return prism_operation(prism.rsplit('/').next().unwrap_or_default());
+    }
     match path.strip_prefix(CACHE_PATH) {
         Some("Get") => "get",
         Some("Set") => "set",
         Some("Delete") => "delete",
         Some("MGet") => "mget",
         Some("Expire") => "expire",
+        _ => "unknown",
+    }
+}
+
+fn prism_operation(method: &str) -> &'static str {
+    match method {
+        "Get" => "get",
+        "Set" => "set",
+        "Delete" | "BatchDelete" => "delete",
+        "BatchGet" => "mget",
+        "BatchSet" => "mset",
+        "Exists" => "exists",
+        "Expire" => "expire",
+        "GetTTL" => "get_ttl",
+        "Persist" => "persist",
         _ => "unknown",
     }
 }
@@ -392,7 +435,7 @@ mod tests {
             request_read_timeout: Duration::from_secs(1),
             max_request_bytes: 1024,
         };
-        Admission::new(Router::new(), limits, Metrics::new())
+        Admission::new(Router::new(), limits, Metrics::new(), Arc::new(Gate::new()))
     }
 
     #[test]
