@@ -23,8 +23,10 @@ use std::{
 use axum::routing::get;
 use bytes::Bytes;
 use redis_cache_plugin::pb::{
-    DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
-    MGetRequest, MGetResponse, SetRequest, SetResponse,
+    DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest, ExpireResponse,
+    GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, IncrRequest, IncrResponse, MGetRequest,
+    MGetResponse, MSetRequest, MSetResponse, PersistRequest, PersistResponse, SetRequest,
+    SetResponse,
     cache_server::{Cache, CacheServer},
 };
 use tokio::net::TcpListener;
@@ -62,7 +64,7 @@ impl Cache for Noop {
     }
 
     async fn set(&self, _req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        self.ok(SetResponse {})
+        self.ok(SetResponse { written: true })
     }
 
     async fn delete(
@@ -88,6 +90,43 @@ impl Cache for Noop {
         _req: Request<ExpireRequest>,
     ) -> Result<Response<ExpireResponse>, Status> {
         self.ok(ExpireResponse { found: true })
+    }
+
+    async fn m_set(&self, _req: Request<MSetRequest>) -> Result<Response<MSetResponse>, Status> {
+        self.ok(MSetResponse {})
+    }
+
+    async fn incr(&self, req: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
+        let value = req.into_inner().delta;
+        self.ok(IncrResponse { value })
+    }
+
+    async fn get_ttl(
+        &self,
+        _req: Request<GetTtlRequest>,
+    ) -> Result<Response<GetTtlResponse>, Status> {
+        self.ok(GetTtlResponse {
+            found: true,
+            ttl: None,
+        })
+    }
+
+    async fn persist(
+        &self,
+        _req: Request<PersistRequest>,
+    ) -> Result<Response<PersistResponse>, Status> {
+        self.ok(PersistResponse {
+            found: true,
+            ttl_removed: false,
+        })
+    }
+
+    async fn exists(
+        &self,
+        req: Request<ExistsRequest>,
+    ) -> Result<Response<ExistsResponse>, Status> {
+        let count = req.into_inner().keys.len() as u64;
+        self.ok(ExistsResponse { count })
     }
 }
 

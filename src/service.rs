@@ -30,8 +30,10 @@ use crate::{
     grpc_timeout::parse_grpc_timeout,
     metrics::{Metrics, OpMetrics},
     pb::{
-        DeleteRequest, DeleteResponse, ExpireRequest, ExpireResponse, GetRequest, GetResponse,
-        MGetRequest, MGetResponse, SetRequest, SetResponse, cache_server::Cache,
+        DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest,
+        ExpireResponse, GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, IncrRequest,
+        IncrResponse, MGetRequest, MGetResponse, MSetRequest, MSetResponse, PersistRequest,
+        PersistResponse, SetRequest, SetResponse, cache_server::Cache,
     },
 };
 
@@ -270,7 +272,9 @@ impl<B: Backend> Cache for CacheService<B> {
 
     async fn set(&self, req: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let deadline = self.deadline(req.metadata());
-        let SetRequest { key, value, ttl } = req.into_inner();
+        let SetRequest {
+            key, value, ttl, ..
+        } = req.into_inner();
         self.run(&self.ops.set, deadline, async {
             let key = self.key("key", &key)?;
             let max = self.limits.max_value_bytes;
@@ -285,7 +289,7 @@ impl<B: Backend> Cache for CacheService<B> {
                 None => self.limits.default_ttl,
             };
             self.backend.set(key, value, ttl).await?;
-            Ok(SetResponse {})
+            Ok(SetResponse { written: true })
         })
         .await
     }
@@ -343,6 +347,35 @@ impl<B: Backend> Cache for CacheService<B> {
             Ok(ExpireResponse { found })
         })
         .await
+    }
+
+    async fn m_set(&self, _req: Request<MSetRequest>) -> Result<Response<MSetResponse>, Status> {
+        Err(Status::unimplemented("MSet: not yet"))
+    }
+
+    async fn incr(&self, _req: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
+        Err(Status::unimplemented("Incr: not yet"))
+    }
+
+    async fn get_ttl(
+        &self,
+        _req: Request<GetTtlRequest>,
+    ) -> Result<Response<GetTtlResponse>, Status> {
+        Err(Status::unimplemented("GetTtl: not yet"))
+    }
+
+    async fn persist(
+        &self,
+        _req: Request<PersistRequest>,
+    ) -> Result<Response<PersistResponse>, Status> {
+        Err(Status::unimplemented("Persist: not yet"))
+    }
+
+    async fn exists(
+        &self,
+        _req: Request<ExistsRequest>,
+    ) -> Result<Response<ExistsResponse>, Status> {
+        Err(Status::unimplemented("Exists: not yet"))
     }
 }
 
@@ -427,6 +460,7 @@ mod tests {
             key: "k".into(),
             value: Bytes::from_static(b"v"),
             ttl: None,
+            condition: 0,
         });
         assert!(svc.set(set).await.is_ok());
     }
@@ -476,6 +510,7 @@ mod tests {
             key: "big".into(),
             value: Bytes::from_static(b"v"),
             ttl: None,
+            condition: 0,
         };
         svc.set(Request::new(set)).await.expect("set");
         let keys = vec!["big".to_string(); 250];

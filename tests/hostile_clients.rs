@@ -171,6 +171,7 @@ async fn stalled_set_bodies_are_cut_off_and_memory_stays_bounded() {
         key: "stalled".into(),
         value: vec![1u8; 4_200_000].into(),
         ttl: None,
+        condition: 0,
     });
     let part: Bytes = whole.slice(..1 << 20);
     let attacker = RawH2::connect(plugin.addr, None).await;
@@ -396,6 +397,7 @@ async fn plain_http_cannot_write_and_http1_serves_only_metrics() {
         key: "posted".into(),
         value: Bytes::from_static(b"from a web page"),
         ttl: None,
+        condition: 0,
     });
     for content_type in ["text/plain", "application/grpc"] {
         let mut req = format!(

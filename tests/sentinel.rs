@@ -281,6 +281,7 @@ async fn call(
                 key: first,
                 value: v.clone().into(),
                 ttl,
+                condition: 0,
             };
             client.set(timed(req)).await.map(|_| Vec::new())?
         }

@@ -272,6 +272,11 @@ fn operation(path: &str) -> &'static str {
         Some("Delete") => "delete",
         Some("MGet") => "mget",
         Some("Expire") => "expire",
+        Some("MSet") => "mset",
+        Some("Incr") => "incr",
+        Some("GetTtl") => "get_ttl",
+        Some("Persist") => "persist",
+        Some("Exists") => "exists",
         _ => "unknown",
     }
 }

@@ -23,6 +23,7 @@ pub fn set_req(key: &str, value: &[u8]) -> SetRequest {
         key: key.into(),
         value: value.to_vec().into(),
         ttl: None,
+        condition: 0,
     }
 }
 

@@ -99,6 +99,7 @@ async fn worker(
                     key,
                     value: vec![b'x'; 100].into(),
                     ttl: None,
+                    condition: 0,
                 });
                 req.set_timeout(load.deadline);
                 client.set(req).await.map(drop)
