@@ -38,10 +38,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         // Values pass to the cache service without a copy.
         .bytes(".prism")
         .codec_path("crate::codec::CacheCodec")
-        .compile_with_config(prost()?, &PRISM_PROTOS.map(PathBuf::from), &[
-            PathBuf::from("proto"),
-            include,
-        ])?;
+        .compile_with_config(
+            prost()?,
+            &PRISM_PROTOS.map(PathBuf::from),
+            &[PathBuf::from("proto"), include],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -177,7 +177,13 @@ mod tests {
         assert!(!drain.is_finished());
         gate.leave();
         let drained = drain.await.expect("drain task");
-        assert_eq!(drained, Drained { finished: 1, unfinished: 0 });
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 1,
+                unfinished: 0
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -185,7 +191,13 @@ mod tests {
         let gate = Gate::new();
         assert!(gate.enter());
         let drained = gate.drain("", Duration::from_secs(1)).await;
-        assert_eq!(drained, Drained { finished: 0, unfinished: 1 });
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 0,
+                unfinished: 1
+            }
+        );
     }
 
     #[tokio::test]

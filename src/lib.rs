@@ -60,4 +60,29 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cache_descriptor");
 }
 
+/// Generated Prism plugin interfaces (`prism.*`), client and server; the
+/// module tree mirrors the packages, as the generated code expects.
+pub mod prism_pb {
+    /// `prism.common`.
+    pub mod common {
+        #![allow(unreachable_pub, missing_docs, clippy::all)]
+        tonic::include_proto!("prism.common");
+    }
+
+    /// `prism.interfaces`: the lifecycle.
+    pub mod interfaces {
+        #![allow(unreachable_pub, missing_docs, clippy::all)]
+        tonic::include_proto!("prism.interfaces");
+
+        /// `prism.interfaces.keyvalue`: basic, batch and TTL.
+        pub mod keyvalue {
+            #![allow(unreachable_pub, missing_docs, clippy::all)]
+            tonic::include_proto!("prism.interfaces.keyvalue");
+        }
+    }
+
+    /// Encoded descriptors of `prism.*`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("prism_descriptor");
+}
+
 pub use server::serve;

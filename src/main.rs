@@ -31,6 +31,10 @@ struct Cli {
     /// Config file [default: $PRISM_PLUGIN_CONFIG, else ./config.yaml]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Port to serve on: overrides control_plane.port and PRISM_PLUGIN_PORT
+    /// (how Prism's proxy starts a plugin)
+    #[arg(long, global = true, value_name = "N")]
+    grpc_port: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,7 +55,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct HealthArgs {
-    /// Plugin address, host:port [default: 127.0.0.1:$PRISM_PLUGIN_PORT, else 127.0.0.1:9092]
+    /// Plugin address, host:port [default: 127.0.0.1:--grpc-port, else 127.0.0.1:$PRISM_PLUGIN_PORT, else 127.0.0.1:9092]
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
     /// Health service name: "" (overall), cache.v1.Cache, or the plugin name
@@ -83,15 +87,15 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Health(args) => health(args),
-        Command::CheckConfig => match load_config(cli.config) {
+        Command::Health(args) => health(args, cli.grpc_port),
+        Command::CheckConfig => match load_config(cli.config, cli.grpc_port) {
             Ok(config) => {
                 print!("{}", config.redacted_yaml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Serve => match load_config(cli.config) {
+        Command::Serve => match load_config(cli.config, cli.grpc_port) {
             Ok(config) => run(config),
             Err(code) => code,
         },
@@ -127,10 +131,17 @@ fn env_help() -> String {
     out
 }
 
-fn load_config(flag: Option<PathBuf>) -> Result<Config, ExitCode> {
+/// The config from file and environment; `--grpc-port` last, over both.
+fn load_config(flag: Option<PathBuf>, grpc_port: Option<u16>) -> Result<Config, ExitCode> {
     let env = std::env::vars().collect();
     let path = Config::resolve_path(flag, &env);
-    Config::load(&path).map_err(|e| usage_error(&e))
+    let mut config = Config::load(&path).map_err(|e| usage_error(&e))?;
+    if let Some(port) = grpc_port {
+        config.control_plane.port = port;
+        // Every rule sees the port the plugin will really use.
+        config.validate().map_err(|e| usage_error(&e))?;
+    }
+    Ok(config)
 }
 
 fn usage_error(e: &ConfigError) -> ExitCode {
@@ -138,8 +149,8 @@ fn usage_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-fn health(args: HealthArgs) -> ExitCode {
-    let addr = args.addr.unwrap_or_else(default_probe_addr);
+fn health(args: HealthArgs, grpc_port: Option<u16>) -> ExitCode {
+    let addr = args.addr.unwrap_or_else(|| default_probe_addr(grpc_port));
     let tls = args.tls.then(|| ProbeTls {
         ca_file: args.ca.unwrap_or_default(),
         cert_file: args.cert,
@@ -174,12 +185,15 @@ fn health(args: HealthArgs) -> ExitCode {
     }
 }
 
-/// Loopback on the port the plugin in the same container listens on.
-fn default_probe_addr() -> String {
-    let port = std::env::var("PRISM_PLUGIN_PORT")
-        .ok()
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .unwrap_or(9092);
+/// Loopback on the port the plugin in the same container listens on:
+/// `--grpc-port`, else `PRISM_PLUGIN_PORT`, else 9092.
+fn default_probe_addr(grpc_port: Option<u16>) -> String {
+    let env = || {
+        std::env::var("PRISM_PLUGIN_PORT")
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+    };
+    let port = grpc_port.or_else(env).unwrap_or(9092);
     format!("127.0.0.1:{port}")
 }
 

@@ -1,11 +1,13 @@
-//! One port for everything: the cache service, `grpc.health.v1`, server
-//! reflection (v1 and v1alpha, for grpcurl) and plain HTTP `GET /metrics`.
+//! One port for everything: the cache service, Prism's plugin interfaces
+//! (`crate::prism`), `grpc.health.v1`, server reflection (v1 and v1alpha,
+//! for grpcurl) and plain HTTP `GET /metrics`.
 //!
 //! [`serve`] builds the application from a validated [`Config`], serves on a
 //! listener it is given and drains on a shutdown future it is given — so
 //! tests drive the real server in-process. It owns the order of shutdown:
 //! health NOT_SERVING, stop accepting, let calls in flight finish (bounded by
-//! `drain_timeout`), then release credentials.
+//! `drain_timeout`), then release credentials — on the shutdown future or
+//! on Prism's `Stop`, whichever comes first.
 
 use std::{future::Future, sync::Arc};
 
@@ -23,10 +25,23 @@ use crate::{
     },
     config::{BackendKind, Config},
     credentials::{self, CredentialsHandle},
+    drain::Gate,
     error::Error,
     health::Prober,
     metrics::{self, Metrics},
     pb::{self, cache_server::CacheServer},
+    prism::{KeyValue, Lifecycle, lifecycle::LifecycleParts},
+    prism_pb::{
+        self,
+        interfaces::{
+            keyvalue::{
+                key_value_basic_interface_server::KeyValueBasicInterfaceServer as BasicServer,
+                key_value_batch_interface_server::KeyValueBatchInterfaceServer as BatchServer,
+                key_value_ttl_interface_server::KeyValueTtlInterfaceServer as TtlServer,
+            },
+            lifecycle_interface_server::LifecycleInterfaceServer as LifecycleServer,
+        },
+    },
     service::{CacheService, Limits},
     shutdown::{Phase, Shutdown},
     tls::{self, ReloadingAcceptor, TlsError},
@@ -170,20 +185,16 @@ async fn serve_backend<B: Backend>(
         signal,
         shutdown,
     } = on;
-    let acceptor = match config.tls_served().grpc_tls {
-        true => {
-            let t = config.control_plane.tls.clone();
-            Some(ReloadingAcceptor::new(t, metrics.clone())?)
-        }
-        false => None,
-    };
+    let acceptor = acceptor(&config, &metrics)?;
+    let gate = Arc::new(Gate::new());
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let mut prober = Prober::new(reporter, &config.plugin.name, metrics.clone());
-    if let Some(creds) = creds {
-        prober = prober.with_credentials(creds);
-    }
-    let admission = app(&config, &backend, health_service, &prober, metrics)?;
-
+    let prober = prober(&config, reporter, creds, &gate, &metrics);
+    let services = Services {
+        health: health_service,
+        lifecycle: lifecycle(&config, &listener, &gate, &prober),
+        gate: gate.clone(),
+    };
+    let admission = app(&config, &backend, services, &prober, metrics)?;
     let interval = config.control_plane.health_interval.0;
     let probe_timeout = config.backend.operation_timeout.0;
     // tonic-health starts "" as SERVING; say NOT_SERVING before the port
@@ -193,20 +204,27 @@ async fn serve_backend<B: Backend>(
     if let Some(acceptor) = &acceptor {
         tokio::spawn(acceptor.clone().watch(shutdown.watch()));
     }
-
     log_start(&config, &listener);
     let limits = transport_limits(&config);
     let served = transport::serve(listener, acceptor, admission, limits, shutdown.watch());
     tokio::pin!(served);
-    tokio::select! {
+    let asked = tokio::select! {
         () = &mut served => return Ok(()),
-        () = signal => info!("shutdown requested: draining"),
-    }
+        () = signal => {
+            info!("shutdown requested: draining");
+            None
+        }
+        asked = gate.stop_requested() => {
+            info!("Prism Stop: draining");
+            asked
+        }
+    };
     shutdown.advance(Phase::Closing);
     // The prober publishes NOT_SERVING as it ends; only then close the port.
     let _ = prober.await;
     shutdown.advance(Phase::Draining);
     let drain = config.control_plane.drain_timeout.0;
+    let drain = asked.map_or(drain, |asked| asked.min(drain));
     if tokio::time::timeout(drain, &mut served).await.is_err() {
         warn!(?drain, "drain timeout reached; closing remaining calls");
         shutdown.advance(Phase::Stopped);
@@ -215,13 +233,68 @@ async fn serve_backend<B: Backend>(
     Ok(())
 }
 
-/// The cache service, health, reflection and `/metrics` behind admission.
-fn app<B: Backend>(
+/// The health prober, also NOT_SERVING while `gate` is closed and, with
+/// `creds`, while the credentials are not valid.
+fn prober(
+    config: &Config,
+    reporter: tonic_health::server::HealthReporter,
+    creds: Option<CredentialsHandle>,
+    gate: &Arc<Gate>,
+    metrics: &Arc<Metrics>,
+) -> Prober {
+    let prober =
+        Prober::new(reporter, &config.plugin.name, metrics.clone()).with_gate(gate.clone());
+    match creds {
+        Some(creds) => prober.with_credentials(creds),
+        None => prober,
+    }
+}
+
+/// The TLS acceptor of the gRPC port, when it speaks TLS.
+fn acceptor(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<ReloadingAcceptor>>, ServeError> {
+    if !config.tls_served().grpc_tls {
+        return Ok(None);
+    }
+    let t = config.control_plane.tls.clone();
+    Ok(Some(ReloadingAcceptor::new(t, metrics.clone())?))
+}
+
+/// Prism's lifecycle service for this server.
+fn lifecycle(
+    config: &Config,
+    listener: &TcpListener,
+    gate: &Arc<Gate>,
+    prober: &Prober,
+) -> Lifecycle {
+    let endpoint = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    Lifecycle::new(LifecycleParts {
+        config: config.clone(),
+        endpoint,
+        gate: gate.clone(),
+        health: prober.view(),
+        wake_prober: prober.wake.clone(),
+    })
+}
+
+/// The services besides the cache's that the routes serve.
+struct Services<H> {
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    lifecycle: Lifecycle,
+    gate: Arc<Gate>,
+}
+
+/// The cache service, Prism's services, health, reflection and `/metrics`
+/// behind admission.
+fn app<B: Backend, H: tonic_health::pb::health_server::Health>(
     config: &Config,
     backend: &Arc<B>,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    services: Services<H>,
     prober: &Prober,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<Admission>, ServeError> {
@@ -233,9 +306,16 @@ fn app<B: Backend>(
         metrics.clone(),
         prober.wake.clone(),
     );
-    let router = routes(cache, health, backend.clone(), metrics.clone(), max_request)?;
+    let gate = services.gate.clone();
+    let router = routes(
+        Arc::new(cache),
+        services,
+        backend.clone(),
+        metrics.clone(),
+        max_request,
+    )?;
     let limits = admission_limits(config, max_request);
-    Ok(Admission::new(router, limits, metrics))
+    Ok(Admission::new(router, limits, metrics, gate))
 }
 
 fn admission_limits(config: &Config, max_request_bytes: usize) -> AdmissionLimits {
@@ -261,11 +341,9 @@ fn transport_limits(config: &Config) -> TransportLimits {
     }
 }
 
-fn routes<B: Backend>(
-    cache: CacheService<B>,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+fn routes<B: Backend, H: tonic_health::pb::health_server::Health>(
+    cache: Arc<CacheService<B>>,
+    services: Services<H>,
     backend: Arc<B>,
     metrics: Arc<Metrics>,
     max_request: usize,
@@ -273,10 +351,16 @@ fn routes<B: Backend>(
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(prism_pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let grpc = Routes::new(CacheServer::new(cache).max_decoding_message_size(max_request))
-        .add_service(health)
+    let kv = Arc::new(KeyValue::new(cache.clone()));
+    let grpc = Routes::new(CacheServer::from_arc(cache).max_decoding_message_size(max_request))
+        .add_service(BasicServer::from_arc(kv.clone()).max_decoding_message_size(max_request))
+        .add_service(BatchServer::from_arc(kv.clone()).max_decoding_message_size(max_request))
+        .add_service(TtlServer::from_arc(kv))
+        .add_service(LifecycleServer::new(services.lifecycle))
+        .add_service(services.health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
     let scrape = move || {

@@ -147,21 +147,29 @@ impl Config {
             return Ok(Self::default());
         }
         let de = serde_norway::Deserializer::from_str(yaml);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            // serde_norway may prefix its own (shorter) path; keep the reason.
-            let reason = match inner.split_once(": ") {
-                Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
-                _ => inner,
-            };
-            let field = if field == "." {
-                "(file)".to_string()
-            } else {
-                field
-            };
-            ConfigError::new(field, reason)
-        })
+        serde_path_to_error::deserialize(de).map_err(|e| field_error(e, "(file)"))
+    }
+
+    /// A config given as a JSON object (Prism's `Initialize`): the same
+    /// schema as the YAML file (unknown fields are errors), the address'
+    /// credentials moved out and the same validation; no environment.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, ConfigError> {
+        let mut config: Self =
+            serde_path_to_error::deserialize(value).map_err(|e| field_error(e, "(config)"))?;
+        config.backend.take_address_credentials()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The secret fields by dotted path: their serialised form is redacted,
+    /// so comparing configs compares these directly.
+    pub fn secrets(&self) -> [(&'static str, &Secret); 4] {
+        [
+            ("backend.password", &self.backend.password),
+            ("backend.sentinel_password", &self.backend.sentinel_password),
+            ("vault.auth.token", &self.vault.auth.token),
+            ("vault.auth.secret_id", &self.vault.auth.secret_id),
+        ]
     }
 
     /// What TLS the plugin actually uses. The server, the Redis pool and the
@@ -206,6 +214,24 @@ impl Config {
     pub fn redacted_yaml(&self) -> String {
         serde_norway::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A deserialisation error as a [`ConfigError`] naming the field
+/// (`whole` when the document itself is at fault).
+fn field_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>, whole: &str) -> ConfigError {
+    let field = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    // serde_norway may prefix its own (shorter) path; keep the reason.
+    let reason = match inner.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+        _ => inner,
+    };
+    let field = if field == "." {
+        whole.to_string()
+    } else {
+        field
+    };
+    ConfigError::new(field, reason)
 }
 
 #[cfg(test)]
