@@ -23,6 +23,8 @@ use tokio::sync::{Notify, watch};
 pub struct Gate {
     /// Set once by `Drain`, never cleared: a drained plugin only stops.
     draining: AtomicBool,
+    /// The same, for tasks that wait for it (the health prober).
+    closed: watch::Sender<bool>,
     /// Data calls admitted and not finished. Incremented BEFORE the
     /// draining flag is read, both SeqCst, so a call either sees the flag
     /// or is counted by the drain that set it (never neither).
@@ -55,6 +57,7 @@ impl Gate {
     pub fn new() -> Self {
         Self {
             draining: AtomicBool::new(false),
+            closed: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             reason: Mutex::new(String::new()),
@@ -101,6 +104,14 @@ impl Gate {
             *r = reason.to_string();
         }
         self.draining.store(true, Ordering::SeqCst);
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once the gate is closed (at once if it is). Cancel-safe.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        // The sender lives in `self`, which outlives this borrow.
+        let _ = rx.wait_for(|closed| *closed).await;
     }
 
     /// Closes the gate and waits up to `bound` for the calls in flight.

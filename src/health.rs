@@ -174,9 +174,12 @@ impl Prober {
         self.set_liveness(ServingStatus::Serving).await;
         loop {
             // A probe in flight (Redis slow or gone) must not hold up shutdown.
+            // Nor may it hold up a drain's NOT_SERVING (a PING queued behind
+            // a slow call can take the whole probe timeout).
             let probed = tokio::select! {
                 biased;
                 () = shutdown.reached(Phase::Closing) => break,
+                () = self.gate.closed() => Err("draining".to_string()),
                 probed = self.probe(&*backend, timeout) => probed,
             };
             let ok = probed.is_ok();
