@@ -13,6 +13,11 @@ pub enum Error {
     /// The request broke a documented limit; nothing was written.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The stored value does not allow the operation (Incr on a value that
+    /// is not an integer, of another type, or a sum out of range); nothing
+    /// was written.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Redis refused the key or command under our ACL user (NOPERM).
     #[error("permission denied by the cache server's ACL")]
     PermissionDenied,
@@ -50,6 +55,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
+            Error::FailedPrecondition(_) => "failed_precondition",
             Error::PermissionDenied => "permission_denied",
             Error::Auth | Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
@@ -70,6 +76,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = match &err {
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::PermissionDenied => Code::PermissionDenied,
             Error::Auth | Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -138,6 +145,10 @@ mod tests {
     fn every_variant_maps_to_its_contract_code() {
         let cases = [
             (Error::InvalidArgument("key".into()), Code::InvalidArgument),
+            (
+                Error::FailedPrecondition("not an integer".into()),
+                Code::FailedPrecondition,
+            ),
             (Error::PermissionDenied, Code::PermissionDenied),
             (Error::Auth, Code::Unavailable),
             (Error::Unavailable("down".into()), Code::Unavailable),

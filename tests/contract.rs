@@ -3,10 +3,13 @@
 //! `backend.topology: cluster`): every RPC's happy path, its edge cases and
 //! every input limit.
 
+#[path = "contract/additions.rs"]
+mod additions;
 mod common;
 
 use std::{collections::HashMap, time::Duration};
 
+use additions::*;
 use common::{
     Cache, Flavor, Plugin, RedisServer, cluster_config, memory_config, redis_config, test_prefix,
     topology::RedisCluster, ttl,
@@ -61,6 +64,14 @@ impl Store {
         match self {
             Self::Single(server) => server.dbsize(),
             Self::Cluster(cluster) => cluster.dbsize(),
+        }
+    }
+
+    /// An admin connection to the node that holds `key`.
+    fn admin_for(&self, key: &str) -> ::redis::Connection {
+        match self {
+            Self::Single(server) => server.admin(),
+            Self::Cluster(cluster) => cluster.node(&cluster.node_for_key(key)).admin(),
         }
     }
 }
@@ -400,5 +411,18 @@ backend_tests! {
         batch_limits_are_enforced,
         bad_ttls_are_rejected_and_nothing_written,
         prefixes_isolate_tenants,
+        unconditional_set_reports_written,
+        set_if_absent_writes_only_a_missing_key,
+        set_if_present_on_a_miss_writes_nothing,
+        set_if_absent_has_one_winner_among_32_callers,
+        an_unknown_set_condition_is_rejected,
+        mset_stores_every_entry_with_its_own_ttl,
+        mset_limits_are_enforced_and_nothing_written,
+        incr_counts_from_zero_and_sets_the_ttl_only_on_create,
+        incr_on_a_non_integer_is_failed_precondition,
+        incr_limits_are_enforced_and_nothing_written,
+        get_ttl_tells_a_miss_from_no_expiry,
+        persist_reports_found_and_ttl_removed,
+        exists_counts_each_key_once,
     }
 }

@@ -30,7 +30,7 @@ use common::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use redis_cache_plugin::{
-    backend::{Backend, redis::RedisBackend},
+    backend::{Backend, SetCondition, redis::RedisBackend},
     config::{BackendKind, Config, Secret, Topology},
     pb::{DeleteRequest, GetRequest, MGetRequest, SetRequest, cache_client::CacheClient},
 };
@@ -543,7 +543,10 @@ async fn a_demoted_master_is_left_and_the_failover_counted(flavor: Flavor) {
     let backend =
         RedisBackend::start(backend_settings(&set), creds, shutdown.watch()).expect("backend");
     let key = test_prefix("sentinel-demote") + "k";
-    let write = |v: &'static str| backend.set(key.clone(), v.as_bytes().to_vec().into(), None);
+    let write = |v: &'static str| {
+        let value = v.as_bytes().to_vec().into();
+        backend.set(key.clone(), value, None, SetCondition::Always)
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
     while write("before").await.is_err() {
         assert!(

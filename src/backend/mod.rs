@@ -20,13 +20,44 @@ pub trait Backend: Send + Sync + 'static {
     /// The value under `key`, or `None` on a miss.
     fn get(&self, key: String) -> impl Future<Output = Result<Option<Bytes>>> + Send;
 
-    /// Stores `value` under `key`, expiring after `ttl` (`None` = never).
+    /// Stores `value` under `key`, expiring after `ttl` (`None` = never),
+    /// when `condition` holds; answers whether it was written (always true
+    /// for [`SetCondition::Always`]). Check and write are one step: of
+    /// concurrent `IfAbsent` calls on a missing key exactly one writes.
     fn set(
         &self,
         key: String,
         value: Bytes,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<()>> + Send;
+        condition: SetCondition,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores each `(key, value, ttl)`; not atomic across keys: on an error
+    /// some may have been written. The service sends each key once.
+    fn mset(&self, entries: Vec<Entry>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Adds `delta` to the integer under `key` (a missing key counts as 0
+    /// and is created expiring after `ttl`; an existing one keeps its TTL)
+    /// and answers the sum. A value that is not an integer, or a sum out
+    /// of `i64`, is [`Error::FailedPrecondition`](crate::error::Error). The
+    /// key never exists without the TTL asked for.
+    fn incr(
+        &self,
+        key: String,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The remaining TTL of `key`: `None` when it does not exist,
+    /// `Some(None)` when it never expires.
+    fn get_ttl(&self, key: String)
+    -> impl Future<Output = Result<Option<Option<Duration>>>> + Send;
+
+    /// Removes the TTL of `key`.
+    fn persist(&self, key: String) -> impl Future<Output = Result<Persisted>> + Send;
+
+    /// How many of `keys` exist (the service sends each key once).
+    fn exists(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
 
     /// Deletes `keys` and answers how many existed (a repeated key counts
     /// once; the service sends each key once anyway).
@@ -52,6 +83,30 @@ pub trait Backend: Send + Sync + 'static {
     fn topology_stats(&self) -> TopologyStats {
         TopologyStats::default()
     }
+}
+
+/// When a Set writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Create or overwrite.
+    #[default]
+    Always,
+    /// Only when the key does not exist (Redis `NX`).
+    IfAbsent,
+    /// Only when the key exists (Redis `XX`).
+    IfPresent,
+}
+
+/// One entry of an MSet: full key, value, TTL (`None` = never expires).
+pub type Entry = (String, Bytes, Option<Duration>);
+
+/// What a Persist found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Persisted {
+    /// The key exists.
+    pub found: bool,
+    /// It had a TTL, now removed.
+    pub ttl_removed: bool,
 }
 
 /// Counts since start and per-node connections at one instant.

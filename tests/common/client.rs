@@ -7,8 +7,9 @@
 use std::time::{Duration, Instant};
 
 use redis_cache_plugin::pb::{
-    DeleteRequest, ExpireRequest, GetRequest, GetResponse, MGetRequest, MGetResponse, SetRequest,
-    cache_client::CacheClient,
+    DeleteRequest, Entry, ExistsRequest, ExpireRequest, GetRequest, GetResponse, GetTtlRequest,
+    GetTtlResponse, IncrRequest, MGetRequest, MGetResponse, MSetRequest, PersistRequest,
+    PersistResponse, SetCondition, SetRequest, cache_client::CacheClient,
 };
 use tonic::{Status, transport::Channel};
 
@@ -138,5 +139,73 @@ impl Cache {
         };
         let reply = self.raw.expire(req).await?;
         Ok(reply.into_inner().found)
+    }
+
+    /// Set under `condition` with `ttl` as sent; whether it was written.
+    pub async fn set_if(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<prost_types::Duration>,
+        condition: SetCondition,
+    ) -> Result<bool, Status> {
+        let req = SetRequest {
+            ttl,
+            condition: condition.into(),
+            ..set_req(key, value)
+        };
+        Ok(self.raw.set(req).await?.into_inner().written)
+    }
+
+    /// MSet of `(key, value, ttl as sent)` entries.
+    pub async fn mset(
+        &mut self,
+        entries: &[(&str, &[u8], Option<prost_types::Duration>)],
+    ) -> Result<(), Status> {
+        let entries = entries
+            .iter()
+            .map(|&(key, value, ttl)| Entry {
+                key: key.into(),
+                value: value.to_vec().into(),
+                ttl,
+            })
+            .collect();
+        self.raw.m_set(MSetRequest { entries }).await.map(drop)
+    }
+
+    /// Incr by `delta`, `ttl` as sent; the new value.
+    pub async fn incr(
+        &mut self,
+        key: &str,
+        delta: i64,
+        ttl: Option<prost_types::Duration>,
+    ) -> Result<i64, Status> {
+        let req = IncrRequest {
+            key: key.into(),
+            delta,
+            ttl,
+        };
+        Ok(self.raw.incr(req).await?.into_inner().value)
+    }
+
+    pub async fn get_ttl(&mut self, key: &str) -> Result<GetTtlResponse, Status> {
+        let req = GetTtlRequest { key: key.into() };
+        self.raw.get_ttl(req).await.map(tonic::Response::into_inner)
+    }
+
+    pub async fn persist(&mut self, key: &str) -> Result<PersistResponse, Status> {
+        let req = PersistRequest { key: key.into() };
+        self.raw.persist(req).await.map(tonic::Response::into_inner)
+    }
+
+    /// How many of `keys` exist.
+    pub async fn exists<K: ToString>(
+        &mut self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<u64, Status> {
+        let req = ExistsRequest {
+            keys: strings(keys),
+        };
+        Ok(self.raw.exists(req).await?.into_inner().count)
     }
 }

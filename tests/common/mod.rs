@@ -45,7 +45,7 @@ pub const CACHE_USER: &str = "cache";
 
 /// The ACL rules of the restricted user the plugin runs as: exactly what the
 /// plugin sends, under the `cache:` prefix. README documents the same list.
-pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping";
+pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +incrby +pttl +persist +exists +multi +exec";
 
 /// A free loopback port (bound then released; races are unlikely and retried
 /// by callers that start servers).

@@ -28,13 +28,12 @@ use super::{
 /// The plugin user's ACL rules on every cluster node: the standalone rules
 /// plus what a cluster client needs to learn and follow the slot map.
 /// README quotes this list.
-pub const CLUSTER_CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +cluster|slots +cluster|shards +asking +readonly";
+pub const CLUSTER_CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +incrby +pttl +persist +exists +multi +exec +cluster|slots +cluster|shards +asking +readonly";
 
 /// The plugin user's ACL rules on the data nodes of a Sentinel set: the
 /// standalone rules plus `ROLE`, which the plugin checks on every new
 /// connection so that a demoted master is never written to.
-pub const SENTINEL_CACHE_ACL: &str =
-    "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +role";
+pub const SENTINEL_CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +incrby +pttl +persist +exists +multi +exec +role";
 
 /// The plugin user's ACL rules on Sentinels that require AUTH: ask for the
 /// master's address and follow `+switch-master`, nothing else.

@@ -2,22 +2,38 @@
 //! its reply means.
 //!
 //! One type per command ([`Get`], [`Set`], [`Delete`], [`MGet`],
-//! [`Expire`], [`Ping`]) implementing [`Command`]: it writes itself into a
+//! [`Expire`], [`Ping`]; [`MSet`] and [`Exists`] in `multi`, [`Incr`],
+//! [`GetTtl`] and [`Persist`] in `single`) implementing [`Command`]: it writes itself into a
 //! connection's output buffer (again on each retry), names its keys so a
 //! router can pick the node that holds them, and turns the reply into the
 //! [`Backend`](crate::backend::Backend) result. A reply of another shape is
 //! [`unexpected`]: a bug or a foreign server, reported by shape, never by
 //! value.
 //!
+//! A command may be several Redis commands sent as one unit ([`MSet`]'s
+//! pipelined SETs, a `MULTI ... EXEC`): [`Command::replies`] says how many,
+//! and the pool answers them as one reply.
+//!
 //! This module does not send anything (the router and pool do) and does not
-//! see error replies: those are failures, sorted in `failure`.
+//! see top-level error replies: those are failures, sorted in `failure`
+//! (errors nested in an `EXEC` reply go there too).
+
+mod multi;
+mod single;
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+pub(super) use self::{
+    multi::{Exists, MSet},
+    single::{GetTtl, Incr, Persist},
+};
 use super::resp::{self, Reply};
-use crate::error::{Error, Result};
+use crate::{
+    backend::SetCondition,
+    error::{Error, Result},
+};
 
 /// One command and the meaning of its reply.
 pub(super) trait Command: Sync {
@@ -35,6 +51,12 @@ pub(super) trait Command: Sync {
 
     /// The meaning of a reply that is not an error reply.
     fn decode(&self, reply: Reply) -> Result<Self::Output>;
+
+    /// How many commands `encode` writes: their replies come to `decode`
+    /// as one array (or as the first error reply among them).
+    fn replies(&self) -> usize {
+        1
+    }
 }
 
 /// A command over several keys that a cluster router splits: Redis
@@ -45,6 +67,12 @@ pub(super) trait Command: Sync {
 pub(super) trait MultiKey: Command {
     /// Appends the command over the keys at `indices` (into `keys()`).
     fn encode_part(&self, indices: &[usize], out: &mut BytesMut);
+
+    /// How many commands `encode_part` writes for `indices` (see
+    /// [`Command::replies`]).
+    fn part_replies(&self, _indices: &[usize]) -> usize {
+        1
+    }
 
     /// The output before any part is folded in.
     fn empty(&self) -> Self::Output;
@@ -62,12 +90,13 @@ pub(super) struct Get {
     pub(super) key: String,
 }
 
-/// `SET key value [PX ms]`.
+/// `SET key value [PX ms] [NX|XX]`: whether it was written.
 pub(super) struct Set {
     key: String,
     value: Bytes,
     /// Milliseconds as sent, formatted once rather than on every retry.
     ttl_ms: Option<String>,
+    condition: SetCondition,
 }
 
 /// `DEL key...`: how many existed.
@@ -90,9 +119,19 @@ pub(super) struct Expire {
 pub(super) struct Ping;
 
 impl Set {
-    pub(super) fn new(key: String, value: Bytes, ttl: Option<Duration>) -> Self {
+    pub(super) fn new(
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+        condition: SetCondition,
+    ) -> Self {
         let ttl_ms = ttl.map(|t| t.as_millis().to_string());
-        Self { key, value, ttl_ms }
+        Self {
+            key,
+            value,
+            ttl_ms,
+            condition,
+        }
     }
 }
 
@@ -122,23 +161,27 @@ impl Command for Get {
 }
 
 impl Command for Set {
-    type Output = ();
+    type Output = bool;
 
     fn keys(&self) -> &[String] {
         std::slice::from_ref(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        let (key, value) = (self.key.as_bytes(), &self.value[..]);
-        match &self.ttl_ms {
-            Some(ms) => command(out, b"SET", [key, value, b"PX", ms.as_bytes()].into_iter()),
-            None => command(out, b"SET", [key, value].into_iter()),
-        }
+        set(
+            out,
+            &self.key,
+            &self.value,
+            self.ttl_ms.as_deref(),
+            self.condition,
+        );
     }
 
-    fn decode(&self, reply: Reply) -> Result<()> {
+    fn decode(&self, reply: Reply) -> Result<bool> {
         match reply {
-            Reply::Status(ok) if &ok[..] == b"OK" => Ok(()),
+            Reply::Status(ok) if &ok[..] == b"OK" => Ok(true),
+            // NX/XX: the condition did not hold.
+            Reply::Nil if self.condition != SetCondition::Always => Ok(false),
             other => Err(unexpected("SET", &other)),
         }
     }
@@ -293,6 +336,23 @@ impl Command for Ping {
 
 // === helpers ===
 
+/// Writes `SET key value [PX ms] [NX|XX]`.
+fn set(out: &mut BytesMut, key: &str, value: &[u8], ttl_ms: Option<&str>, when: SetCondition) {
+    let mut args: [&[u8]; 5] = [key.as_bytes(), value, b"", b"", b""];
+    let mut n = 2;
+    if let Some(ms) = ttl_ms {
+        args[2] = b"PX";
+        args[3] = ms.as_bytes();
+        n = 4;
+    }
+    match when {
+        SetCondition::Always => {}
+        SetCondition::IfAbsent => (args[n], n) = (b"NX", n + 1),
+        SetCondition::IfPresent => (args[n], n) = (b"XX", n + 1),
+    }
+    command(out, b"SET", args[..n].iter().copied());
+}
+
 /// Writes a command of `name` and `args`, without collecting them.
 fn command<'a>(out: &mut BytesMut, name: &[u8], args: impl ExactSizeIterator<Item = &'a [u8]>) {
     resp::command_header(out, 1 + args.len());
@@ -337,14 +397,24 @@ mod tests {
 
     #[test]
     fn commands_encode_their_arguments_in_order() {
-        let set = Set::new("k".into(), Bytes::from_static(b"v"), None);
+        let v = || Bytes::from_static(b"v");
+        let set = Set::new("k".into(), v(), None, SetCondition::Always);
         assert_eq!(wire(&set), "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
         let ttl = Some(Duration::from_millis(1500));
-        let set = Set::new("k".into(), Bytes::from_static(b"v"), ttl);
+        let set = Set::new("k".into(), v(), ttl, SetCondition::Always);
         assert!(
             wire(&set).ends_with("$2\r\nPX\r\n$4\r\n1500\r\n"),
             "{}",
             wire(&set)
+        );
+        let nx = Set::new("k".into(), v(), ttl, SetCondition::IfAbsent);
+        assert!(wire(&nx).starts_with("*6\r\n"), "{}", wire(&nx));
+        assert!(wire(&nx).ends_with("1500\r\n$2\r\nNX\r\n"), "{}", wire(&nx));
+        let xx = Set::new("k".into(), v(), None, SetCondition::IfPresent);
+        assert!(
+            wire(&xx).ends_with("$1\r\nv\r\n$2\r\nXX\r\n"),
+            "{}",
+            wire(&xx)
         );
         let expire = Expire::new("k".into(), Duration::from_secs(2));
         assert_eq!(
@@ -363,7 +433,7 @@ mod tests {
         assert_eq!(MGet { keys: keys.clone() }.keys(), &keys[..]);
         assert_eq!(Delete { keys: keys.clone() }.keys(), &keys[..]);
         assert_eq!(Get { key: "g".into() }.keys(), ["g"]);
-        let set = Set::new("s".into(), Bytes::new(), None);
+        let set = Set::new("s".into(), Bytes::new(), None, SetCondition::Always);
         assert_eq!(set.keys(), ["s"]);
         assert_eq!(Expire::new("e".into(), Duration::ZERO).keys(), ["e"]);
         assert!(Ping.keys().is_empty(), "any node answers PING");
@@ -392,6 +462,20 @@ mod tests {
                 .decode(Reply::Int(1))
                 .expect("int")
         );
+    }
+
+    #[test]
+    fn a_conditional_set_not_written_answers_nil() {
+        let set = |c| Set::new("k".into(), Bytes::new(), None, c);
+        let ok = || Reply::Status(Bytes::from_static(b"OK"));
+        assert!(set(SetCondition::IfAbsent).decode(ok()).expect("ok"));
+        assert!(!set(SetCondition::IfAbsent).decode(Reply::Nil).expect("nil"));
+        assert!(
+            !set(SetCondition::IfPresent)
+                .decode(Reply::Nil)
+                .expect("nil")
+        );
+        assert!(set(SetCondition::Always).decode(Reply::Nil).is_err());
     }
 
     #[test]

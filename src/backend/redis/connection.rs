@@ -59,6 +59,16 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use super::resp::{self, ProtocolError, Reply, Scan, Scanner};
 use crate::credentials::Credentials;
 
+/// The replies to the commands of one unit as one reply: the first error
+/// reply among them (what went wrong, e.g. a `NOPERM` or `MOVED` that the
+/// `EXECABORT` after it only repeats), else all of them as an array.
+pub(super) fn unit(replies: Vec<Reply>) -> Reply {
+    match replies.iter().position(|r| matches!(r, Reply::Error(_))) {
+        Some(i) => replies.into_iter().nth(i).unwrap_or(Reply::Nil),
+        None => Reply::Array(replies),
+    }
+}
+
 /// Read buffer size; a Get reply is far smaller, an MGet of large values
 /// far larger (see [`ReadBuf::make_room`]).
 const READ_CHUNK: usize = 16 * 1024;
@@ -522,10 +532,25 @@ impl Connection {
     pub(super) async fn call_asking(
         &self,
         encode: impl FnOnce(&mut BytesMut),
+        n: usize,
     ) -> Result<Reply, ConnError> {
         let asking = self.call(|out| resp::encode(out, &[b"ASKING"]));
-        let (_, reply) = futures_util::future::join(asking, self.call(encode)).await;
+        let (_, reply) = futures_util::future::join(asking, self.call_unit(encode, n)).await;
         reply
+    }
+
+    /// Sends the `n` commands `encode` writes as one unit (adjacent, so a
+    /// `MULTI ... EXEC` is not interleaved with other requests' commands)
+    /// and answers one reply for them: see [`unit`].
+    pub(super) async fn call_unit(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        n: usize,
+    ) -> Result<Reply, ConnError> {
+        if n == 1 {
+            return self.call(encode).await;
+        }
+        self.call_batch(encode, n).await.map(unit)
     }
 
     fn enqueue(

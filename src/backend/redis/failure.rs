@@ -25,6 +25,10 @@ pub(super) enum Class {
     /// A cluster node says another node serves the key (`MOVED`), or does
     /// for this one command (`ASK`): the router's to follow.
     Redirect,
+    /// The stored value does not allow the command (INCRBY on a value that
+    /// is no integer or of another type, a sum out of range): the caller's
+    /// failed precondition, described in our words (Redis' may quote more).
+    Precondition(&'static str),
     /// The reply passed `max_reply_bytes`: this command fails, the
     /// connection stays (the rest of the reply is skipped).
     TooLarge(usize),
@@ -41,7 +45,25 @@ pub(super) fn classify_reply(msg: &[u8]) -> Class {
             Class::NotReady
         }
         "MOVED" | "ASK" => Class::Redirect,
+        "WRONGTYPE" => Class::Precondition("the key holds a value of another type"),
+        "ERR" if msg.starts_with(b"ERR value is not an integer") => {
+            Class::Precondition("the value is not an integer or out of range")
+        }
+        "ERR" if msg.starts_with(b"ERR increment or decrement would overflow") => {
+            Class::Precondition("increment or decrement would overflow")
+        }
         _ => Class::Other,
+    }
+}
+
+/// The caller's error for an error reply nested in a reply (an item of
+/// `EXEC`'s array): what the pool would have made of it at the top level.
+pub(super) fn nested(msg: &[u8]) -> Error {
+    match classify_reply(msg) {
+        Class::NoPerm => Error::PermissionDenied,
+        Class::Precondition(why) => Error::FailedPrecondition(why.into()),
+        Class::Auth | Class::NotReady | Class::Redirect => refusal(msg),
+        _ => Error::Internal(format!("redis: {}", String::from_utf8_lossy(msg))),
     }
 }
 
@@ -105,10 +127,19 @@ mod tests {
             Class::Redirect
         );
         assert_eq!(classify_reply(b"ASK 3999 127.0.0.1:6381"), Class::Redirect);
-        assert_eq!(
+        assert!(matches!(
             classify_reply(b"WRONGTYPE Operation against a key"),
-            Class::Other
-        );
+            Class::Precondition(_)
+        ));
+        assert!(matches!(
+            classify_reply(b"ERR value is not an integer or out of range"),
+            Class::Precondition(_)
+        ));
+        assert!(matches!(
+            classify_reply(b"ERR increment or decrement would overflow"),
+            Class::Precondition(_)
+        ));
+        assert_eq!(classify_reply(b"ERR unknown command"), Class::Other);
         let io = ConnError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert_eq!(classify(&io), Class::Connection);
         assert_eq!(classify(&ConnError::Closed), Class::Connection);

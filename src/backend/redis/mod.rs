@@ -26,10 +26,10 @@ use bytes::Bytes;
 
 pub use self::settings::{RedisSettings, RedisTlsSettings};
 use self::{
-    commands::{Delete, Expire, Get, MGet, Set},
+    commands::{Delete, Exists, Expire, Get, GetTtl, Incr, MGet, MSet, Persist, Set},
     router::Router,
 };
-use super::{Backend, PoolStats, TopologyStats};
+use super::{Backend, Entry, Persisted, PoolStats, SetCondition, TopologyStats};
 use crate::{credentials::CredentialsHandle, error::Result, shutdown::Watch};
 
 /// The Redis backend. Cloning shares the pools.
@@ -72,8 +72,36 @@ impl Backend for RedisBackend {
         self.router.send(&Get { key }).await
     }
 
-    async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> Result<()> {
-        self.router.send(&Set::new(key, value, ttl)).await
+    async fn set(
+        &self,
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+        condition: SetCondition,
+    ) -> Result<bool> {
+        self.router
+            .send(&Set::new(key, value, ttl, condition))
+            .await
+    }
+
+    async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
+        self.router.send_multi(&MSet::new(entries)).await
+    }
+
+    async fn incr(&self, key: String, delta: i64, ttl: Option<Duration>) -> Result<i64> {
+        self.router.send(&Incr::new(key, delta, ttl)).await
+    }
+
+    async fn get_ttl(&self, key: String) -> Result<Option<Option<Duration>>> {
+        self.router.send(&GetTtl { key }).await
+    }
+
+    async fn persist(&self, key: String) -> Result<Persisted> {
+        self.router.send(&Persist { key }).await
+    }
+
+    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+        self.router.send_multi(&Exists { keys }).await
     }
 
     async fn delete(&self, keys: Vec<String>) -> Result<u64> {

@@ -55,7 +55,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    connection::{ConnError, Connection, Connector},
+    connection::{ConnError, Connection, Connector, unit},
     failure::{Class, classify, classify_reply},
     resp::Reply,
 };
@@ -195,28 +195,42 @@ impl Pool {
     /// `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, ... which a cluster router
     /// retries); `failure::refusal` turns those into the caller's error.
     pub(super) async fn query(&self, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
-        self.query_on(encode, false).await
+        self.query_on(encode, 1, false).await
     }
 
-    /// [`Pool::query`] after `ASKING` on the same connection (a cluster's
-    /// ASK redirect).
+    /// [`Pool::query`] for `n` commands sent as one unit (a pipelined
+    /// MSet, a `MULTI ... EXEC`), answered as one reply (see
+    /// `connection::unit`); on a dropped connection the whole unit goes
+    /// again.
+    pub(super) async fn query_unit(
+        &self,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<Reply> {
+        self.query_on(encode, n, false).await
+    }
+
+    /// [`Pool::query_unit`] after `ASKING` on the same connection (a
+    /// cluster's ASK redirect).
     pub(super) async fn query_asking(
         &self,
         encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
     ) -> Result<Reply> {
-        self.query_on(encode, true).await
+        self.query_on(encode, n, true).await
     }
 
     async fn query_on(
         &self,
         encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
         asking: bool,
     ) -> Result<Reply> {
         let mut retries = 0;
         let mut refreshed = false;
         loop {
             let (idx, live) = self.checkout().await?;
-            let result = self.call_on(idx, &live, encode, asking).await;
+            let result = self.call_on(idx, &live, encode, n, asking).await;
             let (class, err) = match result {
                 Ok(Reply::Error(msg)) => (
                     classify_reply(&msg),
@@ -227,6 +241,7 @@ impl Pool {
             };
             match class {
                 Class::NoPerm => return Err(Error::PermissionDenied),
+                Class::Precondition(why) => return Err(Error::FailedPrecondition(why.into())),
                 Class::Redirect | Class::NotReady => match err {
                     ConnError::Server(msg) => return Ok(Reply::Error(msg.into_bytes().into())),
                     other => return Err(Error::Unavailable(format!("redis: {other}"))),
@@ -275,20 +290,26 @@ impl Pool {
         &self.address
     }
 
-    /// Sends the `n` commands `encode` writes, adjacent on one connection,
-    /// and returns their replies in order, error replies included: one
-    /// attempt, no retry, no sorting of error replies. The caller (a
-    /// cluster router sending one node its parts of a multi-key call)
-    /// resends what failed through [`Pool::query`], which does both.
+    /// Sends the parts `encode` writes, adjacent on one connection, part
+    /// `i` being `counts[i]` commands, and returns one reply per part in
+    /// order (a part of several commands as `connection::unit` makes it),
+    /// error replies included: one attempt, no retry, no sorting of error
+    /// replies. The caller (a cluster router sending one node its parts of
+    /// a multi-key call) resends what failed through [`Pool::query_unit`],
+    /// which does both.
     pub(super) async fn query_batch(
         &self,
         encode: &(dyn Fn(&mut BytesMut) + Sync),
-        n: usize,
+        counts: &[usize],
     ) -> Result<Vec<Reply>> {
         let (idx, live) = self.checkout().await?;
         let result = {
             let _busy = Busy::new(&self.slots[idx].inflight);
-            live.conn.call_batch(encode, n).await
+            let n = counts.iter().sum();
+            live.conn
+                .call_batch(encode, n)
+                .await
+                .map(|replies| by_part(replies, counts))
         };
         result.map_err(|e| {
             if classify(&e) == Class::Connection {
@@ -304,13 +325,14 @@ impl Pool {
         idx: usize,
         live: &Live,
         encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
         asking: bool,
     ) -> std::result::Result<Reply, ConnError> {
         let _busy = Busy::new(&self.slots[idx].inflight);
         if asking {
-            live.conn.call_asking(encode).await
+            live.conn.call_asking(encode, n).await
         } else {
-            live.conn.call(encode).await
+            live.conn.call_unit(encode, n).await
         }
     }
 
@@ -470,7 +492,11 @@ impl Pool {
             Class::Connection | Class::NotReady => debug!(error = %e, "redis connect failed"),
             // Redis answered and refused (SELECT not allowed, AUTH without a
             // password set, ...): retrying will not help, say why.
-            Class::NoPerm | Class::TooLarge(_) | Class::Redirect | Class::Other => {
+            Class::NoPerm
+            | Class::Precondition(_)
+            | Class::TooLarge(_)
+            | Class::Redirect
+            | Class::Other => {
                 warn!(error = %e, "redis refused the connection");
             }
         }
@@ -527,6 +553,18 @@ impl Pool {
 /// credentials, with exponential backoff while Redis is unreachable. Wakes
 /// when a slot is emptied, credentials change or the dead-peer watchdog
 /// ticks; ends at [`Phase::Stopped`], whatever it was doing.
+/// `replies` grouped into one reply per part of `counts[i]` commands.
+fn by_part(replies: Vec<Reply>, counts: &[usize]) -> Vec<Reply> {
+    let mut replies = replies.into_iter();
+    counts
+        .iter()
+        .map(|&c| match c {
+            1 => replies.next().unwrap_or(Reply::Nil),
+            c => unit(replies.by_ref().take(c).collect()),
+        })
+        .collect()
+}
+
 async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     let mut creds = pool.creds.clone();
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));

@@ -154,7 +154,8 @@ fn start_pool(
 /// Sends `command` on `pool` and decodes the reply; an error reply the
 /// pool hands back is the caller's error here (no redirects to follow).
 async fn send_to<C: Command>(pool: &Pool, command: &C) -> Result<C::Output> {
-    match pool.query(&|out| command.encode(out)).await? {
+    let encode = |out: &mut bytes::BytesMut| command.encode(out);
+    match pool.query_unit(&encode, command.replies()).await? {
         Reply::Error(msg) => Err(failure::refusal(&msg)),
         reply => command.decode(reply),
     }

@@ -102,7 +102,8 @@ impl Cluster {
             .keys()
             .first()
             .map_or(0, |k| slots::slot(k.as_bytes()));
-        let reply = self.query(slot, &|out| command.encode(out)).await?;
+        let encode = |out: &mut BytesMut| command.encode(out);
+        let reply = self.query(slot, &encode, command.replies()).await?;
         command.decode(reply)
     }
 
@@ -166,7 +167,11 @@ impl Cluster {
                         command.encode_part(split.indices(part), out);
                     }
                 };
-                pool.query_batch(&encode, parts.len()).await.ok()
+                let counts: Vec<usize> = parts
+                    .iter()
+                    .map(|&part| command.part_replies(split.indices(part)))
+                    .collect();
+                pool.query_batch(&encode, &counts).await.ok()
             }
             _ => None,
         };
@@ -178,7 +183,8 @@ impl Cluster {
                 _ => {
                     let indices = split.indices(part);
                     let encode = |out: &mut BytesMut| command.encode_part(indices, out);
-                    self.query(split.parts[part].0, &encode).await?
+                    let n = command.part_replies(indices);
+                    self.query(split.parts[part].0, &encode, n).await?
                 }
             };
             replies.push(reply);
@@ -251,25 +257,30 @@ impl Cluster {
             .fold(retired, |a, b| a + b)
     }
 
-    /// Runs the command `encode` writes for a key of `slot`, following
-    /// redirects and waiting out "cannot serve now" within
-    /// `operation_timeout`.
-    async fn query(&self, slot: u16, encode: &(dyn Fn(&mut BytesMut) + Sync)) -> Result<Reply> {
+    /// Runs the `n` commands `encode` writes (one unit) for a key of
+    /// `slot`, following redirects and waiting out "cannot serve now"
+    /// within `operation_timeout`.
+    async fn query(
+        &self,
+        slot: u16,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<Reply> {
         let budget = Instant::now() + self.topology.settings().operation_timeout;
         let mut pause = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
         let mut target = Target::Owner;
         for _ in 0..MAX_REDIRECTS {
             let result = match &target {
                 Target::Owner => match self.owner(slot, budget).await? {
-                    Some(pool) => pool.query(encode).await,
+                    Some(pool) => pool.query_unit(encode, n).await,
                     None => {
                         return Err(Error::Unavailable(format!(
                             "no redis primary serves slot {slot}"
                         )));
                     }
                 },
-                Target::Node(pool) => pool.query(encode).await,
-                Target::Asking(pool) => pool.query_asking(encode).await,
+                Target::Node(pool) => pool.query_unit(encode, n).await,
+                Target::Asking(pool) => pool.query_asking(encode, n).await,
             };
             target = match result {
                 Ok(Reply::Error(msg)) => self.follow(&msg, &mut pause, budget).await?,

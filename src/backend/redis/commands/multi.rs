@@ -1,0 +1,216 @@
+//! The multi-key commands of wave 2: [`MSet`] (one `SET` per entry, sent
+//! as one unit) and [`Exists`]. Both split by slot in a cluster like
+//! `MGET`/`DEL` ([`MultiKey`]).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Command, MultiKey, command, set, unexpected};
+use crate::{
+    backend::redis::resp::Reply,
+    backend::{Entry, SetCondition},
+    error::Result,
+};
+
+/// One `SET key value [PX ms]` per entry, adjacent on one connection: one
+/// write, one round trip, not atomic across keys (Redis has no multi-key
+/// SET with a TTL per key).
+pub(in crate::backend::redis) struct MSet {
+    keys: Vec<String>,
+    values: Vec<Bytes>,
+    /// Milliseconds as sent, formatted once rather than on every retry.
+    ttls_ms: Vec<Option<String>>,
+}
+
+/// `EXISTS key...`: how many of them exist (a repeated key counts each
+/// time; the service sends each key once).
+pub(in crate::backend::redis) struct Exists {
+    pub(in crate::backend::redis) keys: Vec<String>,
+}
+
+impl MSet {
+    pub(in crate::backend::redis) fn new(entries: Vec<Entry>) -> Self {
+        let n = entries.len();
+        let (mut keys, mut values, mut ttls_ms) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (key, value, ttl) in entries {
+            keys.push(key);
+            values.push(value);
+            ttls_ms.push(
+                ttl.as_ref()
+                    .map(Duration::as_millis)
+                    .map(|ms| ms.to_string()),
+            );
+        }
+        Self {
+            keys,
+            values,
+            ttls_ms,
+        }
+    }
+
+    fn encode_one(&self, i: usize, out: &mut BytesMut) {
+        let ttl = self.ttls_ms[i].as_deref();
+        set(
+            out,
+            &self.keys[i],
+            &self.values[i],
+            ttl,
+            SetCondition::Always,
+        );
+    }
+}
+
+/// `n` SETs answered OK: one `OK`, or an array of `n` of them.
+fn all_ok(reply: Reply, n: usize) -> Result<()> {
+    let is_ok = |r: &Reply| matches!(r, Reply::Status(ok) if &ok[..] == b"OK");
+    match reply {
+        ref one if n == 1 && is_ok(one) => Ok(()),
+        Reply::Array(items) if items.len() == n && items.iter().all(is_ok) => Ok(()),
+        other => Err(unexpected("SET", &other)),
+    }
+}
+
+// === impl MSet ===
+
+impl Command for MSet {
+    type Output = ();
+
+    fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        for i in 0..self.keys.len() {
+            self.encode_one(i, out);
+        }
+    }
+
+    fn decode(&self, reply: Reply) -> Result<()> {
+        all_ok(reply, self.keys.len())
+    }
+
+    fn replies(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl MultiKey for MSet {
+    fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
+        for &i in indices {
+            self.encode_one(i, out);
+        }
+    }
+
+    fn part_replies(&self, indices: &[usize]) -> usize {
+        indices.len()
+    }
+
+    fn empty(&self) {}
+
+    fn fold_part(&self, indices: &[usize], reply: Reply, _output: &mut ()) -> Result<()> {
+        all_ok(reply, indices.len())
+    }
+
+    fn finish(&self, output: (), _max_reply: usize) -> Result<()> {
+        Ok(output)
+    }
+}
+
+// === impl Exists ===
+
+impl Command for Exists {
+    type Output = u64;
+
+    fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        command(out, b"EXISTS", self.keys.iter().map(|k| k.as_bytes()));
+    }
+
+    fn decode(&self, reply: Reply) -> Result<u64> {
+        match reply {
+            Reply::Int(n) if n >= 0 => Ok(n.unsigned_abs()),
+            other => Err(unexpected("EXISTS", &other)),
+        }
+    }
+}
+
+impl MultiKey for Exists {
+    fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
+        let keys = indices.iter().map(|&i| self.keys[i].as_bytes());
+        command(out, b"EXISTS", keys);
+    }
+
+    fn empty(&self) -> u64 {
+        0
+    }
+
+    fn fold_part(&self, _indices: &[usize], reply: Reply, output: &mut u64) -> Result<()> {
+        *output += self.decode(reply)?;
+        Ok(())
+    }
+
+    fn finish(&self, output: u64, _max_reply: usize) -> Result<u64> {
+        Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(command: &impl Command) -> String {
+        let mut out = BytesMut::new();
+        command.encode(&mut out);
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn mset_sends_one_set_per_entry_with_its_own_ttl() {
+        let mset = MSet::new(vec![
+            ("a".into(), Bytes::from_static(b"1"), None),
+            (
+                "b".into(),
+                Bytes::from_static(b"2"),
+                Some(Duration::from_millis(250)),
+            ),
+        ]);
+        assert_eq!(
+            wire(&mset),
+            "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n\
+             *5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$2\r\nPX\r\n$3\r\n250\r\n"
+        );
+        assert_eq!(mset.replies(), 2);
+        assert_eq!(mset.part_replies(&[1]), 1);
+        let ok = || Reply::Status(Bytes::from_static(b"OK"));
+        assert!(mset.decode(Reply::Array(vec![ok(), ok()])).is_ok());
+        assert!(mset.decode(Reply::Array(vec![ok()])).is_err(), "one short");
+        assert!(mset.fold_part(&[0], ok(), &mut ()).is_ok());
+    }
+
+    #[test]
+    fn exists_sums_its_parts() {
+        let exists = Exists {
+            keys: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            wire(&exists),
+            "*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        let mut total = exists.empty();
+        exists
+            .fold_part(&[0], Reply::Int(1), &mut total)
+            .expect("int");
+        exists
+            .fold_part(&[1], Reply::Int(0), &mut total)
+            .expect("int");
+        assert_eq!(total, 1);
+    }
+}

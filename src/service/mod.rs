@@ -1,0 +1,259 @@
+//! The `cache.v1.Cache` gRPC service: validation, key prefix,
+//! deadlines, metrics and the error contract — then one backend call.
+//!
+//! This file owns the service's state and the steps every RPC shares;
+//! `rpc` has the RPCs themselves, `validate` the stateless checks.
+//!
+//! Every RPC goes through `CacheService::run`, which bounds it by the
+//! shorter of `operation_timeout` and the caller's deadline, turns a panic
+//! into `INTERNAL`, records metrics and maps [`Error`] to a status. Admission
+//! (how many calls at once, their bytes) happens before, in
+//! the admission layer ahead of the routes (`admission.rs`). The service never sees Redis: only the [`Backend`]
+//! trait and its [`Error`]s.
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use tonic::{Response, Status, metadata::MetadataMap};
+use tracing::{debug, error};
+
+mod rpc;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use self::validate::check_ttl;
+use self::validate::{check_key, check_value, has_repeats, invalid, ttl_or};
+use crate::{
+    backend::{Backend, Entry},
+    error::{Error, Result},
+    grpc_timeout::parse_grpc_timeout,
+    metrics::{Metrics, OpMetrics},
+    pb,
+};
+
+/// Request limits and defaults, from `backend` config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub key_prefix: String,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_batch_keys: usize,
+    pub default_ttl: Option<Duration>,
+    pub operation_timeout: Duration,
+}
+
+/// The gRPC cache service over a backend `B`.
+pub struct CacheService<B> {
+    backend: Arc<B>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Wakes the health prober when a request saw the backend fail.
+    health_wake: Arc<Notify>,
+    next_request_id: AtomicU64,
+    ops: Ops,
+}
+
+/// Per-RPC metric handles, resolved at start-up.
+struct Ops {
+    get: OpMetrics,
+    set: OpMetrics,
+    delete: OpMetrics,
+    mget: OpMetrics,
+    expire: OpMetrics,
+    mset: OpMetrics,
+    incr: OpMetrics,
+    get_ttl: OpMetrics,
+    persist: OpMetrics,
+    exists: OpMetrics,
+}
+
+impl Ops {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            get: m.op("get"),
+            set: m.op("set"),
+            delete: m.op("delete"),
+            mget: m.op("mget"),
+            expire: m.op("expire"),
+            mset: m.op("mset"),
+            incr: m.op("incr"),
+            get_ttl: m.op("get_ttl"),
+            persist: m.op("persist"),
+            exists: m.op("exists"),
+        }
+    }
+}
+
+impl<B: Backend> CacheService<B> {
+    /// The service over `backend` with `limits`.
+    pub fn new(
+        backend: Arc<B>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        health_wake: Arc<Notify>,
+    ) -> Self {
+        let ops = Ops::new(&metrics);
+        Self {
+            ops,
+            backend,
+            limits,
+            metrics,
+            health_wake,
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Bounds, guards and accounts one RPC.
+    async fn run<T>(
+        &self,
+        op: &OpMetrics,
+        deadline: Duration,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let bounded = tokio::time::timeout(deadline, work);
+        let result = match AssertUnwindSafe(bounded).catch_unwind().await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_elapsed)) => Err(Error::DeadlineExceeded(deadline)),
+            Err(_panic) => Err(Error::Internal("handler panicked".into())),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(reply) => {
+                op.ok(seconds);
+                Ok(Response::new(reply))
+            }
+            Err(e) => {
+                self.metrics.record(op.operation, e.label(), seconds);
+                Err(self.fail(op.operation, e))
+            }
+        }
+    }
+
+    fn fail(&self, op: &'static str, err: Error) -> Status {
+        if err.is_connection_failure() {
+            self.health_wake.notify_one();
+        }
+        if let Error::Internal(detail) = &err {
+            let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+            error!(request_id = id, operation = op, error = %detail, "internal error");
+            return Error::Logged(id).into();
+        }
+        debug!(operation = op, error = %err, "request failed");
+        err.into()
+    }
+
+    /// The shorter of `operation_timeout` and the caller's `grpc-timeout`.
+    fn deadline(&self, metadata: &MetadataMap) -> Duration {
+        let own = self.limits.operation_timeout;
+        metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(own, |caller| caller.min(own))
+    }
+
+    fn key(&self, field: &str, key: &str) -> Result<String> {
+        check_key(field, key, self.limits.max_key_bytes)?;
+        Ok(self.with_prefix(key))
+    }
+
+    /// Validates a batch and removes repeated keys: the reply map holds
+    /// each key once and Delete counts a key once, so a repeat only costs —
+    /// `MGet(["big"] x 250)` would make Redis send (and buffer) the value
+    /// 250 times.
+    fn batch(&self, mut keys: Vec<String>) -> Result<Vec<String>> {
+        let max = self.limits.max_batch_keys;
+        if keys.is_empty() {
+            return Err(invalid("keys: must hold at least one key"));
+        }
+        if keys.len() > max {
+            return Err(invalid(format!(
+                "keys: {} keys exceeds max_batch_keys ({max})",
+                keys.len()
+            )));
+        }
+        let max_key = self.limits.max_key_bytes;
+        for (i, key) in keys.iter().enumerate() {
+            // The field name is formatted only for an error (hot path: MGet).
+            if key.is_empty() || key.len() > max_key {
+                check_key(&format!("keys[{i}]"), key, max_key)?;
+            }
+        }
+        if has_repeats(&keys) {
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            keys.retain(|k| seen.insert(k.clone()));
+        }
+        Ok(keys)
+    }
+
+    /// Validates MSet's entries and prefixes their keys. A key may appear
+    /// once: with a TTL per entry, which of two entries wins is a question
+    /// a caller should not leave to the store (and Redis Cluster would
+    /// answer it per node order), so a repeat is refused naming both.
+    fn entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<Entry>> {
+        let max = self.limits.max_batch_keys;
+        if entries.is_empty() {
+            return Err(invalid("entries: must hold at least one entry"));
+        }
+        if entries.len() > max {
+            return Err(invalid(format!(
+                "entries: {} entries exceeds max_batch_keys ({max})",
+                entries.len()
+            )));
+        }
+        let mut checked = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let key = self.key(&format!("entries[{i}].key"), &e.key)?;
+            check_value(
+                &format!("entries[{i}].value"),
+                &e.value,
+                self.limits.max_value_bytes,
+            )?;
+            let ttl = ttl_or(&format!("entries[{i}].ttl"), e.ttl, self.limits.default_ttl)?;
+            checked.push((key, e.value, ttl));
+        }
+        repeated_entry(&checked)?;
+        Ok(checked)
+    }
+
+    fn prefixed(&self, keys: &[String]) -> Vec<String> {
+        keys.iter().map(|k| self.with_prefix(k)).collect()
+    }
+
+    fn with_prefix(&self, key: &str) -> String {
+        let prefix = &self.limits.key_prefix;
+        let mut full = String::with_capacity(prefix.len() + key.len());
+        full.push_str(prefix);
+        full.push_str(key);
+        full
+    }
+
+    fn count_lookups(&self, hits: usize, total: usize) {
+        self.metrics.hits.inc_by(hits as u64);
+        self.metrics.misses.inc_by((total - hits) as u64);
+    }
+}
+
+/// Refuses a key that occurs twice among `entries`, naming both.
+fn repeated_entry(entries: &[Entry]) -> Result<()> {
+    let mut first = std::collections::HashMap::with_capacity(entries.len());
+    for (i, (key, _, _)) in entries.iter().enumerate() {
+        if let Some(j) = first.insert(key.as_str(), i) {
+            return Err(invalid(format!(
+                "entries[{i}].key: repeats entries[{j}].key (a key may appear once)"
+            )));
+        }
+    }
+    Ok(())
+}
