@@ -282,7 +282,7 @@ async fn limits_are_errors_in_the_body_naming_the_limit(f: &mut Fixture) {
     assert!(!success && error.contains("max_key_bytes"), "{error}");
 }
 
-common::backend_tests! {
+backend_tests! {
     backends { redis => "redis", valkey => "valkey", memory => "memory" }
     run |backend, test, name| {
         let mut f = Fixture::new(backend, name).await;
@@ -500,8 +500,10 @@ async fn lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop(flavor
     assert_eq!(p.get("before").await.as_deref(), Some(&b"v"[..]));
 
     // One slow call: Redis holds writes for 3 s, so this Set is in flight.
-    let pause: String = redis::cmd("CLIENT")
-        .args(["PAUSE", "3000", "WRITE"])
+    let pause: String = ::redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
         .query(&mut server.admin())
         .expect("CLIENT PAUSE");
     assert_eq!(pause, "OK");
@@ -577,7 +579,14 @@ async fn grpc_health(addr: &str) -> i32 {
         .map_or(-1, |r| r.into_inner().status)
 }
 
-common::twin_tests!(lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop);
+backend_tests! {
+    backends { redis_binary => Flavor::Redis, valkey_binary => Flavor::Valkey }
+    run |flavor, test, _name| {
+        let flavor: Flavor = flavor;
+        test(flavor).await
+    }
+    tests { lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop }
+}
 
 // === reflection ===
 
