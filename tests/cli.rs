@@ -44,6 +44,7 @@ fn help_lists_every_flag_and_env_var() {
     for word in [
         config::CONFIG_ENV,
         "--config",
+        "--grpc-port",
         "--version",
         "serve",
         "check-config",
@@ -56,6 +57,32 @@ fn help_lists_every_flag_and_env_var() {
     for flag in ["--addr", "--service", "--timeout", "SERVING"] {
         assert!(help.contains(flag), "health --help lacks {flag}:\n{help}");
     }
+}
+
+#[test]
+fn grpc_port_overrides_the_config_file_and_the_environment() {
+    let file = config_file("control_plane:\n  port: 9300\n");
+    let path = file.path().to_str().expect("utf-8");
+    let effective = |args: &[&str]| {
+        let out = plugin()
+            .args(["--config", path])
+            .args(args)
+            .arg("check-config")
+            .env("PRISM_PLUGIN_PORT", "9301")
+            .output()
+            .expect("run check-config");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let yaml: serde_norway::Value = serde_norway::from_str(&stdout(&out)).expect("YAML");
+        yaml["control_plane"]["port"].as_u64()
+    };
+    // The environment over the file, as before; --grpc-port over both.
+    assert_eq!(effective(&[]), Some(9301));
+    assert_eq!(effective(&["--grpc-port", "9302"]), Some(9302));
+    let out = plugin()
+        .args(["--grpc-port", "70000"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(EX_USAGE), "{out:?}");
 }
 
 #[test]
