@@ -346,3 +346,61 @@ fn health_reply(view: &HealthView, in_flight: usize) -> HealthCheckResponse {
         details,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Secret;
+
+    fn difference(given: Json, running: &Config) -> Option<String> {
+        let wanted = Config::from_json(given.clone()).expect("valid config");
+        first_difference(&given, &wanted, running)
+    }
+
+    #[test]
+    fn a_secret_is_compared_by_value_not_by_its_redacted_form() {
+        let mut running = Config::default();
+        running.backend.username = "cache".into();
+        running.backend.password = Secret::new("one");
+        let same = json!({ "backend": { "username": "cache", "password": "one" } });
+        assert_eq!(difference(same, &running), None);
+        let other = json!({ "backend": { "username": "cache", "password": "two" } });
+        assert_eq!(
+            difference(other, &running).as_deref(),
+            Some("backend.password")
+        );
+    }
+
+    #[test]
+    fn whole_numbers_from_a_struct_fit_integer_fields() {
+        use prost_types::{Struct, Value, value::Kind};
+        let number = |n| Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        let s = Struct {
+            fields: [
+                ("port".to_string(), number(9092.0)),
+                ("f".into(), number(0.5)),
+            ]
+            .into(),
+        };
+        assert_eq!(struct_to_json(s), json!({ "port": 9092, "f": 0.5 }));
+    }
+
+    #[test]
+    fn every_declared_interface_has_a_sha256_of_its_file() {
+        let declared = declarations();
+        assert_eq!(declared.len(), 4);
+        for d in &declared {
+            assert_eq!(d.proto_hash.len(), 64);
+            assert!(d.proto_hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        // The well-known vector: SHA-256 of "abc".
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
