@@ -636,3 +636,100 @@ async fn reflection_lists_prism_services_beside_the_cache() {
     assert!(described.contains("int64 ttl_seconds = 1"), "{described}");
     plugin.stop().await;
 }
+
+// === Drain past its bound, HealthCheck when Redis is down (in-process) ===
+
+/// The plugin in-process on `server`, with Prism's clients.
+async fn in_process(server: &RedisServer, name: &str) -> (Plugin, Prism) {
+    let mut config = redis_config(server, &test_prefix(name));
+    config.backend.operation_timeout = redis_cache_plugin::config::Dur(Duration::from_secs(10));
+    let plugin = Plugin::start_serving(config).await;
+    let prism = Prism::on(plugin.channel().await);
+    (plugin, prism)
+}
+
+async fn drain_past_its_bound_reports_the_call_still_running(flavor: Flavor) {
+    let server = RedisServer::start(flavor);
+    let (plugin, mut p) = in_process(&server, "drain_bound").await;
+    let pause: String = tokio::task::block_in_place(|| {
+        ::redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3000)
+            .arg("WRITE")
+            .query(&mut server.admin())
+    })
+    .expect("CLIENT PAUSE");
+    assert_eq!(pause, "OK");
+    let mut slow = p.basic.clone();
+    let in_flight = tokio::spawn(async move { slow.set(set_req("slow", b"late")).await });
+    let seen = until_details(&mut p.life, |d| {
+        d.get("in_flight").map(String::as_str) == Some("1")
+    });
+    assert!(seen.await, "the slow Set never showed as in flight");
+
+    let req = DrainRequest {
+        timeout_seconds: 1,
+        reason: "short".into(),
+    };
+    let drained = p.life.drain(req).await.expect("Drain").into_inner();
+    assert!(!drained.success, "{drained:?}");
+    assert_eq!(
+        (drained.drained_operations, drained.aborted_operations),
+        (0, 1)
+    );
+    assert!(drained.error.contains("still in flight"), "{drained:?}");
+    // Drain does not cancel it: the call still ends OK once Redis resumes.
+    let slow = in_flight.await.expect("task").expect("the slow Set");
+    assert!(slow.into_inner().success);
+    plugin.stop().await;
+}
+
+async fn health_check_mirrors_the_prober_when_redis_is_down(flavor: Flavor) {
+    let mut server = RedisServer::start(flavor);
+    let (plugin, mut p) = in_process(&server, "health_mirror").await;
+    let health = p.life.health_check(HealthCheckRequest {}).await;
+    let health = health.expect("HealthCheck").into_inner();
+    assert_eq!(health.status, HealthStatus::Healthy as i32, "{health:?}");
+
+    tokio::task::block_in_place(|| server.kill());
+    let down = plugin.wait_health(NOT_SERVING, Duration::from_secs(10));
+    assert!(down.await, "the prober never saw Redis go");
+    let health = p.life.health_check(HealthCheckRequest {}).await;
+    let health = health.expect("HealthCheck").into_inner();
+    assert_eq!(health.status, HealthStatus::Unhealthy as i32, "{health:?}");
+    assert!(!health.message.is_empty(), "{health:?}");
+    assert_eq!(health.details.get("reason"), Some(&health.message));
+    assert_eq!(
+        health.details.get("draining").map(String::as_str),
+        Some("false")
+    );
+    plugin.stop().await;
+}
+
+mod redis_in_process {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_past_its_bound_reports_the_call_still_running() {
+        super::drain_past_its_bound_reports_the_call_still_running(Flavor::Redis).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_check_mirrors_the_prober_when_redis_is_down() {
+        super::health_check_mirrors_the_prober_when_redis_is_down(Flavor::Redis).await;
+    }
+}
+
+mod valkey_in_process {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_past_its_bound_reports_the_call_still_running() {
+        super::drain_past_its_bound_reports_the_call_still_running(Flavor::Valkey).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_check_mirrors_the_prober_when_redis_is_down() {
+        super::health_check_mirrors_the_prober_when_redis_is_down(Flavor::Valkey).await;
+    }
+}
