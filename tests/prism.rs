@@ -495,6 +495,12 @@ async fn lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop(flavor
     let health = p.life.health_check(HealthCheckRequest {}).await;
     let health = health.expect("HealthCheck").into_inner();
     assert_eq!(health.status, HealthStatus::Healthy as i32, "{health:?}");
+    // The health subcommand finds the port from the same flag.
+    let probe = PluginCommand::new()
+        .args(["--grpc-port", &port.to_string(), "health"])
+        .output()
+        .expect("run health");
+    assert!(probe.status.success(), "health --grpc-port: {probe:?}");
 
     assert_eq!(p.set("before", b"v").await, (true, String::new()));
     assert_eq!(p.get("before").await.as_deref(), Some(&b"v"[..]));
