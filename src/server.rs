@@ -167,7 +167,10 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
-/// The largest request the limits allow, plus room for framing.
+/// The largest request the limits allow, plus room for framing. An MSet
+/// is bounded by this too (not by `max_batch_keys` x `max_value_bytes`,
+/// which with the defaults would be 4 GiB): one call carries about one
+/// Set's worth of values at most.
 fn max_request_bytes(l: &Limits) -> usize {
     let batch = l.max_batch_keys.saturating_mul(l.max_key_bytes + 8);
     (l.max_value_bytes + l.max_key_bytes).max(batch) + 64 * 1024

@@ -421,6 +421,7 @@ backend_tests! {
         incr_counts_from_zero_and_sets_the_ttl_only_on_create,
         incr_on_a_non_integer_is_failed_precondition,
         incr_limits_are_enforced_and_nothing_written,
+        incr_without_any_ttl_never_expires,
         get_ttl_tells_a_miss_from_no_expiry,
         persist_reports_found_and_ttl_removed,
         exists_counts_each_key_once,

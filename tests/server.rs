@@ -23,6 +23,51 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// README's grpcurl lines for the wave-2 RPCs, run as written (JSON
+/// enum names, int64 as a string) against Redis: each answers as README
+/// says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_readme_examples_of_the_added_rpcs_work() {
+    let server = RedisServer::start(Flavor::Redis);
+    let plugin = Plugin::serving_on(&server, "grpcurl-added").await;
+    let addr = plugin.addr.to_string();
+    let lock = r#"{"key":"lock:job7","value":"b3duZXI=","ttl":"30s","condition":"SET_CONDITION_IF_ABSENT"}"#;
+    let cases = [
+        ("Set", lock, r#""written": true"#),
+        // A second lock attempt: written false, which JSON leaves out.
+        ("Set", lock, "{"),
+        (
+            "MSet",
+            r#"{"entries":[{"key":"a","value":"MQ==","ttl":"5s"},{"key":"b","value":"Mg=="}]}"#,
+            "{",
+        ),
+        (
+            "Incr",
+            r#"{"key":"rate:client42","delta":"1","ttl":"60s"}"#,
+            r#""value": "1""#,
+        ),
+        ("GetTtl", r#"{"key":"rate:client42"}"#, r#""ttl": "#),
+        (
+            "Persist",
+            r#"{"key":"rate:client42"}"#,
+            r#""ttlRemoved": true"#,
+        ),
+        ("Exists", r#"{"keys":["a","b","nope"]}"#, r#""count": "2""#),
+    ];
+    for (rpc, body, want) in cases {
+        let method = format!("cache.v1.Cache/{rpc}");
+        let (ok, out) = grpcurl(&["-plaintext", "-d", body, &addr, &method]);
+        assert!(
+            ok && out.contains(want),
+            "{rpc} {body}: want {want}, got {out}"
+        );
+        if want == "{" {
+            assert!(!out.contains("true"), "{rpc} {body}: {out}");
+        }
+    }
+    plugin.stop().await;
+}
+
 // grpcurl blocks its thread; the in-process server needs another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_smoke_health_set_get_round_trip() {
@@ -67,7 +112,10 @@ async fn reflection_lists_and_describes_services() {
     }
     let (ok, out) = grpcurl(&["-plaintext", &addr, "describe", "cache.v1.Cache"]);
     assert!(ok, "{out}");
-    for rpc in ["Get", "Set", "Delete", "MGet", "Expire"] {
+    let rpcs = [
+        "Get", "Set", "Delete", "MGet", "Expire", "MSet", "Incr", "GetTtl", "Persist", "Exists",
+    ];
+    for rpc in rpcs {
         assert!(out.contains(&format!("rpc {rpc}")), "{rpc} missing:\n{out}");
     }
     let (ok, out) = grpcurl(&["-plaintext", &addr, "describe", "cache.v1.SetRequest"]);

@@ -432,6 +432,22 @@ impl Future for Admitted {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_cache_rpc_has_its_operation_label() {
+        let cases = [
+            ("Get", "get"),
+            ("MSet", "mset"),
+            ("Incr", "incr"),
+            ("GetTtl", "get_ttl"),
+            ("Persist", "persist"),
+            ("Exists", "exists"),
+            ("Nope", "unknown"),
+        ];
+        for (rpc, label) in cases {
+            assert_eq!(operation(&format!("{CACHE_PATH}{rpc}")), label, "{rpc}");
+        }
+    }
+
     fn admission(per_conn: usize, global: usize) -> Arc<Admission> {
         let limits = AdmissionLimits {
             max_concurrent_requests: 1,

@@ -199,8 +199,9 @@ impl<B: Backend> CacheService<B> {
 
     /// Validates MSet's entries and prefixes their keys. A key may appear
     /// once: with a TTL per entry, which of two entries wins is a question
-    /// a caller should not leave to the store (and Redis Cluster would
-    /// answer it per node order), so a repeat is refused naming both.
+    /// a caller should not leave to the store, so a repeat is refused
+    /// naming both. Field names are formatted only for an error (hot path:
+    /// MSet 100).
     fn entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<Entry>> {
         let max = self.limits.max_batch_keys;
         if entries.is_empty() {
@@ -212,18 +213,22 @@ impl<B: Backend> CacheService<B> {
                 entries.len()
             )));
         }
+        let (max_key, max_value) = (self.limits.max_key_bytes, self.limits.max_value_bytes);
         let mut checked = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
-            let key = self.key(&format!("entries[{i}].key"), &e.key)?;
-            check_value(
-                &format!("entries[{i}].value"),
-                &e.value,
-                self.limits.max_value_bytes,
-            )?;
-            let ttl = ttl_or(&format!("entries[{i}].ttl"), e.ttl, self.limits.default_ttl)?;
-            checked.push((key, e.value, ttl));
+            let field = |name: &str| format!("entries[{i}].{name}");
+            check_key("key", &e.key, max_key)
+                .or_else(|_| check_key(&field("key"), &e.key, max_key))?;
+            check_value("value", &e.value, max_value)
+                .or_else(|_| check_value(&field("value"), &e.value, max_value))?;
+            let default = self.limits.default_ttl;
+            let ttl =
+                ttl_or("ttl", e.ttl, default).or_else(|_| ttl_or(&field("ttl"), e.ttl, default))?;
+            checked.push((self.with_prefix(&e.key), e.value, ttl));
         }
-        repeated_entry(&checked)?;
+        if has_repeats(&checked.iter().map(|e| e.0.as_str()).collect::<Vec<_>>()) {
+            return Err(repeated_entry(&checked));
+        }
         Ok(checked)
     }
 
@@ -245,15 +250,15 @@ impl<B: Backend> CacheService<B> {
     }
 }
 
-/// Refuses a key that occurs twice among `entries`, naming both.
-fn repeated_entry(entries: &[Entry]) -> Result<()> {
+/// The error for a key that occurs twice among `entries`, naming both.
+fn repeated_entry(entries: &[Entry]) -> Error {
     let mut first = std::collections::HashMap::with_capacity(entries.len());
     for (i, (key, _, _)) in entries.iter().enumerate() {
         if let Some(j) = first.insert(key.as_str(), i) {
-            return Err(invalid(format!(
+            return invalid(format!(
                 "entries[{i}].key: repeats entries[{j}].key (a key may appear once)"
-            )));
+            ));
         }
     }
-    Ok(())
+    Error::Internal("a repeated MSet key was not found again".into())
 }

@@ -295,3 +295,28 @@ pub(super) async fn exists_counts_each_key_once(f: &mut Fixture) {
         "keys[1]: must not be empty",
     );
 }
+
+/// With no TTL given and `default_ttl: none`, Incr is a plain INCRBY on
+/// Redis (no transaction): the counter never expires, and a refusal comes
+/// as a top-level error reply rather than inside EXEC's, mapped the same.
+pub(super) async fn incr_without_any_ttl_never_expires(f: &mut Fixture) {
+    let prefix = format!("{}nottl:", f.prefix);
+    let mut config = match &f.server {
+        Some(server) => server.config(&prefix),
+        None => super::common::memory_config(&prefix),
+    };
+    config.backend.default_ttl = redis_cache_plugin::config::Ttl(None);
+    let plugin = super::Plugin::start_serving(config).await;
+    let mut client = plugin.cache().await;
+    assert_eq!(client.incr("n", 2, None).await.expect("incr"), 2);
+    assert_eq!(client.incr("n", 3, None).await.expect("incr"), 5);
+    let r = client.get_ttl("n").await.expect("get_ttl");
+    assert!(r.found && r.ttl.is_none(), "no expiry: {r:?}");
+    if let Some(server) = &f.server {
+        assert_eq!(server.pttl(&format!("{prefix}n")), -1, "no TTL in Redis");
+    }
+    client.set("text", b"1.5").await.expect("set");
+    let r = client.incr("text", 1, None).await;
+    assert_code(r, Code::FailedPrecondition, "not an integer");
+    plugin.stop().await;
+}

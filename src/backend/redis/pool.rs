@@ -632,6 +632,26 @@ mod tests {
     use super::*;
     use crate::{credentials, secret::Secret, shutdown::Shutdown};
 
+    #[test]
+    fn a_batch_of_units_answers_one_reply_per_part() {
+        let ok = || Reply::Status(bytes::Bytes::from_static(b"OK"));
+        let moved = || Reply::Error(bytes::Bytes::from_static(b"MOVED 1 127.0.0.1:1"));
+        let replies = vec![
+            Reply::Int(1),
+            ok(),
+            ok(),
+            moved(),
+            Reply::Error("EXECABORT".into()),
+        ];
+        let parts = by_part(replies, &[1, 2, 2]);
+        assert_eq!(parts.len(), 3);
+        assert!(matches!(parts[0], Reply::Int(1)));
+        assert!(matches!(&parts[1], Reply::Array(items) if items.len() == 2));
+        // A unit with an error answers its first error: the cause, which
+        // the EXECABORT after it only repeats.
+        assert!(matches!(&parts[2], Reply::Error(msg) if msg.starts_with(b"MOVED")));
+    }
+
     /// A loopback port nothing listens on: every connect is refused at once.
     fn refusing_connector() -> Connector {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
