@@ -448,6 +448,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn prism_data_rpcs_carry_the_label_of_the_cache_rpc_they_run_as() {
+        let cases = [
+            ("KeyValueBasicInterface/Get", "get"),
+            ("KeyValueBasicInterface/Exists", "exists"),
+            ("KeyValueBatchInterface/BatchSet", "mset"),
+            ("KeyValueBatchInterface/BatchGet", "mget"),
+            ("KeyValueBatchInterface/BatchDelete", "delete"),
+            ("KeyValueTTLInterface/GetTTL", "get_ttl"),
+            ("KeyValueTTLInterface/Persist", "persist"),
+            ("KeyValueTTLInterface/Nope", "unknown"),
+        ];
+        for (rpc, label) in cases {
+            assert_eq!(
+                operation(&format!("{PRISM_DATA_PATH}{rpc}")),
+                label,
+                "{rpc}"
+            );
+        }
+    }
+
     fn admission(per_conn: usize, global: usize) -> Arc<Admission> {
         let limits = AdmissionLimits {
             max_concurrent_requests: 1,
