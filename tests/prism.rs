@@ -541,6 +541,10 @@ async fn lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop(flavor
         .await;
     let refused = refused.expect_err("a new call while draining");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // The cache's own API on the same port too.
+    let refused = common::Cache::connect(&addr).await.get("before").await;
+    let refused = refused.expect_err("a new cache.v1 call while draining");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(!drain.is_finished(), "Drain returned with a call in flight");
     let health = p.life.health_check(HealthCheckRequest {}).await;
     let health = health.expect("HealthCheck").into_inner();
