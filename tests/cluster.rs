@@ -252,6 +252,33 @@ async fn ask_is_followed_while_a_slot_migrates(flavor: Flavor) {
         asked >= 2.0,
         "ASK followed for the moved and the new key: {asked}"
     );
+    // A transaction follows ASK as one unit: ASKING, then MULTI ... EXEC on
+    // the importing node (Incr with a TTL creating a new key there, Persist
+    // on the moved one).
+    let asked_before = common::metric(plugin.addr, ask).await;
+    let n = client.incr("{ask}:n", 3, common::ttl(Duration::from_secs(60)));
+    assert_eq!(n.await.expect("incr a new key of a migrating slot"), 3);
+    assert!(
+        common::metric(plugin.addr, ask).await > asked_before,
+        "Incr was asked over"
+    );
+    // The importing node answers for the key only after ASKING.
+    let (pttl,): (i64,) = ::redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("PTTL")
+        .arg(full("{ask}:n"))
+        .query(&mut cluster.node(&to).admin())
+        .expect("PTTL on the new owner");
+    assert!(
+        (1..=60_000).contains(&pttl),
+        "created with its TTL on {to}: {pttl}"
+    );
+    let p = client
+        .persist("{ask}:a")
+        .await
+        .expect("persist a moved key");
+    assert!(p.found, "{p:?}");
 
     cluster.migrate_key(&full("{ask}:b"), &from, &to);
     cluster.finish_migration(slot, &from, &to);
