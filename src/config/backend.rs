@@ -79,6 +79,20 @@ pub struct BackendConfig {
     /// included); bounds what one Get or MGet can make the plugin hold.
     pub max_reply_bytes: usize,
     pub tls: RedisTls,
+    /// Hot keys answered from process memory (README, "Near cache").
+    pub near_cache: NearCacheConfig,
+}
+
+/// The near cache: values held in process, kept coherent by Redis'
+/// invalidation messages (`CLIENT TRACKING`). The memory backend ignores it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearCacheConfig {
+    pub enabled: bool,
+    /// Keys + values (+ a fixed overhead per entry) held at most.
+    pub max_bytes: usize,
+    /// No entry lives longer here, whatever its Redis TTL.
+    pub max_ttl: Dur,
 }
 
 /// TLS to Redis. `rediss://` addresses turn it on.
@@ -134,6 +148,17 @@ impl Default for BackendConfig {
             max_batch_keys: 1000,
             max_reply_bytes: 64 * 1024 * 1024,
             tls: RedisTls::default(),
+            near_cache: NearCacheConfig::default(),
+        }
+    }
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_bytes: 64 * 1024 * 1024,
+            max_ttl: Dur::secs(60),
         }
     }
 }
@@ -204,7 +229,7 @@ impl BackendConfig {
             ));
         }
         self.validate_reply_cap()?;
-        Ok(())
+        self.near_cache.validate()
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -280,6 +305,27 @@ impl BackendConfig {
             ("cert_file", &r.cert_file),
             ("key_file", &r.key_file),
         )
+    }
+}
+
+// === near cache ===
+
+/// Bounds `backend.near_cache.max_bytes`: the near cache is for hot keys,
+/// not a second Redis in the sidecar.
+pub const MAX_NEAR_CACHE_BYTES: usize = 16 * 1024 * 1024 * 1024;
+
+impl NearCacheConfig {
+    /// With the near cache on, a size and a lifetime that can hold something.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        within(
+            self.max_bytes,
+            MAX_NEAR_CACHE_BYTES,
+            "backend.near_cache.max_bytes",
+        )?;
+        timeout(self.max_ttl, "backend.near_cache.max_ttl")
     }
 }
 

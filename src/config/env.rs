@@ -64,6 +64,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var!("REDIS_KEY_PREFIX" => text backend.key_prefix),
     var!("REDIS_VAULT_ENABLED" => parsed backend.vault_enabled),
     var!("REDIS_VAULT_PATH" => text backend.vault_path),
+    var!("REDIS_NEAR_CACHE_ENABLED" => parsed backend.near_cache.enabled),
+    var!("REDIS_NEAR_CACHE_MAX_BYTES" => parsed backend.near_cache.max_bytes),
+    var!("REDIS_NEAR_CACHE_MAX_TTL" => duration backend.near_cache.max_ttl),
     var!("PRISM_LOG_LEVEL" => text log.level),
     var!("PRISM_PLUGIN_PORT" => parsed control_plane.port),
     var!("PRISM_PLUGIN_LISTEN" => text control_plane.listen),
@@ -97,6 +100,10 @@ fn text(value: &str) -> Result<String, String> {
 }
 
 /// A password or token: as written, and never printed.
+fn duration(value: &str) -> Result<crate::config::Dur, String> {
+    crate::config::parse_duration(value).map(crate::config::Dur)
+}
+
 fn secret(value: &str) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
