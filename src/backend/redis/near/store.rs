@@ -251,12 +251,14 @@ impl Store {
     }
 }
 
-/// How long an entry read with `pttl` may live here: Redis' TTL capped by
-/// `max_ttl`, none for a key that is gone (-2) or any other negative.
+/// How long an entry read with `pttl` may live here: Redis' TTL less the
+/// millisecond PTTL may round up by (Redis subtracts whole-ms clocks),
+/// capped by `max_ttl`; none for a key that is gone (-2), about to go, or
+/// any other negative.
 fn lifetime(pttl: i64, max_ttl: Duration) -> Option<Duration> {
     match pttl {
         -1 => Some(max_ttl),
-        ms if ms > 0 => Some(Duration::from_millis(ms.unsigned_abs()).min(max_ttl)),
+        ms if ms > 1 => Some(Duration::from_millis(ms.unsigned_abs() - 1).min(max_ttl)),
         _ => None,
     }
 }
