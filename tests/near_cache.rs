@@ -17,10 +17,12 @@ use std::{
 };
 
 use common::{
-    CACHE_USER, Cache, Flavor, Plugin, PluginProcess, RedisServer, metric, redis_config,
-    test_prefix, ttl,
+    CACHE_USER, Cache, Flavor, Plugin, PluginProcess, RedisServer, base_config, cluster_config,
+    metric, redis_config, test_prefix,
+    topology::{RedisCluster, SentinelSet},
+    ttl,
 };
-use redis_cache_plugin::config::{Config, Dur};
+use redis_cache_plugin::config::{BackendKind, Config, Dur, Secret, Topology};
 
 twin_tests_threaded!(
     a_write_through_one_plugin_reaches_the_other_after_its_invalidation,
@@ -32,6 +34,8 @@ twin_tests_threaded!(
     flushall_clears_every_entry,
     writes_through_the_plugin_drop_its_own_entries_at_once,
     memory_stays_under_max_bytes_in_a_sweep_larger_than_it,
+    a_cluster_is_tracked_per_node_and_slot_moves_and_failovers_flush,
+    a_sentinel_failover_flushes_and_the_new_master_is_tracked,
 );
 
 /// Longest a stale value may be served after a write was acknowledged, in
@@ -595,5 +599,169 @@ async fn memory_stays_under_max_bytes_in_a_sweep_larger_than_it(flavor: Flavor) 
         rss_after.saturating_sub(rss_before) < 5 * 1024,
         "RSS grew {} KiB",
         rss_after.saturating_sub(rss_before)
+    );
+}
+
+// === topologies ===
+
+/// Blocking harness work (reshards, failovers) while the plugins run.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Reads `key` through `cache` until it answers `want` (errors allowed
+/// meanwhile: a failover); panics after `within`. Returns the reads that
+/// answered something else.
+async fn reads_until(cache: &mut Cache, key: &str, want: &[u8], within: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut other = Vec::new();
+    loop {
+        match cache.get(key).await {
+            Ok(r) if r.found && &r.value[..] == want => return other,
+            Ok(r) => other.push(r.value.to_vec()),
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} never read as {want:?}; got {other:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Near-cache plugins A and B on a six-node cluster:
+/// - keys on all three primaries, held by B, written through A: B reads
+///   every new value (each primary's invalidations reach B's listener on
+///   that primary);
+/// - a slot reassigned to another primary without its key (so no MIGRATE
+///   invalidates it; Redis only, Valkey refuses and the key migrates) and
+///   the key written on the new owner directly: B reads the new value once
+///   it has seen the new map (refresh every 5 s) — on Redis only the flush
+///   on an owner change can do that;
+/// - a replica taking over a key's primary: B reads what A writes after.
+async fn a_cluster_is_tracked_per_node_and_slot_moves_and_failovers_flush(flavor: Flavor) {
+    let cluster = blocking(|| RedisCluster::start(flavor));
+    for node in cluster.seed_addresses() {
+        cluster.node(&node).allow_near_cache();
+    }
+    let prefix = test_prefix("near-cluster");
+    let mut config = cluster_config(&cluster, &prefix);
+    config.backend.near_cache.enabled = true;
+    let a = Plugin::start_serving(config.clone()).await;
+    let b = Plugin::start_serving(config).await;
+    let (mut ca, mut cb) = (a.cache().await, b.cache().await);
+    let keys: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    let owner = |k: &str| cluster.node_for_key(&format!("{prefix}{k}"));
+    let owners: std::collections::BTreeSet<String> = keys.iter().map(|k| owner(k)).collect();
+    assert_eq!(owners.len(), 3, "keys on every primary");
+    for k in &keys {
+        ca.set(k, b"v0").await.expect("set");
+        cached(&b, &mut cb, k, b"v0").await;
+    }
+    for k in &keys {
+        ca.set(k, b"v1").await.expect("set");
+        let stale = reads_until(&mut cb, k, b"v1", GIVE_UP).await;
+        assert!(stale.len() < 5, "{k}: {} stale reads", stale.len());
+    }
+    // A slot moves without its key.
+    let k0 = &keys[0];
+    let full = format!("{prefix}{k0}");
+    let from = owner(k0);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    let slot = cluster.slot_of(&full);
+    cached(&b, &mut cb, k0, b"v1").await;
+    blocking(|| {
+        cluster.begin_migration(slot, &from, &to);
+        if flavor == Flavor::Valkey {
+            // Valkey refuses to give away a slot that still holds keys;
+            // MIGRATE's delete invalidates the key here.
+            cluster.migrate_key(&full, &from, &to);
+        }
+        cluster.finish_migration(slot, &from, &to);
+        let _: () = ::redis::cmd("SET")
+            .arg(&full)
+            .arg("moved")
+            .query(&mut cluster.node(&to).admin())
+            .expect("SET on the new owner");
+    });
+    let moved_at = Instant::now();
+    reads_until(&mut cb, k0, b"moved", Duration::from_secs(15)).await;
+    println!(
+        "{flavor:?}: slot {slot} {from} -> {to}: B read the new owner's value after {:?}",
+        moved_at.elapsed()
+    );
+    // A replica takes over.
+    let k1 = keys
+        .iter()
+        .find(|k| owner(k) != to)
+        .expect("a key elsewhere");
+    cached(&b, &mut cb, k1, b"v1").await;
+    let primary = owner(k1);
+    let replica = cluster.replicas_of(&primary).remove(0);
+    let took = blocking(|| cluster.failover(&replica));
+    assert_eq!(owner(k1), replica, "the replica serves {k1} now");
+    let mut written = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !written {
+        written = ca.set(k1, b"v2").await.is_ok();
+        assert!(
+            Instant::now() < deadline,
+            "A never wrote after the failover"
+        );
+    }
+    reads_until(&mut cb, k1, b"v2", Duration::from_secs(15)).await;
+    cached(&b, &mut cb, k1, b"v2").await;
+    println!("{flavor:?}: failover {primary} -> {replica} in {took:?}; B follows");
+}
+
+fn sentinel_near_config(set: &SentinelSet, prefix: &str) -> Config {
+    let mut c = base_config(prefix);
+    c.backend.kind = BackendKind::Redis;
+    c.backend.topology = Topology::Sentinel;
+    c.backend.addresses = set.sentinel_addresses();
+    c.backend.sentinel_master = set.master_name().into();
+    c.backend.username = CACHE_USER.into();
+    c.backend.password = Secret::new(set.users.cache.clone());
+    c.backend.near_cache.enabled = true;
+    c
+}
+
+/// Near-cache plugins A and B on a Sentinel set: B holds `k`; the master
+/// is killed and a replica promoted; once A has written the new value
+/// there, B never answers the old one (its listener and connections on
+/// the old master are gone: flushed), and B's reads from the new master
+/// are tracked there (a second write reaches it).
+async fn a_sentinel_failover_flushes_and_the_new_master_is_tracked(flavor: Flavor) {
+    let mut set = blocking(|| SentinelSet::start(flavor));
+    for node in set.data_addresses() {
+        set.node(&node).allow_near_cache();
+    }
+    let prefix = test_prefix("near-sentinel");
+    let a = Plugin::start_serving(sentinel_near_config(&set, &prefix)).await;
+    let b = Plugin::start_serving(sentinel_near_config(&set, &prefix)).await;
+    let (mut ca, mut cb) = (a.cache().await, b.cache().await);
+    ca.set("k", b"v0").await.expect("set");
+    cached(&b, &mut cb, "k", b"v0").await;
+    let (old, since) = blocking(|| set.kill_master());
+    let (new, named) = blocking(|| set.wait_new_master(&old, since, Duration::from_secs(30)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ca.set("k", b"v1").await.is_err() {
+        assert!(Instant::now() < deadline, "A never wrote to the new master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stale = reads_until(&mut cb, "k", b"v1", Duration::from_secs(30)).await;
+    assert!(
+        !stale.iter().any(|v| v == b"v0"),
+        "B served the old value after the failover: {stale:?}"
+    );
+    cached(&b, &mut cb, "k", b"v1").await;
+    ca.set("k", b"v2").await.expect("set");
+    reads_until(&mut cb, "k", b"v2", GIVE_UP).await;
+    println!(
+        "{flavor:?}: master {old} -> {new} named after {named:?}; B never served the old value"
     );
 }

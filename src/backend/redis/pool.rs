@@ -677,15 +677,19 @@ async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     }
 }
 
-/// Redis refused `CLIENT TRACKING` (an ACL without `+client|tracking`, a
-/// server without it): reads still work, nothing is stored. Said once.
+/// Redis refused `CLIENT TRACKING`: reads still work, nothing is stored.
+/// An ACL without `+client|tracking` (or a server without it) is said
+/// once; a listener that went away meanwhile (its id no longer exists) is
+/// routine and only debug.
 fn warn_tracking_refused(reply: &Reply) {
     static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        let why = match reply {
-            Reply::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
-            _ => "an unexpected reply".into(),
-        };
+    let why = match reply {
+        Reply::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
+        _ => "an unexpected reply".into(),
+    };
+    if why.contains("redirect to does not exist") {
+        debug!(%why, "near cache: listener gone before CLIENT TRACKING arrived");
+    } else if !SAID.swap(true, Ordering::Relaxed) {
         warn!(%why, "near cache: redis refused CLIENT TRACKING; reads are not cached (README, \"Near cache\", lists the ACL)");
     }
 }
