@@ -427,6 +427,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn near_cache_is_off_by_default_and_checked_only_when_on() {
+        let c = load("").expect("valid");
+        assert_eq!(c.backend.near_cache, NearCacheConfig::default());
+        assert!(!c.backend.near_cache.enabled);
+        assert_eq!(c.backend.near_cache.max_bytes, 64 << 20);
+        assert_eq!(c.backend.near_cache.max_ttl, Dur::secs(60));
+        // Off: nothing to check.
+        load("backend:\n  near_cache: { max_bytes: 0, max_ttl: 0s }\n").expect("off");
+        let on = |fields: &str| {
+            load(&format!(
+                "backend:\n  near_cache: {{ enabled: true, {fields} }}\n"
+            ))
+            .expect_err("refused")
+            .field
+        };
+        assert_eq!(on("max_bytes: 0"), "backend.near_cache.max_bytes");
+        assert_eq!(on("max_bytes: 17179869185"), "backend.near_cache.max_bytes");
+        assert_eq!(on("max_ttl: 0s"), "backend.near_cache.max_ttl");
+        assert_eq!(on("max_ttl: 25h"), "backend.near_cache.max_ttl");
+        let c =
+            load("backend:\n  near_cache: { enabled: true, max_bytes: 1024, max_ttl: 250ms }\n")
+                .expect("valid");
+        assert_eq!(c.backend.near_cache.max_ttl, Dur::millis(250));
+        assert!(
+            load("backend:\n  near_cache: { size: 1 }\n").is_err(),
+            "unknown field"
+        );
+    }
+
+    #[test]
     fn missing_address_is_rejected() {
         let err = load("backend:\n  address: \"\"\n").unwrap_err();
         assert_eq!(err.field, "backend.address");

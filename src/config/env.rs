@@ -155,6 +155,26 @@ mod tests {
     }
 
     #[test]
+    fn near_cache_env_overlays_file() {
+        let env = HashMap::from([
+            ("REDIS_NEAR_CACHE_ENABLED".to_string(), "true".to_string()),
+            (
+                "REDIS_NEAR_CACHE_MAX_BYTES".to_string(),
+                "1048576".to_string(),
+            ),
+            ("REDIS_NEAR_CACHE_MAX_TTL".to_string(), "5s".to_string()),
+        ]);
+        let c = Config::from_yaml_and_env("", &env).expect("valid");
+        let n = &c.backend.near_cache;
+        assert!(n.enabled);
+        assert_eq!(n.max_bytes, 1 << 20);
+        assert_eq!(n.max_ttl.0, std::time::Duration::from_secs(5));
+        let bad = HashMap::from([("REDIS_NEAR_CACHE_MAX_TTL".to_string(), "5".to_string())]);
+        let err = Config::from_yaml_and_env("", &bad).unwrap_err();
+        assert_eq!(err.field, "REDIS_NEAR_CACHE_MAX_TTL");
+    }
+
+    #[test]
     fn bad_env_value_names_the_variable() {
         let env = HashMap::from([("REDIS_DATABASE".to_string(), "x".to_string())]);
         let err = Config::from_yaml_and_env("", &env).unwrap_err();
