@@ -36,6 +36,7 @@ twin_tests_threaded!(
     memory_stays_under_max_bytes_in_a_sweep_larger_than_it,
     a_cluster_is_tracked_per_node_and_slot_moves_and_failovers_flush,
     a_sentinel_failover_flushes_and_the_new_master_is_tracked,
+    without_the_near_cache_acl_reads_work_and_nothing_is_cached,
 );
 
 /// Longest a stale value may be served after a write was acknowledged, in
@@ -550,6 +551,32 @@ async fn writes_through_the_plugin_drop_its_own_entries_at_once(flavor: Flavor) 
     }
     println!("{flavor:?}: 150 own writes, {stale} stale reads right after");
     assert_eq!(stale, 0);
+}
+
+/// The cache user without the near-cache rules: `CLIENT TRACKING` and
+/// the listener's `SUBSCRIBE` are refused, every Get still answers (from
+/// Redis), nothing is held and a write through A is read at once by B.
+async fn without_the_near_cache_acl_reads_work_and_nothing_is_cached(flavor: Flavor) {
+    let server = RedisServer::start(flavor);
+    let prefix = test_prefix("near-no-acl");
+    let a = Plugin::start_serving(near_config(&server, &prefix, Duration::from_secs(60))).await;
+    let b = Plugin::start_serving(near_config(&server, &prefix, Duration::from_secs(60))).await;
+    let (mut ca, mut cb) = (a.cache().await, b.cache().await);
+    for i in 0..200 {
+        let v = format!("v{i}");
+        ca.set("k", v.as_bytes()).await.expect("set");
+        assert_eq!(value(&mut cb, "k").await, Some(v.into_bytes()));
+    }
+    assert_eq!(
+        metric(b.addr, HITS).await,
+        0.0,
+        "nothing answered from memory"
+    );
+    assert_eq!(metric(b.addr, BYTES).await, 0.0, "nothing held");
+    assert!(
+        metric(b.addr, MISSES).await >= 200.0,
+        "the near cache was asked"
+    );
 }
 
 // === memory ===
