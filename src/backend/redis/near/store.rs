@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, VecDeque, hash_map::RandomState},
     hash::BuildHasher,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -71,10 +71,10 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<std::sync::Arc<str>, Entry>,
+    map: HashMap<Arc<str>, Entry>,
     /// Insertion order with second chances; items whose token no longer
     /// matches their key's entry are skipped (and compacted away).
-    clock: VecDeque<(std::sync::Arc<str>, u64)>,
+    clock: VecDeque<(Arc<str>, u64)>,
     bytes: usize,
 }
 
@@ -267,7 +267,7 @@ fn lifetime(pttl: i64, max_ttl: Duration) -> Option<Duration> {
 
 impl Shard {
     fn insert(&mut self, key: &str, token: u64, slot: Slot, bytes: usize) {
-        let key: std::sync::Arc<str> = key.into();
+        let key: Arc<str> = key.into();
         self.clock.push_back((key.clone(), token));
         let entry = Entry {
             token,
