@@ -45,16 +45,28 @@ pub(in crate::backend::redis) async fn listen(
     mut shutdown: Watch,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(1));
+    let mut failing = false;
     loop {
-        let ended = tokio::select! {
+        let (ended, was_up) = tokio::select! {
             biased;
             () = shutdown.reached(Phase::Stopped) => break,
             () = tracking.retired.notified() => break,
             ended = session(&tracking, &connector, &creds, &mut backoff) => ended,
         };
         tracking.down();
-        warn!(address = %connector.host, port = connector.port, error = %ended,
-            "near cache: invalidation listener lost; near cache flushed, reconnecting");
+        let (host, port) = (&connector.host, connector.port);
+        if was_up {
+            warn!(%host, port, error = %ended,
+                "near cache: invalidation listener lost; near cache flushed, reconnecting");
+        } else if !failing {
+            // Said once per outage: an ACL without the near-cache rules
+            // would otherwise log every second.
+            warn!(%host, port, error = %ended,
+                "near cache: cannot subscribe to invalidations; nothing from this node is cached until it can (README, \"Near cache\", lists the ACL)");
+        } else {
+            debug!(%host, port, error = %ended, "near cache: invalidation listener still not subscribed");
+        }
+        failing = !was_up;
         tokio::select! {
             biased;
             () = shutdown.reached(Phase::Stopped) => break,
@@ -65,22 +77,28 @@ pub(in crate::backend::redis) async fn listen(
     tracking.down();
 }
 
-/// One listener connection, from connect to loss; returns why it ended.
+/// One listener connection, from connect to loss; returns why it ended
+/// and whether it had subscribed.
 async fn session(
     tracking: &Tracking,
     connector: &Connector,
     creds: &CredentialsHandle,
     backoff: &mut Backoff,
-) -> ConnError {
-    let mut stream = match subscribe(connector, creds).await {
+) -> (ConnError, bool) {
+    match subscribe(connector, creds).await {
         Ok((stream, id)) => {
             tracking.up(id);
             backoff.reset();
             debug!(id, "near cache: invalidation listener subscribed");
-            stream
+            (serve(tracking, stream).await, true)
         }
-        Err(e) => return e,
-    };
+        Err(e) => (e, false),
+    }
+}
+
+/// Drops what Redis says is invalid and proves the connection alive,
+/// until it is not; returns why.
+async fn serve(tracking: &Tracking, mut stream: PushStream) -> ConnError {
     let mut ticks = tokio::time::interval(PING_EVERY);
     ticks.tick().await;
     let mut unanswered = 0;
