@@ -37,6 +37,7 @@ twin_tests_threaded!(
     a_cluster_is_tracked_per_node_and_slot_moves_and_failovers_flush,
     a_sentinel_failover_flushes_and_the_new_master_is_tracked,
     without_the_near_cache_acl_reads_work_and_nothing_is_cached,
+    a_silent_listener_is_found_by_its_pings_and_flushes,
 );
 
 /// Longest a stale value may be served after a write was acknowledged, in
@@ -452,6 +453,54 @@ async fn killing_the_listener_flushes_and_nothing_stale_is_served(flavor: Flavor
         );
     }
     cached(&p.b, &mut p.cb, "k", b"new").await;
+}
+
+/// B reaches Redis through a proxy that goes silent on B's open
+/// connections (no RST, no FIN): `k` rewritten directly in Redis, its
+/// invalidation vanishes on the way. B serves the old value (the fault
+/// happened) only until its listener misses its pings (about 4 s), then
+/// flushes and reads the new value, and never the old one again.
+async fn a_silent_listener_is_found_by_its_pings_and_flushes(flavor: Flavor) {
+    let server = RedisServer::start(flavor);
+    server.allow_near_cache();
+    let proxy = common::blackhole::BlackHole::start(&server.address());
+    let prefix = test_prefix("near-silent");
+    let mut config = near_config(&server, &prefix, Duration::from_secs(60));
+    config.backend.address = proxy.address();
+    let b = Plugin::start_serving(config).await;
+    let mut cb = b.cache().await;
+    cb.set("k", b"old").await.expect("set");
+    cached(&b, &mut cb, "k", b"old").await;
+    proxy.black_hole_existing();
+    let full = format!("{prefix}k");
+    let mut admin = server.admin();
+    tokio::task::spawn_blocking(move || {
+        let _: () = ::redis::cmd("SET")
+            .arg(&full)
+            .arg("new")
+            .query(&mut admin)
+            .expect("SET");
+    })
+    .await
+    .expect("SET");
+    let written = Instant::now();
+    let other = reads_until(&mut cb, "k", b"new", Duration::from_secs(15)).await;
+    let took = written.elapsed();
+    let stale = other.iter().filter(|v| v.as_slice() == b"old").count();
+    println!("{flavor:?}: silent listener: {stale} stale reads, new value after {took:?}");
+    assert!(
+        stale > 0,
+        "the invalidation was not lost: no stale read at all"
+    );
+    assert!(
+        proxy.vanished_bytes() > 0,
+        "the proxy swallowed the invalidation"
+    );
+    for _ in 0..20 {
+        if let Ok(r) = cb.get("k").await {
+            assert_eq!(&r.value[..], b"new", "stale after the flush");
+        }
+    }
 }
 
 /// B holds `k`; Redis is restarted (empty) and `k` written anew directly:
