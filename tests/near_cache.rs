@@ -362,7 +362,8 @@ async fn an_entry_never_outlives_its_redis_ttl(flavor: Flavor) {
 }
 
 /// A key without a TTL is read from Redis again at least every `max_ttl`
-/// (300 ms here): over 1.5 s of reads B misses at least 4 times.
+/// (300 ms here): over 1.5 s of reads B misses about 5 times (3 to 8
+/// allowed for a loaded machine; without the bound: once at most).
 async fn an_entry_never_outlives_max_ttl(flavor: Flavor) {
     let mut p = pair(flavor, "near-max-ttl", Duration::from_millis(300)).await;
     p.ca.set_ttl("k", b"v", ttl(Duration::from_secs(3600)))
@@ -379,7 +380,7 @@ async fn an_entry_never_outlives_max_ttl(flavor: Flavor) {
     let hits = metric(p.b.addr, HITS).await - hits_before;
     println!("{flavor:?}: 1.5 s of reads with max_ttl 300ms: {misses} misses, {hits} hits");
     assert!(hits > misses, "mostly hits");
-    assert!((4.0..=7.0).contains(&misses), "{misses} misses in 1.5 s");
+    assert!((3.0..=8.0).contains(&misses), "{misses} misses in 1.5 s");
 }
 
 // === faults ===
