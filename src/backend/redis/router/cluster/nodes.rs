@@ -299,7 +299,7 @@ impl Topology {
             pools,
         };
         let unowned = nodes.unowned();
-        let moved = owners_moved(&self.nodes.load(), &nodes);
+        let moved = self.settings.near_cache.is_some() && owners_moved(&self.nodes.load(), &nodes);
         self.nodes.store(Arc::new(nodes));
         if moved {
             self.flush_near();
