@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::backend::{PoolStats, TopologyStats};
+use crate::backend::{NearStats, PoolStats, TopologyStats};
 
 /// The media type of `/metrics`: prometheus-client writes OpenMetrics 1.0
 /// text (with `# EOF`), which Prometheus asks for in its `Accept` header.
@@ -97,6 +97,46 @@ impl OpMetrics {
     }
 }
 
+/// The near cache's metrics (DESIGN.md, "Near cache").
+#[derive(Default)]
+pub struct NearMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub invalidations: Counter,
+    pub evictions: Counter,
+    pub bytes: Gauge,
+}
+
+impl NearMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "redis_plugin_near_cache_hits",
+            "Gets answered from the near cache",
+            self.hits.clone(),
+        );
+        r.register(
+            "redis_plugin_near_cache_misses",
+            "Gets the near cache did not hold",
+            self.misses.clone(),
+        );
+        r.register(
+            "redis_plugin_near_cache_invalidations",
+            "Near cache entries dropped by Redis invalidations and flushes",
+            self.invalidations.clone(),
+        );
+        r.register(
+            "redis_plugin_near_cache_evictions",
+            "Near cache entries dropped to stay under max_bytes",
+            self.evictions.clone(),
+        );
+        r.register(
+            "redis_plugin_near_cache_bytes",
+            "Bytes the near cache holds (keys + values + overhead)",
+            self.bytes.clone(),
+        );
+    }
+}
+
 /// Every metric the plugin exports.
 pub struct Metrics {
     registry: Registry,
@@ -118,6 +158,7 @@ pub struct Metrics {
     pub topology_refreshes: Counter,
     pub failovers: Counter,
     pub node_connections: Family<NodeState, Gauge>,
+    pub near: NearMetrics,
     /// Serialises [`Metrics::set_topology`]: counters advance by the
     /// difference to the backend's own counts.
     topology_lock: std::sync::Mutex<()>,
@@ -146,6 +187,7 @@ impl Metrics {
             topology_refreshes: Counter::default(),
             failovers: Counter::default(),
             node_connections: Family::default(),
+            near: NearMetrics::default(),
             topology_lock: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
@@ -153,6 +195,7 @@ impl Metrics {
         m.register_serving(&mut registry);
         m.register_credentials(&mut registry);
         m.register_topology(&mut registry);
+        m.near.register(&mut registry);
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -305,6 +348,31 @@ impl Metrics {
         if s.dead > seen {
             self.dead_connections.inc_by(s.dead - seen);
         }
+    }
+
+    /// Advances the near cache counters to the backend's counts and sets
+    /// its size (nothing without a near cache).
+    pub fn set_near(&self, s: Option<NearStats>) {
+        let Some(s) = s else {
+            return;
+        };
+        let _serial = self
+            .topology_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = &self.near;
+        for (c, to) in [
+            (&n.hits, s.hits),
+            (&n.misses, s.misses),
+            (&n.invalidations, s.invalidations),
+            (&n.evictions, s.evictions),
+        ] {
+            let now = c.get();
+            if to > now {
+                c.inc_by(to - now);
+            }
+        }
+        n.bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
     }
 
     /// Advances the topology counters to the backend's counts and sets the

@@ -21,7 +21,7 @@ use crate::{
     backend::{
         Backend,
         memory::MemoryBackend,
-        redis::{RedisBackend, RedisSettings, RedisTlsSettings},
+        redis::{NearCache, RedisBackend, RedisSettings, RedisTlsSettings},
     },
     config::{BackendKind, Config},
     credentials::{self, CredentialsHandle},
@@ -152,6 +152,10 @@ pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsError> {
         max_retries: b.max_retries,
         tls,
         max_reply_bytes: b.max_reply_bytes,
+        near_cache: b
+            .near_cache
+            .enabled
+            .then(|| NearCache::new(b.near_cache.max_bytes, b.near_cache.max_ttl.0)),
     })
 }
 
@@ -371,6 +375,7 @@ fn routes<B: Backend, H: tonic_health::pb::health_server::Health>(
         async move {
             metrics.set_pool(backend.pool_stats());
             metrics.set_topology(&backend.topology_stats());
+            metrics.set_near(backend.near_stats());
             ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics.encode())
         }
     };

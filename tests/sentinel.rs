@@ -528,6 +528,7 @@ fn backend_settings(set: &SentinelSet) -> redis_cache_plugin::backend::redis::Re
         max_retries: 3,
         tls: None,
         max_reply_bytes: 1 << 20,
+        near_cache: None,
     }
 }
 

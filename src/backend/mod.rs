@@ -83,6 +83,26 @@ pub trait Backend: Send + Sync + 'static {
     fn topology_stats(&self) -> TopologyStats {
         TopologyStats::default()
     }
+
+    /// The near cache's counts, for metrics; `None` when there is none.
+    fn near_stats(&self) -> Option<NearStats> {
+        None
+    }
+}
+
+/// The near cache's counts since start, and its size now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NearStats {
+    /// Gets answered from the near cache, and those that were not.
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries dropped because Redis said so (or the channel was lost).
+    pub invalidations: u64,
+    /// Entries dropped to stay under `max_bytes`.
+    pub evictions: u64,
+    /// Bytes held (keys + values + per-entry overhead).
+    pub bytes: usize,
+    pub max_bytes: usize,
 }
 
 /// When a Set writes.

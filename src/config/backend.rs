@@ -79,6 +79,20 @@ pub struct BackendConfig {
     /// included); bounds what one Get or MGet can make the plugin hold.
     pub max_reply_bytes: usize,
     pub tls: RedisTls,
+    /// Hot keys answered from process memory (README, "Near cache").
+    pub near_cache: NearCacheConfig,
+}
+
+/// The near cache: values held in process, kept coherent by Redis'
+/// invalidation messages (`CLIENT TRACKING`). The memory backend ignores it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearCacheConfig {
+    pub enabled: bool,
+    /// Keys + values (+ a fixed overhead per entry) held at most.
+    pub max_bytes: usize,
+    /// No entry lives longer here, whatever its Redis TTL.
+    pub max_ttl: Dur,
 }
 
 /// TLS to Redis. `rediss://` addresses turn it on.
@@ -134,6 +148,17 @@ impl Default for BackendConfig {
             max_batch_keys: 1000,
             max_reply_bytes: 64 * 1024 * 1024,
             tls: RedisTls::default(),
+            near_cache: NearCacheConfig::default(),
+        }
+    }
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_bytes: 64 * 1024 * 1024,
+            max_ttl: Dur::secs(60),
         }
     }
 }
@@ -204,7 +229,7 @@ impl BackendConfig {
             ));
         }
         self.validate_reply_cap()?;
-        Ok(())
+        self.near_cache.validate()
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -280,6 +305,27 @@ impl BackendConfig {
             ("cert_file", &r.cert_file),
             ("key_file", &r.key_file),
         )
+    }
+}
+
+// === near cache ===
+
+/// Bounds `backend.near_cache.max_bytes`: the near cache is for hot keys,
+/// not a second Redis in the sidecar.
+pub const MAX_NEAR_CACHE_BYTES: usize = 16 * 1024 * 1024 * 1024;
+
+impl NearCacheConfig {
+    /// With the near cache on, a size and a lifetime that can hold something.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        within(
+            self.max_bytes,
+            MAX_NEAR_CACHE_BYTES,
+            "backend.near_cache.max_bytes",
+        )?;
+        timeout(self.max_ttl, "backend.near_cache.max_ttl")
     }
 }
 
@@ -379,6 +425,36 @@ mod tests {
     use crate::config::{Config, tests::load};
 
     use super::*;
+
+    #[test]
+    fn near_cache_is_off_by_default_and_checked_only_when_on() {
+        let c = load("").expect("valid");
+        assert_eq!(c.backend.near_cache, NearCacheConfig::default());
+        assert!(!c.backend.near_cache.enabled);
+        assert_eq!(c.backend.near_cache.max_bytes, 64 << 20);
+        assert_eq!(c.backend.near_cache.max_ttl, Dur::secs(60));
+        // Off: nothing to check.
+        load("backend:\n  near_cache: { max_bytes: 0, max_ttl: 0s }\n").expect("off");
+        let on = |fields: &str| {
+            load(&format!(
+                "backend:\n  near_cache: {{ enabled: true, {fields} }}\n"
+            ))
+            .expect_err("refused")
+            .field
+        };
+        assert_eq!(on("max_bytes: 0"), "backend.near_cache.max_bytes");
+        assert_eq!(on("max_bytes: 17179869185"), "backend.near_cache.max_bytes");
+        assert_eq!(on("max_ttl: 0s"), "backend.near_cache.max_ttl");
+        assert_eq!(on("max_ttl: 25h"), "backend.near_cache.max_ttl");
+        let c =
+            load("backend:\n  near_cache: { enabled: true, max_bytes: 1024, max_ttl: 250ms }\n")
+                .expect("valid");
+        assert_eq!(c.backend.near_cache.max_ttl, Dur::millis(250));
+        assert!(
+            load("backend:\n  near_cache: { size: 1 }\n").is_err(),
+            "unknown field"
+        );
+    }
 
     #[test]
     fn missing_address_is_rejected() {

@@ -64,6 +64,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var!("REDIS_KEY_PREFIX" => text backend.key_prefix),
     var!("REDIS_VAULT_ENABLED" => parsed backend.vault_enabled),
     var!("REDIS_VAULT_PATH" => text backend.vault_path),
+    var!("REDIS_NEAR_CACHE_ENABLED" => parsed backend.near_cache.enabled),
+    var!("REDIS_NEAR_CACHE_MAX_BYTES" => parsed backend.near_cache.max_bytes),
+    var!("REDIS_NEAR_CACHE_MAX_TTL" => duration backend.near_cache.max_ttl),
     var!("PRISM_LOG_LEVEL" => text log.level),
     var!("PRISM_PLUGIN_PORT" => parsed control_plane.port),
     var!("PRISM_PLUGIN_LISTEN" => text control_plane.listen),
@@ -97,6 +100,10 @@ fn text(value: &str) -> Result<String, String> {
 }
 
 /// A password or token: as written, and never printed.
+fn duration(value: &str) -> Result<crate::config::Dur, String> {
+    crate::config::parse_duration(value).map(crate::config::Dur)
+}
+
 fn secret(value: &str) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
@@ -145,6 +152,26 @@ mod tests {
         assert_eq!(c.backend.database, 3);
         assert_eq!(c.backend.password.expose(), "hunter2");
         assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn near_cache_env_overlays_file() {
+        let env = HashMap::from([
+            ("REDIS_NEAR_CACHE_ENABLED".to_string(), "true".to_string()),
+            (
+                "REDIS_NEAR_CACHE_MAX_BYTES".to_string(),
+                "1048576".to_string(),
+            ),
+            ("REDIS_NEAR_CACHE_MAX_TTL".to_string(), "5s".to_string()),
+        ]);
+        let c = Config::from_yaml_and_env("", &env).expect("valid");
+        let n = &c.backend.near_cache;
+        assert!(n.enabled);
+        assert_eq!(n.max_bytes, 1 << 20);
+        assert_eq!(n.max_ttl.0, std::time::Duration::from_secs(5));
+        let bad = HashMap::from([("REDIS_NEAR_CACHE_MAX_TTL".to_string(), "5".to_string())]);
+        let err = Config::from_yaml_and_env("", &bad).unwrap_err();
+        assert_eq!(err.field, "REDIS_NEAR_CACHE_MAX_TTL");
     }
 
     #[test]

@@ -32,8 +32,8 @@ mod topology;
 mod vault;
 
 pub use backend::{
-    BackendConfig, BackendKind, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_POOL_SIZE, MAX_REPLY_BYTES,
-    MAX_RETRIES, MAX_TTL, MAX_VALUE_BYTES, RedisTls,
+    BackendConfig, BackendKind, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_NEAR_CACHE_BYTES, MAX_POOL_SIZE,
+    MAX_REPLY_BYTES, MAX_RETRIES, MAX_TTL, MAX_VALUE_BYTES, NearCacheConfig, RedisTls,
 };
 pub use control_plane::{
     ControlPlaneConfig, MAX_CONCURRENT_REQUESTS, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS,

@@ -47,6 +47,12 @@ pub const CACHE_USER: &str = "cache";
 /// plugin sends, under the `cache:` prefix. README documents the same list.
 pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +pexpire +ping +incrby +pttl +persist +exists +multi +exec";
 
+/// What the cache user needs on top of [`CACHE_ACL`] for the near cache
+/// (README, "Near cache"): PTTL with each miss, tracking redirected to a
+/// connection of its own that subscribes to the invalidation channel.
+pub const NEAR_CACHE_ACL: &str =
+    "+pttl +client|id +client|tracking +subscribe &__redis__:invalidate";
+
 /// A free loopback port (bound then released; races are unlikely and retried
 /// by callers that start servers).
 pub fn free_port() -> u16 {
@@ -308,6 +314,17 @@ impl RedisServer {
             .arg(key)
             .query(&mut self.admin())
             .expect("GET")
+    }
+
+    /// Grants the cache user [`NEAR_CACHE_ACL`] (again after a restart:
+    /// the server's config file does not carry it).
+    pub fn allow_near_cache(&self) {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(CACHE_USER);
+        for rule in NEAR_CACHE_ACL.split_whitespace() {
+            cmd.arg(rule);
+        }
+        let _: () = cmd.query(&mut self.admin()).expect("ACL SETUSER");
     }
 
     /// Number of keys in the current database.

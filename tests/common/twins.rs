@@ -58,3 +58,26 @@ macro_rules! twin_tests {
         }
     };
 }
+
+/// Like [`twin_tests!`] on a multi-thread runtime (two workers), for tests
+/// that run plugins in-process and make blocking calls to Redis (admin
+/// commands, restarts) while the plugins keep working.
+#[macro_export]
+macro_rules! twin_tests_threaded {
+    ($($fn_name:ident),+ $(,)?) => {
+        $crate::twin_tests_threaded!(@module redis, $crate::common::Flavor::Redis, $($fn_name),+);
+        $crate::twin_tests_threaded!(@module valkey, $crate::common::Flavor::Valkey, $($fn_name),+);
+    };
+    (@module $module:ident, $flavor:expr, $($fn_name:ident),+) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $fn_name() {
+                    super::$fn_name($flavor).await
+                }
+            )+
+        }
+    };
+}

@@ -388,6 +388,12 @@ struct State {
     /// due, `None` with nothing outstanding. Not per command: one clock
     /// read per busy period or batch of replies, not per request.
     due_since: Option<Instant>,
+    /// Near cache: the listener generation this connection's `CLIENT
+    /// TRACKING` redirects to (0: not tracking).
+    tracking: u64,
+    /// Near cache: called once when a tracking connection breaks or is
+    /// dropped, since Redis then forgets the keys it tracked for it.
+    on_lost: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 struct Shared {
@@ -406,14 +412,17 @@ impl Shared {
 
     /// Marks the connection broken and fails every queued request.
     fn fail(&self, cause: ConnError) {
-        let waiting = {
+        let (waiting, on_lost) = {
             let mut st = self.state();
             if st.broken.is_none() {
                 st.broken = Some(cause.clone());
             }
             st.due_since = None;
-            std::mem::take(&mut st.waiting)
+            (std::mem::take(&mut st.waiting), st.on_lost.take())
         };
+        if let Some(lost) = on_lost {
+            lost();
+        }
         for w in waiting {
             let _ = w.send(Err(cause.clone()));
         }
@@ -440,6 +449,9 @@ enum Then<'a> {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(lost) = self.shared.state().on_lost.take() {
+            lost();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -458,6 +470,8 @@ impl Connection {
                 broken: None,
                 direct: false,
                 due_since: None,
+                tracking: 0,
+                on_lost: None,
             }),
             writer: Notify::new(),
             peak_buffered: AtomicUsize::new(0),
@@ -597,6 +611,29 @@ impl Connection {
     /// them elsewhere) and later ones are refused.
     pub(super) fn declare_dead(&self, waited: Duration) {
         self.shared.fail(ConnError::Unresponsive(waited));
+    }
+
+    /// Near cache: the listener generation this connection's tracking
+    /// points at (0: none).
+    pub(super) fn tracking(&self) -> u64 {
+        self.shared.state().tracking
+    }
+
+    /// Near cache: `on_lost` runs once when this connection breaks or is
+    /// dropped; set before tracking is asked for, so a break at any point
+    /// after is covered. False when already broken.
+    pub(super) fn watch_tracking(&self, on_lost: &Arc<dyn Fn() + Send + Sync>) -> bool {
+        let mut st = self.shared.state();
+        if st.broken.is_some() {
+            return false;
+        }
+        st.on_lost.get_or_insert_with(|| on_lost.clone());
+        true
+    }
+
+    /// Near cache: Redis confirmed tracking towards listener `generation`.
+    pub(super) fn set_tracking(&self, generation: u64) {
+        self.shared.state().tracking = generation;
     }
 
     /// Why the connection broke, if it did.

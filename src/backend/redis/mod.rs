@@ -15,27 +15,31 @@
 mod commands;
 mod connection;
 mod failure;
+mod near;
 mod pool;
 mod resp;
 mod router;
 mod settings;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
-pub use self::settings::{RedisSettings, RedisTlsSettings};
+pub use self::settings::{NearCache, RedisSettings, RedisTlsSettings};
 use self::{
-    commands::{Delete, Exists, Expire, Get, GetTtl, Incr, MGet, MSet, Persist, Set},
+    commands::{Command, Delete, Exists, Expire, Get, GetTtl, Incr, MGet, MSet, Persist, Set},
+    near::Near,
     router::Router,
 };
-use super::{Backend, Entry, Persisted, PoolStats, SetCondition, TopologyStats};
+use super::{Backend, Entry, NearStats, Persisted, PoolStats, SetCondition, TopologyStats};
 use crate::{credentials::CredentialsHandle, error::Result, shutdown::Watch};
 
 /// The Redis backend. Cloning shares the pools.
 #[derive(Clone)]
 pub struct RedisBackend {
     router: Router,
+    /// The near cache, when on (README, "Near cache").
+    near: Option<Arc<Near>>,
 }
 
 impl RedisBackend {
@@ -49,7 +53,8 @@ impl RedisBackend {
     ) -> Result<Self> {
         let settings = settings.with_implied_tls()?;
         let router = Router::start(&settings, creds, shutdown)?;
-        Ok(Self { router })
+        let near = settings.near_cache.as_ref().map(|n| n.0.clone());
+        Ok(Self { router, near })
     }
 
     /// With TLS on, opens one connection now so that a certificate Redis
@@ -65,11 +70,28 @@ impl RedisBackend {
     pub fn failovers_followed(&self) -> u64 {
         self.router.failovers()
     }
+
+    /// Drops the near cache's entries for keys this plugin just wrote,
+    /// before the write is answered: a Get through this plugin after the
+    /// answer reads Redis (a read claimed earlier stores nothing). Every
+    /// write goes through here, whatever its outcome (an error may still
+    /// have written).
+    fn forget<S: AsRef<str>>(&self, keys: &[S]) {
+        if let Some(near) = &self.near {
+            near.forget(keys);
+        }
+    }
 }
 
 impl Backend for RedisBackend {
     async fn get(&self, key: String) -> Result<Option<Bytes>> {
-        self.router.send(&Get { key }).await
+        let Some(near) = &self.near else {
+            return self.router.send(&Get { key }).await;
+        };
+        if let Some(value) = near.get(&key) {
+            return Ok(Some(value));
+        }
+        self.router.get_tracked(&Get { key }).await
     }
 
     async fn set(
@@ -79,17 +101,24 @@ impl Backend for RedisBackend {
         ttl: Option<Duration>,
         condition: SetCondition,
     ) -> Result<bool> {
-        self.router
-            .send(&Set::new(key, value, ttl, condition))
-            .await
+        let set = Set::new(key, value, ttl, condition);
+        let result = self.router.send(&set).await;
+        self.forget(set.keys());
+        result
     }
 
     async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
-        self.router.send_multi(&MSet::new(entries)).await
+        let mset = MSet::new(entries);
+        let result = self.router.send_multi(&mset).await;
+        self.forget(mset.keys());
+        result
     }
 
     async fn incr(&self, key: String, delta: i64, ttl: Option<Duration>) -> Result<i64> {
-        self.router.send(&Incr::new(key, delta, ttl)).await
+        let incr = Incr::new(key, delta, ttl);
+        let result = self.router.send(&incr).await;
+        self.forget(incr.keys());
+        result
     }
 
     async fn get_ttl(&self, key: String) -> Result<Option<Option<Duration>>> {
@@ -97,7 +126,10 @@ impl Backend for RedisBackend {
     }
 
     async fn persist(&self, key: String) -> Result<Persisted> {
-        self.router.send(&Persist { key }).await
+        let persist = Persist { key };
+        let result = self.router.send(&persist).await;
+        self.forget(persist.keys());
+        result
     }
 
     async fn exists(&self, keys: Vec<String>) -> Result<u64> {
@@ -105,15 +137,24 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-        self.router.send_multi(&Delete { keys }).await
+        let delete = Delete { keys };
+        let result = self.router.send_multi(&delete).await;
+        self.forget(&delete.keys);
+        result
     }
 
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
-        self.router.send_multi(&MGet { keys }).await
+        match &self.near {
+            Some(near) => self.mget_near(near, keys).await,
+            None => self.router.send_multi(&MGet { keys }).await,
+        }
     }
 
     async fn expire(&self, key: String, ttl: Duration) -> Result<bool> {
-        self.router.send(&Expire::new(key, ttl)).await
+        let expire = Expire::new(key, ttl);
+        let result = self.router.send(&expire).await;
+        self.forget(expire.keys());
+        result
     }
 
     async fn ping(&self) -> Result<()> {
@@ -126,5 +167,27 @@ impl Backend for RedisBackend {
 
     fn topology_stats(&self) -> TopologyStats {
         self.router.topology_stats()
+    }
+
+    fn near_stats(&self) -> Option<NearStats> {
+        self.near.as_ref().map(|n| n.stats())
+    }
+}
+
+impl RedisBackend {
+    /// MGet with the near cache on: held keys answered here, the others
+    /// with one MGET (not stored: an MGET reads no TTLs).
+    async fn mget_near(&self, near: &Near, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+        let mut values: Vec<Option<Bytes>> = keys.iter().map(|k| near.get(k)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(values);
+        }
+        let rest = missing.iter().map(|&i| keys[i].clone()).collect();
+        let fetched = self.router.send_multi(&MGet { keys: rest }).await?;
+        for (i, value) in missing.into_iter().zip(fetched) {
+            values[i] = value;
+        }
+        Ok(values)
     }
 }

@@ -57,6 +57,7 @@ use tracing::{debug, info, warn};
 use super::{
     connection::{ConnError, Connection, Connector, unit},
     failure::{Class, classify, classify_reply},
+    near::{self, Claim, Near, Redirect, Tracking},
     resp::Reply,
 };
 use crate::{
@@ -105,6 +106,8 @@ pub(super) struct Pool {
     dead_after: Duration,
     /// Connections replaced as dead so far, for metrics.
     dead: AtomicU64,
+    /// Near cache on: this node's invalidation listener, as reads see it.
+    tracking: Option<Arc<Tracking>>,
 }
 
 /// How many operation timeouts a reply may be overdue before its
@@ -150,9 +153,20 @@ impl Pool {
         limits: PoolLimits,
         creds: CredentialsHandle,
         shutdown: Watch,
+        near: Option<Arc<Near>>,
     ) -> Arc<Self> {
         let slots = (0..limits.size).map(|_| Slot::default()).collect();
         let dead_after = dead_after(limits.operation_timeout);
+        let tracking = near.map(Tracking::new);
+        if let Some(t) = &tracking {
+            let listen = near::listen(
+                t.clone(),
+                connector.clone(),
+                creds.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(listen);
+        }
         let pool = Arc::new(Self {
             address,
             connector,
@@ -166,6 +180,7 @@ impl Pool {
             retired: AtomicBool::new(false),
             dead_after,
             dead: AtomicU64::new(0),
+            tracking,
         });
         tokio::spawn(maintain(pool.clone(), shutdown));
         pool
@@ -283,6 +298,12 @@ impl Pool {
     pub(super) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.repair.notify_one();
+        if let Some(t) = &self.tracking {
+            // Keys read here are no longer invalidated once the listener
+            // goes: flush now rather than when it notices.
+            t.down();
+            t.retired.notify_one();
+        }
     }
 
     /// The node's address as configured or announced.
@@ -317,6 +338,89 @@ impl Pool {
             }
             Error::Unavailable(format!("redis: {e}"))
         })
+    }
+
+    /// Near cache: sends the commands `encode` writes (`n` of them) on one
+    /// connection, after claiming `key` (see `near`): when this node's
+    /// listener is up, the connection's tracking is pointed at it first, in
+    /// the same write, if it is not already. Returns the claim (none: do
+    /// not store) and the replies. One attempt, as [`Pool::query_batch`].
+    pub(super) async fn query_tracked(
+        &self,
+        key: &str,
+        encode: &(dyn Fn(&mut BytesMut) + Sync),
+        n: usize,
+    ) -> Result<(Option<Claim>, Vec<Reply>)> {
+        let (idx, live) = self.checkout().await?;
+        let (claim, arm) = self.claim_on(key, &live.conn);
+        let result = {
+            let _busy = Busy::new(&self.slots[idx].inflight);
+            let both = |out: &mut BytesMut| {
+                if let Some(r) = &arm {
+                    out.extend_from_slice(&r.command);
+                }
+                encode(out);
+            };
+            live.conn
+                .call_batch(both, n + usize::from(arm.is_some()))
+                .await
+        };
+        let mut replies = match result {
+            Ok(replies) => replies,
+            Err(e) => {
+                self.cancel(key, claim);
+                if classify(&e) == Class::Connection {
+                    self.drop_conn(idx, &live);
+                }
+                return Err(Error::Unavailable(format!("redis: {e}")));
+            }
+        };
+        let Some(r) = arm else {
+            return Ok((claim, replies));
+        };
+        match replies.remove(0) {
+            Reply::Status(ok) if &ok[..] == b"OK" => {
+                live.conn.set_tracking(r.generation);
+                Ok((claim, replies))
+            }
+            refused => {
+                warn_tracking_refused(&refused);
+                self.cancel(key, claim);
+                Ok((None, replies))
+            }
+        }
+    }
+
+    /// Claims `key` for a read on `conn`, and says whether `conn` must be
+    /// pointed at the listener first. No claim when the listener is down
+    /// or `conn` already broke (its tracking could not be watched).
+    fn claim_on(&self, key: &str, conn: &Connection) -> (Option<Claim>, Option<Arc<Redirect>>) {
+        let Some(tracking) = &self.tracking else {
+            return (None, None);
+        };
+        let Some(claim) = tracking.claim(key) else {
+            return (None, None);
+        };
+        if conn.tracking() == claim.redirect.generation {
+            return (Some(claim), None);
+        }
+        if !conn.watch_tracking(&tracking.on_lost()) {
+            tracking.near.cancel(key, claim.ticket);
+            return (None, None);
+        }
+        let redirect = claim.redirect.clone();
+        (Some(claim), Some(redirect))
+    }
+
+    fn cancel(&self, key: &str, claim: Option<Claim>) {
+        if let (Some(t), Some(c)) = (&self.tracking, claim) {
+            t.near.cancel(key, c.ticket);
+        }
+    }
+
+    /// The near cache of this node's reads, if on.
+    pub(super) fn near(&self) -> Option<&Arc<Near>> {
+        self.tracking.as_ref().map(|t| &t.near)
     }
 
     /// One attempt on the connection in slot `idx`, counted in flight.
@@ -611,6 +715,23 @@ async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     }
 }
 
+/// Redis refused `CLIENT TRACKING`: reads still work, nothing is stored.
+/// An ACL without `+client|tracking` (or a server without it) is said
+/// once; a listener that went away meanwhile (its id no longer exists) is
+/// routine and only debug.
+fn warn_tracking_refused(reply: &Reply) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let why = match reply {
+        Reply::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
+        _ => "an unexpected reply".into(),
+    };
+    if why.contains("redirect to does not exist") {
+        debug!(%why, "near cache: listener gone before CLIENT TRACKING arrived");
+    } else if !SAID.swap(true, Ordering::Relaxed) {
+        warn!(%why, "near cache: redis refused CLIENT TRACKING; reads are not cached (README, \"Near cache\", lists the ACL)");
+    }
+}
+
 /// Counts a request on a slot for as long as it lives.
 struct Busy<'a>(&'a AtomicUsize);
 
@@ -693,6 +814,7 @@ mod tests {
             limits,
             creds,
             shutdown.watch(),
+            None,
         );
         // The task is alive and working: reconnect attempts go on (and
         // fail, so it is in its backoff) while the phase is Serving.

@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 
 use super::{
     connection::{Connector, Tls},
+    near::Near,
     pool::PoolLimits,
 };
 use crate::{
@@ -44,6 +45,29 @@ pub struct RedisSettings {
     /// Largest reply accepted for one command, framing included; larger
     /// ones fail that command with [`Error::ReplyTooLarge`].
     pub max_reply_bytes: usize,
+    /// The near cache every node's pool feeds and invalidates; `None`: off.
+    pub near_cache: Option<NearCache>,
+}
+
+/// A near cache (README, "Near cache"), shared by the clones of the
+/// settings that hold it: every pool the router starts uses the same one.
+#[derive(Clone)]
+pub struct NearCache(pub(super) Arc<Near>);
+
+impl NearCache {
+    /// Holds at most `max_bytes` (keys + values + overhead), each entry at
+    /// most `max_ttl`.
+    pub fn new(max_bytes: usize, max_ttl: Duration) -> Self {
+        Self(Near::new(max_bytes, max_ttl))
+    }
+}
+
+impl std::fmt::Debug for NearCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NearCache")
+            .field("bytes", &self.0.stats().bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// TLS towards Redis.

@@ -19,9 +19,12 @@ mod sentinel;
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+
 use super::{
-    commands::{Command, MultiKey},
+    commands::{Command, Get, MultiKey, Pttl},
     failure,
+    near::Claim,
     pool::Pool,
     resp::Reply,
     settings::RedisSettings,
@@ -80,6 +83,24 @@ impl Router {
             Self::Cluster(c) => c.send_multi(command).await,
             _ => self.send(command).await,
         }
+    }
+
+    /// Near cache: a Get that, on the node's pool with the near cache on,
+    /// reads `PTTL` with the value and stores both if its claim survives
+    /// (see `near`). Anything unusual (a redirect, a lost connection) falls
+    /// back to [`Router::send`], which stores nothing.
+    pub(super) async fn get_tracked(&self, get: &Get) -> Result<Option<Bytes>> {
+        let pool = match self {
+            Self::Standalone(pool) => Some(pool.clone()),
+            Self::Sentinel(s) => s.master(),
+            Self::Cluster(c) => c.owner_of(&get.key),
+        };
+        if let Some(pool) = pool.filter(|p| p.near().is_some())
+            && let Some(done) = tracked_get(&pool, get).await
+        {
+            return done;
+        }
+        self.send(get).await
     }
 
     /// Fails when TLS to a node is refused either way (see
@@ -142,13 +163,61 @@ fn start_pool(
 ) -> Result<Arc<Pool>> {
     let connector = settings.connector(address)?;
     let limits = settings.pool_limits();
+    let near = settings.near_cache.as_ref().map(|n| n.0.clone());
     Ok(Pool::start(
         address.to_string(),
         connector,
         limits,
         creds,
         shutdown,
+        near,
     ))
+}
+
+/// `GET` + `PTTL` on one connection of `pool`, stored in its near cache
+/// when the claim survives; `None` when the caller should send a plain
+/// Get instead (nothing was stored).
+async fn tracked_get(pool: &Pool, get: &Get) -> Option<Result<Option<Bytes>>> {
+    let near = pool.near()?;
+    let pttl = Pttl {
+        key: get.key.clone(),
+    };
+    let encode = |out: &mut BytesMut| {
+        get.encode(out);
+        pttl.encode(out);
+    };
+    let (claim, replies) = pool.query_tracked(&get.key, &encode, 2).await.ok()?;
+    let cancel = |claim: Option<Claim>| {
+        if let Some(c) = claim {
+            near.cancel(&get.key, c.ticket);
+        }
+    };
+    let [value, ttl]: [Reply; 2] = match replies.try_into() {
+        Ok(pair) => pair,
+        Err(_) => {
+            cancel(claim);
+            return Some(Err(crate::error::Error::Internal(
+                "near cache: GET + PTTL answered out of step".into(),
+            )));
+        }
+    };
+    if let Reply::Error(_) = value {
+        // A redirect or "not now": the plain path knows what to do.
+        cancel(claim);
+        return None;
+    }
+    let value = match get.decode(value) {
+        Ok(v) => v,
+        Err(e) => {
+            cancel(claim);
+            return Some(Err(e));
+        }
+    };
+    match (claim, pttl.decode(ttl)) {
+        (Some(c), Ok(ms)) => near.fill(&get.key, c.ticket, value.as_ref(), ms),
+        (claim, _) => cancel(claim),
+    }
+    Some(Ok(value))
 }
 
 /// Sends `command` on `pool` and decodes the reply; an error reply the

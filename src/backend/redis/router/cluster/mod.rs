@@ -344,6 +344,11 @@ impl Cluster {
         Ok(self.owner_now(slot))
     }
 
+    /// The pool of the primary that serves `key` by the map now.
+    pub(in crate::backend::redis) fn owner_of(&self, key: &str) -> Option<Arc<Pool>> {
+        self.owner_now(slots::slot(key.as_bytes()))
+    }
+
     fn owner_now(&self, slot: u16) -> Option<Arc<Pool>> {
         self.topology.nodes().owner(slot).cloned()
     }

@@ -94,6 +94,19 @@ impl Nodes {
     }
 }
 
+/// True when a slot that had a primary in `old` has another one in `new`
+/// (a slot that had none cannot have near-cache entries).
+fn owners_moved(old: &Nodes, new: &Nodes) -> bool {
+    (0..SLOTS).any(|slot| {
+        let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+        match (old.owner(slot), new.owner(slot)) {
+            (Some(a), Some(b)) => a.address() != b.address(),
+            (Some(_), None) => true,
+            _ => false,
+        }
+    })
+}
+
 /// Counters of what the router did, for metrics.
 #[derive(Default)]
 pub(super) struct Counters {
@@ -181,7 +194,17 @@ impl Topology {
             Some(patched) => Arc::new(patched),
             None => nodes.clone(),
         });
+        self.flush_near();
         self.want_refresh();
+    }
+
+    /// Near cache: a slot changed primary, and keys read from the old one
+    /// are tracked there, not on the new one (whose writes would notify
+    /// nobody): everything goes (README, "Near cache").
+    fn flush_near(&self) {
+        if let Some(near) = &self.settings.near_cache {
+            near.0.flush();
+        }
     }
 
     /// One refresh: the first node that answers `CLUSTER SLOTS` with every
@@ -276,7 +299,11 @@ impl Topology {
             pools,
         };
         let unowned = nodes.unowned();
+        let moved = self.settings.near_cache.is_some() && owners_moved(&self.nodes.load(), &nodes);
         self.nodes.store(Arc::new(nodes));
+        if moved {
+            self.flush_near();
+        }
         self.retire_others(&map.primaries);
         if before != map.primaries.len() || unowned > 0 {
             info!(

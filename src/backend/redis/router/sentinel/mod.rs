@@ -122,6 +122,11 @@ impl Sentinel {
         result
     }
 
+    /// The master's pool now, if one is known.
+    pub(in crate::backend::redis) fn master(&self) -> Option<Arc<Pool>> {
+        self.inner.master.load_full()
+    }
+
     /// Fails when TLS to a sentinel or to the master is refused either way
     /// (a sentinel that does not answer is not an error here).
     pub(in crate::backend::redis) async fn check_tls(&self) -> Result<()> {
