@@ -99,6 +99,31 @@ impl From<Rejected> for Status {
     }
 }
 
+/// The answer to a call refused for `max_concurrent_requests`, built once:
+/// under overload refusals are the common case, and each one then copies
+/// these headers instead of formatting, percent-encoding and storing its
+/// message again.
+pub struct Refusal {
+    headers: http::HeaderMap,
+}
+
+impl Refusal {
+    /// The refusal for a limit of `limit` calls in flight.
+    pub fn too_many_requests(limit: usize) -> Self {
+        let answer: http::Response<()> = Status::from(Rejected::Requests(limit)).into_http();
+        Self {
+            headers: answer.into_parts().0.headers,
+        }
+    }
+
+    /// A trailers-only gRPC response carrying the refusal.
+    pub fn response<B: Default>(&self) -> http::Response<B> {
+        let mut answer = http::Response::new(B::default());
+        *answer.headers_mut() = self.headers.clone();
+        answer
+    }
+}
+
 /// Why a request was refused before (or instead of) running.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
@@ -140,6 +165,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prebuilt_refusal_is_the_same_answer_as_a_fresh_one() {
+        let fresh: http::Response<()> = Status::from(Rejected::Requests(64)).into_http();
+        let built: http::Response<()> = Refusal::too_many_requests(64).response();
+        assert_eq!(built.status(), fresh.status());
+        assert_eq!(built.headers(), fresh.headers());
+        let code = built.headers().get("grpc-status").expect("grpc-status");
+        assert_eq!(code, &(Code::ResourceExhausted as i32).to_string());
+    }
 
     #[test]
     fn every_variant_maps_to_its_contract_code() {

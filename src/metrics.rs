@@ -331,6 +331,11 @@ impl Metrics {
         self.rejected.get_or_create(&Reason { reason }).inc();
     }
 
+    /// The rejection counter of `reason`, resolved once for a hot path.
+    pub fn rejected_counter(&self, reason: &'static str) -> Counter {
+        self.rejected.get_or_create(&Reason { reason }).clone()
+    }
+
     /// Sets the pool gauges from a snapshot.
     pub fn set_pool(&self, s: PoolStats) {
         self.pool_size.set(s.size as i64);

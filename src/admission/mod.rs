@@ -44,6 +44,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tower::Service;
@@ -57,7 +58,7 @@ use budget::{Budget, Ticket};
 
 use crate::{
     drain::Gate,
-    error::{Error, Rejected},
+    error::{Error, Refusal, Rejected},
     grpc_timeout::parse_grpc_timeout,
     metrics::Metrics,
 };
@@ -101,6 +102,11 @@ pub struct Admission {
     metrics: Arc<Metrics>,
     /// Closed by Prism's `Drain`; counts data calls in flight.
     gate: Arc<Gate>,
+    /// The answer and the rejection counter of a call over
+    /// `max_concurrent_requests`, resolved once: the path every call of an
+    /// overload but the admitted ones takes.
+    too_many: Refusal,
+    too_many_count: Counter,
 }
 
 impl Admission {
@@ -111,10 +117,14 @@ impl Admission {
         metrics: Arc<Metrics>,
         gate: Arc<Gate>,
     ) -> Arc<Self> {
+        let why = Rejected::Requests(limits.max_concurrent_requests);
+        let too_many_count = metrics.rejected_counter(why.reason());
         Arc::new(Self {
             router,
             requests: Budget::new(limits.max_concurrent_requests),
             bytes: Budget::new(limits.max_in_flight_bytes),
+            too_many: Refusal::too_many_requests(limits.max_concurrent_requests),
+            too_many_count,
             limits,
             metrics,
             gate,
@@ -139,6 +149,14 @@ impl Admission {
     fn refuse(&self, op: &'static str, why: Rejected) -> Response<AxumBody> {
         self.count(op, &why);
         Status::from(why).into_http()
+    }
+
+    /// Counts and answers a cache call `op` over `max_concurrent_requests`
+    /// (as [`Admission::refuse`] would, from what was built at start).
+    fn refuse_too_many(&self, op: &'static str) -> Response<AxumBody> {
+        self.too_many_count.inc();
+        self.metrics.record(op, "resource_exhausted", 0.0);
+        self.too_many.response()
     }
 
     /// Counts `why` as a rejection and as the operation's outcome.
@@ -222,7 +240,7 @@ impl ConnService {
         let a = &self.admission;
         let op = operation(req.uri().path());
         if !a.requests.take(1) {
-            let refused = a.refuse(op, Rejected::Requests(a.limits.max_concurrent_requests));
+            let refused = a.refuse_too_many(op);
             return Admitted::refused(refused, ticket, req.into_body());
         }
         if !a.gate.enter() {

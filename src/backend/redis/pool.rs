@@ -4,11 +4,21 @@
 //! Why not a checkout pool: a cache lookup is one small command, and an
 //! exclusive checkout (plus deadpool-redis' `UNWATCH`+`PING` recycle) costs a
 //! round trip and serialises requests. Here `pool_size` pipelined
-//! [`Connection`]s are shared: each request picks the next one round-robin
-//! and pipelines its single command over it, so the hot path is one round
-//! trip with no checkout. (The connection is our own rather than redis-rs'
-//! multiplexer: it batches the commands that are ready into one write, and
-//! hands values back as slices of the read buffer; see `connection`.)
+//! [`Connection`]s are shared and each request pipelines its single command
+//! over one of them, so the hot path is one round trip with no checkout.
+//! (The connection is our own rather than redis-rs' multiplexer: it batches
+//! the commands that are ready into one write, and hands values back as
+//! slices of the read buffer; see `connection`.)
+//!
+//! *Which connection*: the first one, in slot order, with fewer than
+//! [`SATURATION`] requests in flight ([`choose`]); the next slot takes over
+//! only when it is that busy (or gone). Batching is what makes a pipelined
+//! connection cheap — one write and one Redis wake-up for every command
+//! ready at that moment — and spreading requests round-robin over
+//! `pool_size` connections split every batch `pool_size` ways (Get @64
+//! lost a third of its throughput at pool_size 10, issue 16). The other
+//! slots stay connected: they take the overflow, the retries after a
+//! connection drops, and the load while a slot reconnects.
 //!
 //! What this module owns:
 //! - *Retry*: a command whose connection broke runs again on another, within
@@ -90,8 +100,6 @@ pub(super) struct Pool {
     limits: PoolLimits,
     creds: CredentialsHandle,
     slots: Box<[Slot]>,
-    /// Round-robin cursor; relaxed ordering is enough, fairness is best effort.
-    next: AtomicUsize,
     /// Wakes the maintenance task when a slot was emptied.
     repair: Notify,
     /// Bumped after every reconnect attempt, so waiting requests look again.
@@ -108,6 +116,33 @@ pub(super) struct Pool {
     dead: AtomicU64,
     /// Near cache on: this node's invalidation listener, as reads see it.
     tracking: Option<Arc<Tracking>>,
+}
+
+/// Requests in flight on one connection before the pool sends the next
+/// request to another: up to this many share one connection's batches. A
+/// standalone Redis runs commands one at a time whatever the number of
+/// connections, so more connections add no Redis parallelism, only smaller
+/// batches; the bound is there so that a connection slowed by a large
+/// reply or a slow command does not queue everything behind it. 64 is the
+/// most concurrent calls of one gateway instance in the benchmarks (4
+/// HTTP/2 connections x 16 streams), all of which then batch together.
+pub(super) const SATURATION: usize = 64;
+
+/// The slot for the next request, from each slot's requests in flight
+/// (`None`: not connected): the first with fewer than `saturation`, else
+/// the least busy one; `None` when none is connected. See the module docs.
+fn choose(loads: impl IntoIterator<Item = Option<usize>>, saturation: usize) -> Option<usize> {
+    let mut least: Option<(usize, usize)> = None;
+    for (idx, load) in loads.into_iter().enumerate() {
+        let Some(load) = load else { continue };
+        if load < saturation {
+            return Some(idx);
+        }
+        if least.is_none_or(|(_, l)| load < l) {
+            least = Some((idx, load));
+        }
+    }
+    least.map(|(idx, _)| idx)
 }
 
 /// How many operation timeouts a reply may be overdue before its
@@ -173,7 +208,6 @@ impl Pool {
             limits,
             creds,
             slots,
-            next: AtomicUsize::new(0),
             repair: Notify::new(),
             attempts: watch::channel(0).0,
             circuit_open: AtomicBool::new(false),
@@ -487,13 +521,25 @@ impl Pool {
         Err(Error::Unavailable("not connected to Redis".into()))
     }
 
+    /// The connected slot [`choose`] picks. The loads are read without a
+    /// lock, so requests arriving together may all pick a slot just under
+    /// the bound and take it a little past it: harmless, it is a batching
+    /// preference, not a limit.
     fn try_checkout(&self) -> Option<(usize, Arc<Live>)> {
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| (start + i) % n).find_map(|idx| {
-            let live = self.slots[idx].conn.load_full()?;
-            Some((idx, live))
-        })
+        let loads = self.slots.iter().map(|slot| {
+            let connected = slot.conn.load().is_some();
+            connected.then(|| slot.inflight.load(Ordering::Relaxed))
+        });
+        let idx = choose(loads, SATURATION)?;
+        match self.slots[idx].conn.load_full() {
+            Some(live) => Some((idx, live)),
+            // Emptied since it was looked at (a reconnect is under way):
+            // any connected slot will do.
+            None => self.slots.iter().enumerate().find_map(|(idx, slot)| {
+                let live = slot.conn.load_full()?;
+                Some((idx, live))
+            }),
+        }
     }
 
     /// Empties a slot if it still holds `dead`, and wakes the maintenance
@@ -787,6 +833,32 @@ mod tests {
             max_reply: 1 << 20,
             require_master: false,
         }
+    }
+
+    #[test]
+    fn requests_gather_on_the_first_connection_until_it_is_saturated() {
+        let at = |loads: &[Option<usize>]| choose(loads.iter().copied(), 4);
+        assert_eq!(at(&[Some(0), Some(0), Some(0)]), Some(0), "idle pool");
+        assert_eq!(at(&[Some(3), Some(0), Some(0)]), Some(0), "busy, not full");
+        assert_eq!(at(&[Some(4), Some(0), Some(0)]), Some(1), "spill over");
+        assert_eq!(at(&[Some(4), Some(2), Some(0)]), Some(1), "fill the next");
+        assert_eq!(at(&[Some(9), Some(4), Some(0)]), Some(2));
+    }
+
+    #[test]
+    fn a_saturated_pool_takes_the_least_busy_connection() {
+        let at = |loads: &[Option<usize>]| choose(loads.iter().copied(), 4);
+        assert_eq!(at(&[Some(9), Some(5), Some(7)]), Some(1));
+        assert_eq!(at(&[Some(5), Some(5)]), Some(0), "ties: the first");
+    }
+
+    #[test]
+    fn disconnected_slots_are_skipped() {
+        let at = |loads: &[Option<usize>]| choose(loads.iter().copied(), 4);
+        assert_eq!(at(&[None, Some(3), Some(0)]), Some(1));
+        assert_eq!(at(&[None, Some(9), None, Some(6)]), Some(3));
+        assert_eq!(at(&[None, None]), None);
+        assert_eq!(at(&[]), None, "no slots");
     }
 
     #[test]
