@@ -501,6 +501,39 @@ impl RedisCluster {
         self.wait_settled();
     }
 
+    /// Redis only: hands `slot` to `to` while `from` still holds keys in
+    /// it. `to` claims the slot first (a new config epoch); `from` drops
+    /// its keys of a slot it lost once that claim reaches it over the
+    /// cluster bus (Redis refuses `SETSLOT NODE` on a node that still holds
+    /// keys, so asking `from` earlier fails), then the migration finishes.
+    pub fn give_slot_without_keys(&self, slot: u16, from: &str, to: &str) {
+        let to_id = Self::id_in(&self.topology(), to);
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&to_id)
+            .exec(&mut self.node(to).admin())
+            .expect("CLUSTER SETSLOT NODE on the new owner");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let held: i64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot)
+                .query(&mut self.node(from).admin())
+                .expect("CLUSTER COUNTKEYSINSLOT");
+            if held == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{from} still holds {held} keys of slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.finish_migration(slot, from, to);
+    }
+
     /// Has the replica at `replica` take over from its primary with
     /// `CLUSTER FAILOVER` and waits until the cluster is settled again;
     /// returns how long that took.
