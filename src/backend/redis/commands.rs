@@ -1,8 +1,8 @@
 //! What to send for each cache operation, which keys it touches, and what
 //! its reply means.
 //!
-//! One type per command ([`Get`], [`Set`], [`Delete`], [`MGet`],
-//! [`Expire`], [`Ping`]; [`MSet`] and [`Exists`] in `multi`, [`Incr`],
+//! One type per command ([`Get`], [`Set`], [`KeyCount`] for `DEL` and
+//! `EXISTS`, [`MGet`], [`Expire`], [`Ping`]; [`MSet`] in `multi`, [`Incr`],
 //! [`GetTtl`] and [`Persist`] in `single`) implementing [`Command`]: it writes itself into a
 //! connection's output buffer (again on each retry), names its keys so a
 //! router can pick the node that holds them, and turns the reply into the
@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 pub(super) use self::{
-    multi::{Exists, MSet},
+    multi::MSet,
     single::{GetTtl, Incr, Persist},
 };
 use super::resp::{self, Reply};
@@ -99,9 +99,27 @@ pub(super) struct Set {
     condition: SetCondition,
 }
 
-/// `DEL key...`: how many existed.
-pub(super) struct Delete {
+/// `DEL key...` or `EXISTS key...`: how many of the keys existed (a
+/// repeated key counts each time for EXISTS; the service sends each key
+/// once). One type: the two differ only in the verb.
+pub(super) struct KeyCount {
+    verb: &'static str,
     pub(super) keys: Vec<String>,
+}
+
+impl KeyCount {
+    /// `DEL`: deletes the keys, counting those that existed.
+    pub(super) fn delete(keys: Vec<String>) -> Self {
+        Self { verb: "DEL", keys }
+    }
+
+    /// `EXISTS`: counts the keys that exist.
+    pub(super) fn exists(keys: Vec<String>) -> Self {
+        Self {
+            verb: "EXISTS",
+            keys,
+        }
+    }
 }
 
 /// `MGET key...`: one value or miss per key, in order.
@@ -193,7 +211,7 @@ impl Command for Set {
     }
 }
 
-impl Command for Delete {
+impl Command for KeyCount {
     type Output = u64;
 
     fn keys(&self) -> &[String] {
@@ -201,13 +219,14 @@ impl Command for Delete {
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        command(out, b"DEL", self.keys.iter().map(|k| k.as_bytes()));
+        let keys = self.keys.iter().map(|k| k.as_bytes());
+        command(out, self.verb.as_bytes(), keys);
     }
 
     fn decode(&self, reply: Reply) -> Result<u64> {
         match reply {
             Reply::Int(n) if n >= 0 => Ok(n.unsigned_abs()),
-            other => Err(unexpected("DEL", &other)),
+            other => Err(unexpected(self.verb, &other)),
         }
     }
 }
@@ -232,13 +251,10 @@ impl Command for MGet {
     }
 }
 
-impl MultiKey for Delete {
+impl MultiKey for KeyCount {
     fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
-        command(
-            out,
-            b"DEL",
-            indices.iter().map(|&i| self.keys[i].as_bytes()),
-        );
+        let keys = indices.iter().map(|&i| self.keys[i].as_bytes());
+        command(out, self.verb.as_bytes(), keys);
     }
 
     fn empty(&self) -> u64 {
@@ -456,7 +472,7 @@ mod tests {
     fn commands_name_every_key_they_touch_for_the_router() {
         let keys = vec!["a".to_string(), "b".to_string(), "a".to_string()];
         assert_eq!(MGet { keys: keys.clone() }.keys(), &keys[..]);
-        assert_eq!(Delete { keys: keys.clone() }.keys(), &keys[..]);
+        assert_eq!(KeyCount::delete(keys.clone()).keys(), &keys[..]);
         assert_eq!(Get { key: "g".into() }.keys(), ["g"]);
         let set = Set::new("s".into(), Bytes::new(), None, SetCondition::Always);
         assert_eq!(set.keys(), ["s"]);
@@ -481,7 +497,7 @@ mod tests {
         // One item short is a foreign server, not a shorter answer.
         let short = Reply::Array(vec![hit]);
         assert!(mget.decode(short).is_err());
-        assert!(Delete { keys: vec![] }.decode(Reply::Int(-1)).is_err());
+        assert!(KeyCount::delete(vec![]).decode(Reply::Int(-1)).is_err());
         assert!(
             Expire::new("k".into(), Duration::ZERO)
                 .decode(Reply::Int(1))
@@ -508,5 +524,22 @@ mod tests {
         let e = unexpected("GET", &Reply::Bulk(Bytes::from_static(b"secret-value")));
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(e.to_string().contains("bulk string reply to GET"), "{e}");
+    }
+
+    #[test]
+    fn exists_sums_its_parts() {
+        let exists = KeyCount::exists(vec!["a".into(), "b".into()]);
+        assert_eq!(
+            wire(&exists),
+            "*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        let mut total = exists.empty();
+        exists
+            .fold_part(&[0], Reply::Int(1), &mut total)
+            .expect("int");
+        exists
+            .fold_part(&[1], Reply::Int(0), &mut total)
+            .expect("int");
+        assert_eq!(total, 1);
     }
 }

@@ -27,7 +27,7 @@ use bytes::Bytes;
 
 pub use self::settings::{NearCache, RedisSettings, RedisTlsSettings};
 use self::{
-    commands::{Command, Delete, Exists, Expire, Get, GetTtl, Incr, MGet, MSet, Persist, Set},
+    commands::{Command, Expire, Get, GetTtl, Incr, KeyCount, MGet, MSet, Persist, Set},
     near::Near,
     router::Router,
 };
@@ -133,11 +133,11 @@ impl Backend for RedisBackend {
     }
 
     async fn exists(&self, keys: Vec<String>) -> Result<u64> {
-        self.router.send_multi(&Exists { keys }).await
+        self.router.send_multi(&KeyCount::exists(keys)).await
     }
 
     async fn delete(&self, keys: Vec<String>) -> Result<u64> {
-        let delete = Delete { keys };
+        let delete = KeyCount::delete(keys);
         let result = self.router.send_multi(&delete).await;
         self.forget(&delete.keys);
         result

@@ -1,12 +1,12 @@
-//! The multi-key commands of wave 2: [`MSet`] (one `SET` per entry, sent
-//! as one unit) and [`Exists`]. Both split by slot in a cluster like
-//! `MGET`/`DEL` ([`MultiKey`]).
+//! The multi-key write of wave 2: [`MSet`] (one `SET` per entry, sent as
+//! one unit), split by slot in a cluster like `MGET`/`DEL` ([`MultiKey`]).
+//! (`EXISTS` is `KeyCount`, beside `DEL`.)
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Command, MultiKey, command, set, unexpected};
+use super::{Command, MultiKey, set, unexpected};
 use crate::{
     backend::redis::resp::Reply,
     backend::{Entry, SetCondition},
@@ -21,12 +21,6 @@ pub(in crate::backend::redis) struct MSet {
     values: Vec<Bytes>,
     /// Milliseconds as sent, formatted once rather than on every retry.
     ttls_ms: Vec<Option<String>>,
-}
-
-/// `EXISTS key...`: how many of them exist (a repeated key counts each
-/// time; the service sends each key once).
-pub(in crate::backend::redis) struct Exists {
-    pub(in crate::backend::redis) keys: Vec<String>,
 }
 
 impl MSet {
@@ -121,47 +115,6 @@ impl MultiKey for MSet {
     }
 }
 
-// === impl Exists ===
-
-impl Command for Exists {
-    type Output = u64;
-
-    fn keys(&self) -> &[String] {
-        &self.keys
-    }
-
-    fn encode(&self, out: &mut BytesMut) {
-        command(out, b"EXISTS", self.keys.iter().map(|k| k.as_bytes()));
-    }
-
-    fn decode(&self, reply: Reply) -> Result<u64> {
-        match reply {
-            Reply::Int(n) if n >= 0 => Ok(n.unsigned_abs()),
-            other => Err(unexpected("EXISTS", &other)),
-        }
-    }
-}
-
-impl MultiKey for Exists {
-    fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
-        let keys = indices.iter().map(|&i| self.keys[i].as_bytes());
-        command(out, b"EXISTS", keys);
-    }
-
-    fn empty(&self) -> u64 {
-        0
-    }
-
-    fn fold_part(&self, _indices: &[usize], reply: Reply, output: &mut u64) -> Result<()> {
-        *output += self.decode(reply)?;
-        Ok(())
-    }
-
-    fn finish(&self, output: u64, _max_reply: usize) -> Result<u64> {
-        Ok(output)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,24 +146,5 @@ mod tests {
         assert!(mset.decode(Reply::Array(vec![ok(), ok()])).is_ok());
         assert!(mset.decode(Reply::Array(vec![ok()])).is_err(), "one short");
         assert!(mset.fold_part(&[0], ok(), &mut ()).is_ok());
-    }
-
-    #[test]
-    fn exists_sums_its_parts() {
-        let exists = Exists {
-            keys: vec!["a".into(), "b".into()],
-        };
-        assert_eq!(
-            wire(&exists),
-            "*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$1\r\nb\r\n"
-        );
-        let mut total = exists.empty();
-        exists
-            .fold_part(&[0], Reply::Int(1), &mut total)
-            .expect("int");
-        exists
-            .fold_part(&[1], Reply::Int(0), &mut total)
-            .expect("int");
-        assert_eq!(total, 1);
     }
 }
