@@ -3,7 +3,10 @@
 //!
 //! A request encodes its command into the connection's output buffer and
 //! queues a one-shot channel for the reply, both under one short lock, so
-//! the order of commands on the wire is the order of the queue. Two tasks
+//! the order of commands on the wire is the order of the queue. A request
+//! of several commands (a `MULTI ... EXEC` unit, a cluster node's batch)
+//! queues one channel for all of them: the reader gathers their replies
+//! and completes the request once, with one wake-up. Two tasks
 //! own the socket halves:
 //! - the *writer* wakes when the buffer goes from empty to non-empty, lets
 //!   the other requests that are ready at that moment add theirs (one
@@ -371,14 +374,67 @@ async fn read_reply<R: AsyncRead + Unpin>(
     }
 }
 
-/// A reply on its way to the request that sent the command.
-type Waiter = oneshot::Sender<Result<Reply, ConnError>>;
+/// What a request gets back for its commands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    /// One command: its reply as it came.
+    One,
+    /// Several commands answered as one reply: see [`unit`].
+    Unit,
+    /// Several commands: all their replies, in order, as one array (the
+    /// caller splits them).
+    All,
+}
+
+/// A request waiting for the replies to its commands.
+struct Waiter {
+    tx: oneshot::Sender<Result<Reply, ConnError>>,
+    fold: Fold,
+    /// Replies still due.
+    left: usize,
+    /// Replies so far (several commands only).
+    got: Vec<Reply>,
+    /// The first of its commands whose reply did not come (too large).
+    failed: Option<ConnError>,
+}
+
+impl Waiter {
+    fn new(tx: oneshot::Sender<Result<Reply, ConnError>>, n: usize, fold: Fold) -> Self {
+        let got = if fold == Fold::One { Vec::new() } else { Vec::with_capacity(n) };
+        Self { tx, fold, left: n, got, failed: None }
+    }
+
+    /// Takes the request's next reply; its answer once that was the last.
+    fn take(&mut self, reply: Result<Reply, ConnError>) -> Option<Result<Reply, ConnError>> {
+        self.left -= 1;
+        if self.fold == Fold::One {
+            return Some(reply);
+        }
+        match reply {
+            Ok(r) => self.got.push(r),
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+        if self.left > 0 {
+            return None;
+        }
+        let got = std::mem::take(&mut self.got);
+        Some(match self.failed.take() {
+            Some(e) => Err(e),
+            None if self.fold == Fold::Unit => Ok(unit(got)),
+            None => Ok(Reply::Array(got)),
+        })
+    }
+}
 
 struct State {
     /// Commands not yet handed to the writer.
     out: BytesMut,
-    /// One per command sent or buffered, in wire order.
+    /// One per request sent or buffered, in wire order.
     waiting: VecDeque<Waiter>,
+    /// Replies due: the `left` of every waiter.
+    pending: usize,
     /// Set once, by whichever half failed first.
     broken: Option<ConnError>,
     /// A request is writing to the socket itself; the writer task waits.
@@ -418,13 +474,14 @@ impl Shared {
                 st.broken = Some(cause.clone());
             }
             st.due_since = None;
+            st.pending = 0;
             (std::mem::take(&mut st.waiting), st.on_lost.take())
         };
         if let Some(lost) = on_lost {
             lost();
         }
         for w in waiting {
-            let _ = w.send(Err(cause.clone()));
+            let _ = w.tx.send(Err(cause.clone()));
         }
     }
 }
@@ -467,6 +524,7 @@ impl Connection {
             state: Mutex::new(State {
                 out: BytesMut::with_capacity(READ_CHUNK),
                 waiting: VecDeque::new(),
+                pending: 0,
                 broken: None,
                 direct: false,
                 due_since: None,
@@ -497,8 +555,19 @@ impl Connection {
         &self,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Reply, ConnError> {
+        self.request(encode, 1, Fold::One).await
+    }
+
+    /// Sends the `n` commands `encode` writes and waits for the answer
+    /// `fold` makes of their replies.
+    async fn request(
+        &self,
+        encode: impl FnOnce(&mut BytesMut),
+        n: usize,
+        fold: Fold,
+    ) -> Result<Reply, ConnError> {
         let (tx, rx) = oneshot::channel();
-        self.send(encode, std::iter::once(tx))?;
+        self.send(encode, Waiter::new(tx, n, fold))?;
         rx.await.unwrap_or(Err(ConnError::Closed))
     }
 
@@ -512,23 +581,17 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut),
         n: usize,
     ) -> Result<Vec<Reply>, ConnError> {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| oneshot::channel()).unzip();
-        self.send(encode, txs)?;
-        let mut replies = Vec::with_capacity(n);
-        for rx in rxs {
-            replies.push(rx.await.unwrap_or(Err(ConnError::Closed))?);
+        match self.request(encode, n, Fold::All).await? {
+            Reply::Array(replies) => Ok(replies),
+            // `Fold::All` answers an array, whatever the replies are.
+            _ => Err(ProtocolError("a batch answered with no array").into()),
         }
-        Ok(replies)
     }
 
-    /// Queues what `encode` writes with one waiter per command, and gets
-    /// it written.
-    fn send(
-        &self,
-        encode: impl FnOnce(&mut BytesMut),
-        waiters: impl IntoIterator<Item = Waiter>,
-    ) -> Result<(), ConnError> {
-        match self.enqueue(encode, waiters)? {
+    /// Queues what `encode` writes with its request's waiter, and gets it
+    /// written.
+    fn send(&self, encode: impl FnOnce(&mut BytesMut), waiter: Waiter) -> Result<(), ConnError> {
+        match self.enqueue(encode, waiter)? {
             Then::Nothing => {}
             Then::WakeWriter => self.shared.writer.notify_one(),
             Then::WriteDirectly(w, buf) => self.write_directly(w, buf),
@@ -561,23 +624,21 @@ impl Connection {
         encode: impl FnOnce(&mut BytesMut),
         n: usize,
     ) -> Result<Reply, ConnError> {
-        if n == 1 {
-            return self.call(encode).await;
-        }
-        self.call_batch(encode, n).await.map(unit)
+        let fold = if n == 1 { Fold::One } else { Fold::Unit };
+        self.request(encode, n, fold).await
     }
 
     fn enqueue(
         &self,
         encode: impl FnOnce(&mut BytesMut),
-        waiters: impl IntoIterator<Item = Waiter>,
+        waiter: Waiter,
     ) -> Result<Then<'_>, ConnError> {
         let mut st = self.shared.state();
         if let Some(cause) = &st.broken {
             return Err(cause.clone());
         }
-        if st.waiting.len() >= self.max_queued || st.out.len() >= MAX_UNWRITTEN {
-            return Err(ConnError::Backlog(st.waiting.len()));
+        if st.pending >= self.max_queued || st.out.len() >= MAX_UNWRITTEN {
+            return Err(ConnError::Backlog(st.pending));
         }
         let was_empty = st.out.is_empty();
         let idle = was_empty && st.waiting.is_empty() && !st.direct;
@@ -585,7 +646,8 @@ impl Connection {
             st.due_since = Some(Instant::now());
         }
         encode(&mut st.out);
-        st.waiting.extend(waiters);
+        st.pending += waiter.left;
+        st.waiting.push_back(waiter);
         Ok(match &self.direct {
             Some(w) if idle => {
                 st.direct = true;
@@ -712,13 +774,13 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut r: R, leftover
     let Leftover { bytes, mut scanner } = leftover;
     let mut buf = ReadBuf::new(bytes);
     let mut replies: Vec<Result<Reply, ConnError>> = Vec::new();
-    let mut waiters: Vec<Waiter> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
     loop {
         if let Err(cause) = split_replies(&mut buf.bytes, &mut scanner, &mut replies) {
             shared.fail(cause);
             return;
         }
-        if !replies.is_empty() && !deliver(&shared, &mut replies, &mut waiters) {
+        if !replies.is_empty() && !deliver(&shared, &mut replies, &mut answers) {
             shared.fail(ProtocolError("a reply nobody asked for").into());
             return;
         }
@@ -778,25 +840,42 @@ fn split_replies(
     }
 }
 
-/// Hands `replies` to the oldest waiters; false if there are more replies
-/// than commands (the stream is out of step).
+/// A request's answer and where it goes.
+type Answer = (oneshot::Sender<Result<Reply, ConnError>>, Result<Reply, ConnError>);
+
+/// Hands `replies` to the oldest waiters, in order; false if there are
+/// more replies than commands (the stream is out of step). A request of
+/// several commands is answered with its last reply; the channels are
+/// completed after the lock is released.
 fn deliver(
     shared: &Shared,
     replies: &mut Vec<Result<Reply, ConnError>>,
-    waiters: &mut Vec<Waiter>,
+    answers: &mut Vec<Answer>,
 ) -> bool {
     {
         let mut st = shared.state();
-        if st.waiting.len() < replies.len() {
+        if st.pending < replies.len() {
             return false;
         }
-        waiters.extend(st.waiting.drain(..replies.len()));
+        st.pending -= replies.len();
+        for reply in replies.drain(..) {
+            // `pending` is the sum of the waiters' `left`, each at least 1:
+            // with a reply due there is a waiter.
+            let Some(front) = st.waiting.front_mut() else {
+                return false;
+            };
+            if let Some(answer) = front.take(reply) {
+                if let Some(w) = st.waiting.pop_front() {
+                    answers.push((w.tx, answer));
+                }
+            }
+        }
         // A reply is progress: the next one is due from now.
-        st.due_since = (!st.waiting.is_empty()).then(Instant::now);
+        st.due_since = (st.pending > 0).then(Instant::now);
     }
-    for (w, reply) in waiters.drain(..).zip(replies.drain(..)) {
+    for (tx, answer) in answers.drain(..) {
         // The request may have given up (deadline); its reply is dropped.
-        let _ = w.send(reply);
+        let _ = tx.send(answer);
     }
     true
 }
@@ -1038,6 +1117,48 @@ mod tests {
         assert_eq!(a.expect("a"), Reply::Bulk(Bytes::from_static(b"a")));
         assert_eq!(b.expect("b"), Reply::Nil);
         assert_eq!(c.expect("c"), Reply::Bulk(Bytes::from_static(b"ccc")));
+    }
+
+    #[tokio::test]
+    async fn a_request_of_several_commands_is_answered_once_with_its_replies() {
+        let connector = fake_server(|mut sock| async move {
+            // A unit of 3, a lone GET, a batch of 2, a unit of 2 that fails:
+            // 8 replies in one write cut at odd places.
+            read_commands(&mut sock, 8).await;
+            let wire: &[u8] = b"+OK\r\n+QUEUED\r\n*1\r\n:7\r\n$1\r\nx\r\n\
+                $1\r\na\r\n$-1\r\n-NOPERM no\r\n-EXECABORT x\r\n";
+            for chunk in wire.chunks(7) {
+                sock.write_all(chunk).await.expect("write");
+                sock.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let conn = open(&connector).await;
+        let gets = |n: usize| {
+            move |out: &mut BytesMut| (0..n).for_each(|_| resp::encode(out, &[b"GET", b"k"]))
+        };
+        // Polled after the four requests queued their commands, before any
+        // reply can be read (one thread): one waiter per request.
+        let waiters = async { conn.shared.state().waiting.len() };
+        let (unit3, lone, batch, failed, waiters) = tokio::join!(
+            conn.call_unit(gets(3), 3),
+            conn.call(gets(1)),
+            conn.call_batch(gets(2), 2),
+            conn.call_unit(gets(2), 2),
+            waiters,
+        );
+        assert_eq!(waiters, 4, "8 commands, 4 requests");
+        let ok = |s: &'static [u8]| Reply::Status(Bytes::from_static(s));
+        let exec = Reply::Array(vec![Reply::Int(7)]);
+        assert_eq!(unit3.expect("unit"), Reply::Array(vec![ok(b"OK"), ok(b"QUEUED"), exec]));
+        assert_eq!(lone.expect("lone"), Reply::Bulk(Bytes::from_static(b"x")));
+        let a = Reply::Bulk(Bytes::from_static(b"a"));
+        assert_eq!(batch.expect("batch"), vec![a, Reply::Nil]);
+        assert_eq!(failed.expect("failed unit"), Reply::Error(Bytes::from_static(b"NOPERM no")));
+        let st = conn.shared.state();
+        assert!(st.waiting.is_empty() && st.due_since.is_none());
     }
 
     /// A connection with no AUTH, as to a fake server.
