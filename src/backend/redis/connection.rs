@@ -400,8 +400,18 @@ struct Waiter {
 
 impl Waiter {
     fn new(tx: oneshot::Sender<Result<Reply, ConnError>>, n: usize, fold: Fold) -> Self {
-        let got = if fold == Fold::One { Vec::new() } else { Vec::with_capacity(n) };
-        Self { tx, fold, left: n, got, failed: None }
+        let got = if fold == Fold::One {
+            Vec::new()
+        } else {
+            Vec::with_capacity(n)
+        };
+        Self {
+            tx,
+            fold,
+            left: n,
+            got,
+            failed: None,
+        }
     }
 
     /// Takes the request's next reply; its answer once that was the last.
@@ -841,7 +851,10 @@ fn split_replies(
 }
 
 /// A request's answer and where it goes.
-type Answer = (oneshot::Sender<Result<Reply, ConnError>>, Result<Reply, ConnError>);
+type Answer = (
+    oneshot::Sender<Result<Reply, ConnError>>,
+    Result<Reply, ConnError>,
+);
 
 /// Hands `replies` to the oldest waiters, in order; false if there are
 /// more replies than commands (the stream is out of step). A request of
@@ -864,10 +877,10 @@ fn deliver(
             let Some(front) = st.waiting.front_mut() else {
                 return false;
             };
-            if let Some(answer) = front.take(reply) {
-                if let Some(w) = st.waiting.pop_front() {
-                    answers.push((w.tx, answer));
-                }
+            if let Some(answer) = front.take(reply)
+                && let Some(w) = st.waiting.pop_front()
+            {
+                answers.push((w.tx, answer));
             }
         }
         // A reply is progress: the next one is due from now.
@@ -1152,11 +1165,17 @@ mod tests {
         assert_eq!(waiters, 4, "8 commands, 4 requests");
         let ok = |s: &'static [u8]| Reply::Status(Bytes::from_static(s));
         let exec = Reply::Array(vec![Reply::Int(7)]);
-        assert_eq!(unit3.expect("unit"), Reply::Array(vec![ok(b"OK"), ok(b"QUEUED"), exec]));
+        assert_eq!(
+            unit3.expect("unit"),
+            Reply::Array(vec![ok(b"OK"), ok(b"QUEUED"), exec])
+        );
         assert_eq!(lone.expect("lone"), Reply::Bulk(Bytes::from_static(b"x")));
         let a = Reply::Bulk(Bytes::from_static(b"a"));
         assert_eq!(batch.expect("batch"), vec![a, Reply::Nil]);
-        assert_eq!(failed.expect("failed unit"), Reply::Error(Bytes::from_static(b"NOPERM no")));
+        assert_eq!(
+            failed.expect("failed unit"),
+            Reply::Error(Bytes::from_static(b"NOPERM no"))
+        );
         let st = conn.shared.state();
         assert!(st.waiting.is_empty() && st.due_since.is_none());
     }
