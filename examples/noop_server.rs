@@ -12,7 +12,6 @@
 //! h2load's "succeeded" were gRPC successes and not just HTTP 200s.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -24,9 +23,9 @@ use axum::routing::get;
 use bytes::Bytes;
 use redis_cache_plugin::pb::{
     DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest, ExpireResponse,
-    GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, IncrRequest, IncrResponse, MGetRequest,
-    MGetResponse, MSetRequest, MSetResponse, PersistRequest, PersistResponse, SetRequest,
-    SetResponse,
+    GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, Hits, IncrRequest, IncrResponse,
+    MGetRequest, MGetResponse, MSetRequest, MSetResponse, PersistRequest, PersistResponse,
+    SetRequest, SetResponse,
     cache_server::{Cache, CacheServer},
 };
 use tokio::net::TcpListener;
@@ -76,7 +75,9 @@ impl Cache for Noop {
     }
 
     async fn m_get(&self, req: Request<MGetRequest>) -> Result<Response<MGetResponse>, Status> {
-        let hits: HashMap<String, Bytes> = req
+        // The plugin's reply type (a list, not prost's HashMap), so the
+        // ceiling encodes MGet as the plugin does.
+        let hits: Hits = req
             .into_inner()
             .keys
             .into_iter()
