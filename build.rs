@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .bytes(".cache.v1")
         // Malformed requests are INVALID_ARGUMENT, not prost's INTERNAL.
         .codec_path("crate::codec::CacheCodec")
+        // MGet's reply is written by hand: its hits as a list, not the
+        // HashMap prost makes of a map field (same wire bytes).
+        .extern_path(".cache.v1.MGetResponse", "crate::mget_reply::MGetResponse")
         .compile_with_config(
             prost()?,
             &[PathBuf::from("proto/cache/v1/cache.proto")],

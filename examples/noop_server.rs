@@ -2,8 +2,9 @@
 //! without any backend, behind the same tonic server setup as the plugin
 //! (multi-thread runtime, `tcp_nodelay`, HTTP/1 accepted, the service mounted
 //! on tonic's axum router next to a `GET /metrics` route, the same codec and
-//! allocator). Whatever the plugin
-//! adds on top of this is validation, metrics and the Redis round trip.
+//! allocator, and MGet's reply type `pb::Hits`, a list rather than prost's
+//! `HashMap`). Whatever the plugin adds on top of this is validation,
+//! metrics and the Redis round trip.
 //!
 //! Not part of the product: `cargo build --release --example noop_server`,
 //! then `noop_server PORT [VALUE_BYTES]`. Get answers a hit of VALUE_BYTES
@@ -12,7 +13,6 @@
 //! h2load's "succeeded" were gRPC successes and not just HTTP 200s.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -24,9 +24,9 @@ use axum::routing::get;
 use bytes::Bytes;
 use redis_cache_plugin::pb::{
     DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest, ExpireResponse,
-    GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, IncrRequest, IncrResponse, MGetRequest,
-    MGetResponse, MSetRequest, MSetResponse, PersistRequest, PersistResponse, SetRequest,
-    SetResponse,
+    GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, Hits, IncrRequest, IncrResponse,
+    MGetRequest, MGetResponse, MSetRequest, MSetResponse, PersistRequest, PersistResponse,
+    SetRequest, SetResponse,
     cache_server::{Cache, CacheServer},
 };
 use tokio::net::TcpListener;
@@ -76,7 +76,10 @@ impl Cache for Noop {
     }
 
     async fn m_get(&self, req: Request<MGetRequest>) -> Result<Response<MGetResponse>, Status> {
-        let hits: HashMap<String, Bytes> = req
+        // The plugin's reply type (a list, not prost's HashMap), so the
+        // ceiling encodes MGet as the plugin does (bench bodies hold each
+        // key once, as `Hits` asks).
+        let hits: Hits = req
             .into_inner()
             .keys
             .into_iter()

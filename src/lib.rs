@@ -8,7 +8,8 @@
 //!   NOT_SERVING, drain, stop background tasks, revoke credentials).
 //! - [`transport`] accepts and serves connections (plain or [`tls`]);
 //!   [`admission`] decides what a request may hold (HTTP policy, permits,
-//!   byte budgets, read deadline); [`codec`] decodes `cache.v1` messages.
+//!   byte budgets, read deadline); [`codec`] decodes `cache.v1` messages;
+//!   [`mget_reply`] is MGet's reply, encoded by hand.
 //! - [`service`]: the `cache.v1.Cache` RPCs — validation, key prefix,
 //!   deadlines ([`grpc_timeout`]), metrics, the error contract.
 //! - [`prism`]: Prism's plugin interfaces on the same port — the key-value
@@ -41,6 +42,7 @@ pub mod error;
 pub mod grpc_timeout;
 pub mod health;
 pub mod metrics;
+pub mod mget_reply;
 pub mod prism;
 pub mod probe;
 pub mod secret;
@@ -55,6 +57,9 @@ pub mod transport;
 pub mod pb {
     #![allow(unreachable_pub, missing_docs, clippy::all)]
     tonic::include_proto!("cache.v1");
+
+    /// Written by hand (see [`crate::mget_reply`]); generated code names it there.
+    pub use crate::mget_reply::{Hits, MGetResponse};
 
     /// Encoded descriptors of `cache.v1`, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cache_descriptor");

@@ -210,7 +210,8 @@ impl<B: Backend> KeyValueBatchInterface for KeyValue<B> {
         }
         let mget = pb::MGetRequest { keys: keys.clone() };
         let hits = match body(self.cache.m_get(forward(&metadata, mget)).await) {
-            Ok(r) => r.hits,
+            // A map here: one lookup per key, whatever the batch's size.
+            Ok(r) => r.hits.into_iter().collect::<HashMap<_, _>>(),
             Err(error) => {
                 let failed = GetResponse {
                     error,

@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     pb::{
         DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest,
-        ExpireResponse, GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, IncrRequest,
+        ExpireResponse, GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, Hits, IncrRequest,
         IncrResponse, MGetRequest, MGetResponse, MSetRequest, MSetResponse, PersistRequest,
         PersistResponse, SetRequest, SetResponse, cache_server::Cache,
     },
@@ -94,12 +94,13 @@ impl<B: Backend> Cache for CacheService<B> {
             // Lookups are counted per distinct key: what Redis looked up.
             let found = values.iter().filter(|v| v.is_some()).count();
             self.count_lookups(found, keys.len());
-            let mut hits = std::collections::HashMap::with_capacity(found);
-            hits.extend(
-                keys.into_iter()
-                    .zip(values)
-                    .filter_map(|(k, v)| v.map(|v| (k, v))),
-            );
+            // The batch holds each key once, as `Hits` asks.
+            let mut hits = Hits::with_capacity(found);
+            for (key, value) in keys.into_iter().zip(values) {
+                if let Some(value) = value {
+                    hits.push(key, value);
+                }
+            }
             Ok(MGetResponse { hits })
         })
         .await
