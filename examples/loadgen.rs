@@ -70,9 +70,14 @@ async fn main() -> Result<(), Error> {
         bodies,
         until: started + run_for,
     });
+    // Each stream starts at its own random point of SplitMix's sequence:
+    // seeds derived by arithmetic (seed ^ i * step) would make streams
+    // shifted copies of each other, and a shifted copy reads the keys
+    // another stream just read (near-cache hits a uniform load has not).
+    let mut seeds = SplitMix(seed);
     let tasks: Vec<_> = (0..streams)
         .map(|i| {
-            let rng = SplitMix(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let rng = SplitMix(seeds.next());
             tokio::spawn(caller(senders[i % conns].clone(), plan.clone(), rng))
         })
         .collect();

@@ -40,9 +40,17 @@
 //! counts from before the read was sent, so an entry never outlives Redis'
 //! TTL.
 //!
-//! This module owns the store, the tracking state and the listener; it
-//! does not choose nodes (the router does) nor connections (the pool).
+//! Not every miss is stored: [`doorkeeper`] lets a key in on its second
+//! miss within about a cache's worth of others, so a key set much larger
+//! than the cache does not pay a claim, a `PTTL`, a copy and an eviction
+//! per read for entries evicted before they are read again. A key not
+//! admitted is read plainly and nothing is held for it.
+//!
+//! This module owns the store, the doorkeeper, the tracking state and
+//! the listener; it does not choose nodes (the router does) nor
+//! connections (the pool).
 
+mod doorkeeper;
 mod listener;
 mod store;
 
@@ -57,6 +65,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use self::doorkeeper::Doorkeeper;
 pub(super) use self::listener::listen;
 use self::store::Store;
 pub(super) use self::store::Ticket;
@@ -66,6 +75,7 @@ use crate::backend::NearStats;
 /// The near cache of one backend, shared by every node's tracking.
 pub(super) struct Near {
     store: Store,
+    doorkeeper: Doorkeeper,
     hits: AtomicU64,
     misses: AtomicU64,
     max_bytes: usize,
@@ -75,6 +85,7 @@ impl Near {
     pub(super) fn new(max_bytes: usize, max_ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
             store: Store::new(max_bytes, max_ttl),
+            doorkeeper: Doorkeeper::new(max_bytes),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             max_bytes,
@@ -90,6 +101,12 @@ impl Near {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// Whether a read of `key`, which just missed, should be claimed and
+    /// stored (see [`doorkeeper`]); false: read it plainly.
+    pub(super) fn admit(&self, key: &str) -> bool {
+        self.doorkeeper.admit(key)
     }
 
     /// Stores what a claimed read returned: `value` (a miss stores
