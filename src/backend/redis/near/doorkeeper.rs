@@ -83,7 +83,10 @@ mod tests {
         let first = keys.iter().filter(|k| a.admit(k)).count();
         let second = keys.iter().filter(|k| a.admit(k)).count();
         assert!(first <= 1, "{first} admitted on their first miss");
-        assert!(second >= 700, "only {second} of 1000 admitted on their second");
+        assert!(
+            second >= 700,
+            "only {second} of 1000 admitted on their second"
+        );
     }
 
     #[test]
