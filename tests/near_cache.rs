@@ -38,6 +38,7 @@ twin_tests_threaded!(
     a_sentinel_failover_flushes_and_the_new_master_is_tracked,
     without_the_near_cache_acl_reads_work_and_nothing_is_cached,
     a_silent_listener_is_found_by_its_pings_and_flushes,
+    redis_tracks_only_the_keys_the_near_cache_may_hold,
 );
 
 /// Longest a stale value may be served after a write was acknowledged, in
@@ -631,6 +632,45 @@ async fn without_the_near_cache_acl_reads_work_and_nothing_is_cached(flavor: Fla
         metric(b.addr, MISSES).await >= 200.0,
         "the near cache was asked"
     );
+}
+
+/// Redis' `tracking_total_keys` (INFO stats): keys some client is told
+/// about when they change.
+async fn tracked_keys(p: &Pair) -> u64 {
+    p.admin(|c| {
+        let info: String = ::redis::cmd("INFO").arg("stats").query(c).expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("tracking_total_keys in INFO stats")
+    })
+    .await
+}
+
+/// Tracking is OPTIN: B reads 50 keys once each (a first miss is not
+/// stored: the doorkeeper), and Redis tracks none of them; then one key
+/// read until B serves it from memory is tracked, alone. With every read
+/// tracked Redis would remember all 51 reads' keys, at a cost per read.
+async fn redis_tracks_only_the_keys_the_near_cache_may_hold(flavor: Flavor) {
+    let mut p = pair(flavor, "near-optin", Duration::from_secs(60)).await;
+    for i in 0..50 {
+        p.ca.set(&format!("once{i}"), b"v").await.expect("set");
+    }
+    p.ca.set("held", b"v").await.expect("set");
+    for i in 0..50 {
+        assert_eq!(
+            value(&mut p.cb, &format!("once{i}")).await.as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+    let after_once = tracked_keys(&p).await;
+    cached(&p.b, &mut p.cb, "held", b"v").await;
+    let after_held = tracked_keys(&p).await;
+    println!(
+        "{flavor:?}: tracked keys after 50 single reads {after_once}, after one held key {after_held}"
+    );
+    assert_eq!(after_once, 0, "keys read once (not stored) are tracked");
+    assert_eq!(after_held, 1, "the held key is tracked, alone");
 }
 
 // === memory ===

@@ -5,9 +5,14 @@
 //! - Per node, a *listener* connection (`listener`) asks `CLIENT ID` and
 //!   `SUBSCRIBE __redis__:invalidate`; only then is its id published in
 //!   the node's [`Tracking`]. A data connection sends `CLIENT TRACKING on
-//!   REDIRECT <id>` in the same write as, and before, its first near-cache
-//!   read against that listener, so every read that may be stored is
-//!   tracked and its invalidation goes to a listener that is subscribed.
+//!   REDIRECT <id> OPTIN` in the same write as, and before, its first
+//!   near-cache read against that listener, and every claimed read is
+//!   `CLIENT CACHING yes` + `GET` + `PTTL` in one write (Redis then tracks
+//!   that `GET`'s key for the connection), so every read that may be
+//!   stored is tracked and its invalidation goes to a listener that is
+//!   subscribed. OPTIN rather than tracking every read: Redis' tracking
+//!   table then holds only keys we may hold (tracking every `GET` of a
+//!   large key set cost Redis about 1.2 µs per `GET`, BENCHMARKS.md).
 //! - A miss *claims* the key ([`store::Ticket`]) before its `GET` + `PTTL`
 //!   pair is written; the value is stored only if the claim is still there
 //!   when the reply arrives. Invalidations, flushes and this plugin's own
@@ -165,7 +170,7 @@ pub(super) struct Redirect {
     /// Unique per listener connection of this process; an armed data
     /// connection remembers the one it points at.
     pub(super) generation: u64,
-    /// `CLIENT TRACKING on REDIRECT <id>`, encoded once.
+    /// `CLIENT TRACKING on REDIRECT <id> OPTIN`, encoded once.
     pub(super) command: Bytes,
 }
 
@@ -214,7 +219,14 @@ impl Tracking {
         let mut command = BytesMut::new();
         resp::encode(
             &mut command,
-            &[b"CLIENT", b"TRACKING", b"on", b"REDIRECT", id.as_bytes()],
+            &[
+                b"CLIENT",
+                b"TRACKING",
+                b"on",
+                b"REDIRECT",
+                id.as_bytes(),
+                b"OPTIN",
+            ],
         );
         let redirect = Arc::new(Redirect {
             generation,
