@@ -414,22 +414,21 @@ impl Pool {
                 return Err(Error::Unavailable(format!("redis: {e}")));
             }
         };
-        let claim = self.settle_tracking(key, claim, arm, &live.conn, &mut replies);
+        let claim = self.settle_tracking(key, (claim, caching), arm, &live.conn, &mut replies);
         Ok((claim, replies))
     }
 
     /// Takes the replies to `CLIENT TRACKING` (when `arm`) and `CLIENT
-    /// CACHING yes` (when `claim`) off the front of `replies`; the claim
+    /// CACHING yes` (when `caching`) off the front of `replies`; the claim
     /// survives only if both were accepted.
     fn settle_tracking(
         &self,
         key: &str,
-        mut claim: Option<Claim>,
+        (mut claim, caching): (Option<Claim>, bool),
         arm: Option<Arc<Redirect>>,
         conn: &Connection,
         replies: &mut Vec<Reply>,
     ) -> Option<Claim> {
-        let caching = claim.is_some();
         if let Some(r) = arm {
             match replies.remove(0) {
                 Reply::Status(ok) if &ok[..] == b"OK" => conn.set_tracking(r.generation),
