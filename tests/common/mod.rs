@@ -51,7 +51,7 @@ pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +
 /// (README, "Near cache"): PTTL with each miss, tracking redirected to a
 /// connection of its own that subscribes to the invalidation channel.
 pub const NEAR_CACHE_ACL: &str =
-    "+pttl +client|id +client|tracking +subscribe &__redis__:invalidate";
+    "+pttl +client|id +client|tracking +client|caching +subscribe &__redis__:invalidate";
 
 /// A free loopback port (bound then released; races are unlikely and retried
 /// by callers that start servers).

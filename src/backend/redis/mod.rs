@@ -91,6 +91,11 @@ impl Backend for RedisBackend {
         if let Some(value) = near.get(&key) {
             return Ok(Some(value));
         }
+        if !near.admit(&key) {
+            // Not missed lately: a plain read, nothing stored (near's
+            // module docs say why).
+            return self.router.send(&Get { key }).await;
+        }
         self.router.get_tracked(&Get { key }).await
     }
 

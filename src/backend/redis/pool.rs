@@ -387,17 +387,22 @@ impl Pool {
     ) -> Result<(Option<Claim>, Vec<Reply>)> {
         let (idx, live) = self.checkout().await?;
         let (claim, arm) = self.claim_on(key, &live.conn);
+        // Tracking is OPTIN: only a claimed read is tracked (its value may
+        // be stored), so Redis' tracking table holds only what we may hold.
+        let caching = claim.is_some();
         let result = {
             let _busy = Busy::new(&self.slots[idx].inflight);
-            let both = |out: &mut BytesMut| {
+            let all = |out: &mut BytesMut| {
                 if let Some(r) = &arm {
                     out.extend_from_slice(&r.command);
                 }
+                if caching {
+                    out.extend_from_slice(CACHING_YES);
+                }
                 encode(out);
             };
-            live.conn
-                .call_batch(both, n + usize::from(arm.is_some()))
-                .await
+            let extra = usize::from(arm.is_some()) + usize::from(caching);
+            live.conn.call_batch(all, n + extra).await
         };
         let mut replies = match result {
             Ok(replies) => replies,
@@ -409,20 +414,38 @@ impl Pool {
                 return Err(Error::Unavailable(format!("redis: {e}")));
             }
         };
-        let Some(r) = arm else {
-            return Ok((claim, replies));
-        };
-        match replies.remove(0) {
-            Reply::Status(ok) if &ok[..] == b"OK" => {
-                live.conn.set_tracking(r.generation);
-                Ok((claim, replies))
-            }
-            refused => {
-                warn_tracking_refused(&refused);
-                self.cancel(key, claim);
-                Ok((None, replies))
+        let claim = self.settle_tracking(key, (claim, caching), arm, &live.conn, &mut replies);
+        Ok((claim, replies))
+    }
+
+    /// Takes the replies to `CLIENT TRACKING` (when `arm`) and `CLIENT
+    /// CACHING yes` (when `caching`) off the front of `replies`; the claim
+    /// survives only if both were accepted.
+    fn settle_tracking(
+        &self,
+        key: &str,
+        (mut claim, caching): (Option<Claim>, bool),
+        arm: Option<Arc<Redirect>>,
+        conn: &Connection,
+        replies: &mut Vec<Reply>,
+    ) -> Option<Claim> {
+        if let Some(r) = arm {
+            match replies.remove(0) {
+                Reply::Status(ok) if &ok[..] == b"OK" => conn.set_tracking(r.generation),
+                refused => {
+                    warn_tracking_refused("CLIENT TRACKING", &refused);
+                    self.cancel(key, claim.take());
+                }
             }
         }
+        if caching {
+            let reply = replies.remove(0);
+            if claim.is_some() && !matches!(&reply, Reply::Status(ok) if &ok[..] == b"OK") {
+                warn_tracking_refused("CLIENT CACHING", &reply);
+                self.cancel(key, claim.take());
+            }
+        }
+        claim
     }
 
     /// Claims `key` for a read on `conn`, and says whether `conn` must be
@@ -761,11 +784,16 @@ async fn maintain(pool: Arc<Pool>, mut shutdown: Watch) {
     }
 }
 
-/// Redis refused `CLIENT TRACKING`: reads still work, nothing is stored.
-/// An ACL without `+client|tracking` (or a server without it) is said
-/// once; a listener that went away meanwhile (its id no longer exists) is
-/// routine and only debug.
-fn warn_tracking_refused(reply: &Reply) {
+/// `CLIENT CACHING yes`, written right before a claimed `GET`: with
+/// tracking in OPTIN mode Redis tracks the keys of the next command only.
+const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nyes\r\n";
+
+/// Redis refused `CLIENT TRACKING` or `CLIENT CACHING` (`command`): reads
+/// still work, nothing is stored. An ACL without `+client|tracking` or
+/// `+client|caching` (or a server without them) is said once; a listener
+/// that went away meanwhile (its id no longer exists) is routine and only
+/// debug.
+fn warn_tracking_refused(command: &str, reply: &Reply) {
     static SAID: AtomicBool = AtomicBool::new(false);
     let why = match reply {
         Reply::Error(msg) => String::from_utf8_lossy(msg).into_owned(),
@@ -774,7 +802,7 @@ fn warn_tracking_refused(reply: &Reply) {
     if why.contains("redirect to does not exist") {
         debug!(%why, "near cache: listener gone before CLIENT TRACKING arrived");
     } else if !SAID.swap(true, Ordering::Relaxed) {
-        warn!(%why, "near cache: redis refused CLIENT TRACKING; reads are not cached (README, \"Near cache\", lists the ACL)");
+        warn!(%why, command, "near cache: redis refused a tracking command; reads are not cached (README, \"Near cache\", lists the ACL)");
     }
 }
 

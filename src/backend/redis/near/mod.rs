@@ -5,9 +5,14 @@
 //! - Per node, a *listener* connection (`listener`) asks `CLIENT ID` and
 //!   `SUBSCRIBE __redis__:invalidate`; only then is its id published in
 //!   the node's [`Tracking`]. A data connection sends `CLIENT TRACKING on
-//!   REDIRECT <id>` in the same write as, and before, its first near-cache
-//!   read against that listener, so every read that may be stored is
-//!   tracked and its invalidation goes to a listener that is subscribed.
+//!   REDIRECT <id> OPTIN` in the same write as, and before, its first
+//!   near-cache read against that listener, and every claimed read is
+//!   `CLIENT CACHING yes` + `GET` + `PTTL` in one write (Redis then tracks
+//!   that `GET`'s key for the connection), so every read that may be
+//!   stored is tracked and its invalidation goes to a listener that is
+//!   subscribed. OPTIN rather than tracking every read: Redis' tracking
+//!   table then holds only keys we may hold (tracking every `GET` of a
+//!   large key set cost Redis about 1.2 µs per `GET`, BENCHMARKS.md).
 //! - A miss *claims* the key ([`store::Ticket`]) before its `GET` + `PTTL`
 //!   pair is written; the value is stored only if the claim is still there
 //!   when the reply arrives. Invalidations, flushes and this plugin's own
@@ -40,9 +45,17 @@
 //! counts from before the read was sent, so an entry never outlives Redis'
 //! TTL.
 //!
-//! This module owns the store, the tracking state and the listener; it
-//! does not choose nodes (the router does) nor connections (the pool).
+//! Not every miss is stored: [`doorkeeper`] lets a key in on its second
+//! miss within about a cache's worth of others, so a key set much larger
+//! than the cache does not pay a claim, a `PTTL`, a copy and an eviction
+//! per read for entries evicted before they are read again. A key not
+//! admitted is read plainly and nothing is held for it.
+//!
+//! This module owns the store, the doorkeeper, the tracking state and
+//! the listener; it does not choose nodes (the router does) nor
+//! connections (the pool).
 
+mod doorkeeper;
 mod listener;
 mod store;
 
@@ -57,6 +70,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use self::doorkeeper::Doorkeeper;
 pub(super) use self::listener::listen;
 use self::store::Store;
 pub(super) use self::store::Ticket;
@@ -66,6 +80,7 @@ use crate::backend::NearStats;
 /// The near cache of one backend, shared by every node's tracking.
 pub(super) struct Near {
     store: Store,
+    doorkeeper: Doorkeeper,
     hits: AtomicU64,
     misses: AtomicU64,
     max_bytes: usize,
@@ -75,6 +90,7 @@ impl Near {
     pub(super) fn new(max_bytes: usize, max_ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
             store: Store::new(max_bytes, max_ttl),
+            doorkeeper: Doorkeeper::new(max_bytes),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             max_bytes,
@@ -90,6 +106,12 @@ impl Near {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// Whether a read of `key`, which just missed, should be claimed and
+    /// stored (see [`doorkeeper`]); false: read it plainly.
+    pub(super) fn admit(&self, key: &str) -> bool {
+        self.doorkeeper.admit(key)
     }
 
     /// Stores what a claimed read returned: `value` (a miss stores
@@ -148,7 +170,7 @@ pub(super) struct Redirect {
     /// Unique per listener connection of this process; an armed data
     /// connection remembers the one it points at.
     pub(super) generation: u64,
-    /// `CLIENT TRACKING on REDIRECT <id>`, encoded once.
+    /// `CLIENT TRACKING on REDIRECT <id> OPTIN`, encoded once.
     pub(super) command: Bytes,
 }
 
@@ -197,7 +219,14 @@ impl Tracking {
         let mut command = BytesMut::new();
         resp::encode(
             &mut command,
-            &[b"CLIENT", b"TRACKING", b"on", b"REDIRECT", id.as_bytes()],
+            &[
+                b"CLIENT",
+                b"TRACKING",
+                b"on",
+                b"REDIRECT",
+                id.as_bytes(),
+                b"OPTIN",
+            ],
         );
         let redirect = Arc::new(Redirect {
             generation,
