@@ -133,12 +133,6 @@ pub(super) struct Expire {
     ttl_ms: String,
 }
 
-/// `PTTL key`: milliseconds left, -1 without expiry, -2 when gone (the
-/// near cache reads it with the value).
-pub(super) struct Pttl {
-    pub(super) key: String,
-}
-
 /// `PING`: the store answers with the current credentials.
 pub(super) struct Ping;
 
@@ -333,25 +327,6 @@ impl Command for Expire {
         match reply {
             Reply::Int(n) => Ok(n == 1),
             other => Err(unexpected("PEXPIRE", &other)),
-        }
-    }
-}
-
-impl Command for Pttl {
-    type Output = i64;
-
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
-    }
-
-    fn encode(&self, out: &mut BytesMut) {
-        command(out, b"PTTL", std::iter::once(self.key.as_bytes()));
-    }
-
-    fn decode(&self, reply: Reply) -> Result<i64> {
-        match reply {
-            Reply::Int(ms) => Ok(ms),
-            other => Err(unexpected("PTTL", &other)),
         }
     }
 }

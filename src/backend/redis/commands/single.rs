@@ -131,10 +131,22 @@ impl Command for GetTtl {
     }
 
     fn decode(&self, reply: Reply) -> Result<Self::Output> {
+        match self.millis(reply)? {
+            -2 => Ok(None),
+            -1 => Ok(Some(None)),
+            ms if ms >= 0 => Ok(Some(Some(Duration::from_millis(ms.unsigned_abs())))),
+            ms => Err(unexpected("PTTL", &Reply::Int(ms))),
+        }
+    }
+}
+
+impl GetTtl {
+    /// The reply as Redis gives it: milliseconds left, -1 without expiry,
+    /// -2 when gone (the near cache reads it with the value and applies
+    /// its own rule to it).
+    pub(in crate::backend::redis) fn millis(&self, reply: Reply) -> Result<i64> {
         match reply {
-            Reply::Int(-2) => Ok(None),
-            Reply::Int(-1) => Ok(Some(None)),
-            Reply::Int(ms) if ms >= 0 => Ok(Some(Some(Duration::from_millis(ms.unsigned_abs())))),
+            Reply::Int(ms) => Ok(ms),
             other => Err(unexpected("PTTL", &other)),
         }
     }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    commands::{Command, Get, MultiKey, Pttl},
+    commands::{Command, Get, GetTtl, MultiKey},
     failure,
     near::Claim,
     pool::Pool,
@@ -179,7 +179,7 @@ fn start_pool(
 /// Get instead (nothing was stored).
 async fn tracked_get(pool: &Pool, get: &Get) -> Option<Result<Option<Bytes>>> {
     let near = pool.near()?;
-    let pttl = Pttl {
+    let pttl = GetTtl {
         key: get.key.clone(),
     };
     let encode = |out: &mut BytesMut| {
@@ -213,7 +213,7 @@ async fn tracked_get(pool: &Pool, get: &Get) -> Option<Result<Option<Bytes>>> {
             return Some(Err(e));
         }
     };
-    match (claim, pttl.decode(ttl)) {
+    match (claim, pttl.millis(ttl)) {
         (Some(c), Ok(ms)) => near.fill(&get.key, c.ticket, value.as_ref(), ms),
         (claim, _) => cancel(claim),
     }
