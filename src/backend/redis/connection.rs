@@ -1112,18 +1112,8 @@ mod tests {
 
     #[tokio::test]
     async fn replies_are_matched_to_commands_in_order_across_reads() {
-        let connector = fake_server(|mut sock| async move {
-            // Three GETs; answer them in one write cut at odd places.
-            read_commands(&mut sock, 3).await;
-            let wire: &[u8] = b"$1\r\na\r\n$-1\r\n$3\r\nccc\r\n";
-            for chunk in wire.chunks(5) {
-                sock.write_all(chunk).await.expect("write");
-                sock.flush().await.expect("flush");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            std::future::pending::<()>().await;
-        })
-        .await;
+        // Three GETs; answered in one write cut at odd places.
+        let connector = answer_in_pieces(3, b"$1\r\na\r\n$-1\r\n$3\r\nccc\r\n", 5).await;
         let conn = open(&connector).await;
         let get = |k: &'static [u8]| conn.call(move |out| resp::encode(out, &[b"GET", k]));
         let (a, b, c) = tokio::join!(get(b"a"), get(b"b"), get(b"c"));
@@ -1134,20 +1124,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_of_several_commands_is_answered_once_with_its_replies() {
-        let connector = fake_server(|mut sock| async move {
-            // A unit of 3, a lone GET, a batch of 2, a unit of 2 that fails:
-            // 8 replies in one write cut at odd places.
-            read_commands(&mut sock, 8).await;
-            let wire: &[u8] = b"+OK\r\n+QUEUED\r\n*1\r\n:7\r\n$1\r\nx\r\n\
-                $1\r\na\r\n$-1\r\n-NOPERM no\r\n-EXECABORT x\r\n";
-            for chunk in wire.chunks(7) {
-                sock.write_all(chunk).await.expect("write");
-                sock.flush().await.expect("flush");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            std::future::pending::<()>().await;
-        })
-        .await;
+        // A unit of 3, a lone GET, a batch of 2, a unit of 2 that fails:
+        // 8 replies in one write cut at odd places.
+        let wire: &[u8] = b"+OK\r\n+QUEUED\r\n*1\r\n:7\r\n$1\r\nx\r\n\
+            $1\r\na\r\n$-1\r\n-NOPERM no\r\n-EXECABORT x\r\n";
+        let connector = answer_in_pieces(8, wire, 7).await;
         let conn = open(&connector).await;
         let gets = |n: usize| {
             move |out: &mut BytesMut| (0..n).for_each(|_| resp::encode(out, &[b"GET", b"k"]))
@@ -1178,6 +1159,22 @@ mod tests {
         );
         let st = conn.shared.state();
         assert!(st.waiting.is_empty() && st.due_since.is_none());
+    }
+
+    /// A "Redis" that waits for `n` commands, then answers with `wire`
+    /// written in pieces of `piece` bytes, a pause after each: replies
+    /// split across the client's reads.
+    async fn answer_in_pieces(n: usize, wire: &'static [u8], piece: usize) -> Connector {
+        fake_server(move |mut sock| async move {
+            read_commands(&mut sock, n).await;
+            for chunk in wire.chunks(piece) {
+                sock.write_all(chunk).await.expect("write");
+                sock.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            std::future::pending::<()>().await;
+        })
+        .await
     }
 
     /// A connection with no AUTH, as to a fake server.
