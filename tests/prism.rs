@@ -22,7 +22,7 @@ use redis_cache_plugin::{
         StopRequest,
         keyvalue::{
             BatchDeleteRequest, BatchGetRequest, BatchSetRequest, DeleteRequest, ExistsRequest,
-            ExpireRequest, GetRequest, GetTtlRequest, PersistRequest, SetRequest,
+            ExpireRequest, GetRequest, GetTtlRequest, PersistRequest, SetRequest, SetResponse,
             key_value_basic_interface_client::KeyValueBasicInterfaceClient,
             key_value_batch_interface_client::KeyValueBatchInterfaceClient,
             key_value_ttl_interface_client::KeyValueTtlInterfaceClient,
@@ -451,6 +451,35 @@ fn spawn_with_grpc_port(
     cmd.start_serving(&format!("127.0.0.1:{port}"), &[])
 }
 
+/// One slow call: Redis holds writes for 3 s (`CLIENT PAUSE 3000 WRITE`)
+/// and a Set is sent through `p`; returns its task once Lifecycle reports
+/// it in flight. The pause is a blocking call, off the runtime's threads
+/// (the plugin may run on them).
+async fn set_held_in_flight(
+    server: &RedisServer,
+    p: &mut Prism,
+) -> tokio::task::JoinHandle<Result<tonic::Response<SetResponse>, tonic::Status>> {
+    let mut admin = server.admin();
+    let pause: String = tokio::task::spawn_blocking(move || {
+        ::redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3000)
+            .arg("WRITE")
+            .query(&mut admin)
+    })
+    .await
+    .expect("pause task")
+    .expect("CLIENT PAUSE");
+    assert_eq!(pause, "OK");
+    let mut slow = p.basic.clone();
+    let in_flight = tokio::spawn(async move { slow.set(set_req("slow", b"late")).await });
+    let seen = until_details(&mut p.life, |d| {
+        d.get("in_flight").map(String::as_str) == Some("1")
+    });
+    assert!(seen.await, "the slow Set never showed as in flight");
+    in_flight
+}
+
 /// Polls Prism's HealthCheck until `check` holds on its details.
 async fn until_details(
     life: &mut LifecycleInterfaceClient<Channel>,
@@ -505,20 +534,7 @@ async fn lifecycle_initialize_start_drain_with_a_call_in_flight_then_stop(flavor
     assert_eq!(p.set("before", b"v").await, (true, String::new()));
     assert_eq!(p.get("before").await.as_deref(), Some(&b"v"[..]));
 
-    // One slow call: Redis holds writes for 3 s, so this Set is in flight.
-    let pause: String = ::redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3000)
-        .arg("WRITE")
-        .query(&mut server.admin())
-        .expect("CLIENT PAUSE");
-    assert_eq!(pause, "OK");
-    let mut slow = p.basic.clone();
-    let in_flight = tokio::spawn(async move { slow.set(set_req("slow", b"late")).await });
-    let seen = until_details(&mut p.life, |d| {
-        d.get("in_flight").map(String::as_str) == Some("1")
-    });
-    assert!(seen.await, "the slow Set never showed as in flight");
+    let in_flight = set_held_in_flight(&server, &mut p).await;
 
     let mut drainer = p.life.clone();
     let drain = tokio::spawn(async move {
@@ -661,21 +677,7 @@ async fn in_process(server: &RedisServer, name: &str) -> (Plugin, Prism) {
 async fn drain_past_its_bound_reports_the_call_still_running(flavor: Flavor) {
     let server = RedisServer::start(flavor);
     let (plugin, mut p) = in_process(&server, "drain_bound").await;
-    let pause: String = tokio::task::block_in_place(|| {
-        ::redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(3000)
-            .arg("WRITE")
-            .query(&mut server.admin())
-    })
-    .expect("CLIENT PAUSE");
-    assert_eq!(pause, "OK");
-    let mut slow = p.basic.clone();
-    let in_flight = tokio::spawn(async move { slow.set(set_req("slow", b"late")).await });
-    let seen = until_details(&mut p.life, |d| {
-        d.get("in_flight").map(String::as_str) == Some("1")
-    });
-    assert!(seen.await, "the slow Set never showed as in flight");
+    let in_flight = set_held_in_flight(&server, &mut p).await;
 
     let req = DrainRequest {
         timeout_seconds: 1,
