@@ -405,7 +405,8 @@ fn unexpected(command: &str, reply: &Reply) -> Error {
 mod tests {
     use super::*;
 
-    fn wire(command: &impl Command) -> String {
+    /// A command as it goes on the wire (ASCII in these tests).
+    pub(super) fn wire(command: &impl Command) -> String {
         let mut out = BytesMut::new();
         command.encode(&mut out);
         String::from_utf8(out.to_vec()).expect("ascii")

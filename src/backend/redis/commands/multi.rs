@@ -118,12 +118,7 @@ impl MultiKey for MSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn wire(command: &impl Command) -> String {
-        let mut out = BytesMut::new();
-        command.encode(&mut out);
-        String::from_utf8(out.to_vec()).expect("ascii")
-    }
+    use crate::backend::redis::commands::tests::wire;
 
     #[test]
     fn mset_sends_one_set_per_entry_with_its_own_ttl() {

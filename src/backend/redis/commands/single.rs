@@ -184,13 +184,8 @@ impl Command for Persist {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::redis::commands::tests::wire;
     use bytes::Bytes;
-
-    fn wire(command: &impl Command) -> String {
-        let mut out = BytesMut::new();
-        command.encode(&mut out);
-        String::from_utf8(out.to_vec()).expect("ascii")
-    }
 
     fn status(s: &'static str) -> Reply {
         Reply::Status(Bytes::from_static(s.as_bytes()))
