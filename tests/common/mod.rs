@@ -622,6 +622,14 @@ impl PluginProcess {
         load::status_kib_of(&self.pid().to_string(), "VmHWM:")
     }
 
+    /// Starts a new peak: the kernel sets VmHWM back to the current RSS
+    /// (`clear_refs` value 5), so a later `peak_rss_kib` covers only what
+    /// ran since.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("reset the plugin's VmHWM");
+    }
+
     /// CPU time the plugin process has used (user + system), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         let stat =
