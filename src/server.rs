@@ -333,6 +333,7 @@ fn admission_limits(config: &Config, max_request_bytes: usize) -> AdmissionLimit
         max_in_flight_bytes_per_connection: c.max_in_flight_bytes_per_connection,
         request_read_timeout: c.request_read_timeout.0,
         max_request_bytes,
+        refusal_delay: c.refusal_delay.0,
     }
 }
 

@@ -31,6 +31,9 @@ use common::{
 use tonic::Code;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// `control_plane.refusal_delay`'s default: how long a refusal in a flood of
+/// them waits before it is answered.
+const REFUSAL_DELAY: Duration = Duration::from_millis(10);
 
 /// True for the full, strict run (`FAULTS_FULL=1`).
 fn strict() -> bool {
@@ -336,7 +339,7 @@ async fn acl_user_deleted_mid_load_recovers_when_it_returns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overload_is_rejected_at_once_and_memory_stays_bounded() {
+async fn overload_is_rejected_without_a_queue_and_memory_stays_bounded() {
     let full = strict();
     let burst = Duration::from_secs(if full { 30 } else { 5 });
     let server = RedisServer::start(Flavor::Redis);
@@ -386,8 +389,94 @@ async fn overload_is_rejected_at_once_and_memory_stays_bounded() {
     );
 }
 
+/// Refusals past `max_concurrent_requests` of them in one `refusal_delay`
+/// wait that long before they are answered (a refused caller that retries at
+/// once cannot spin the plugin's CPU), and none of them holds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_paced_by_refusal_delay() {
+    let server = RedisServer::start(Flavor::Redis);
+    let delay = Duration::from_secs(1);
+    let mut config = redis_config(&server, &test_prefix("paced"));
+    // Longer than the held refusals: the Set holding the slot must not
+    // time out meanwhile.
+    config.backend.operation_timeout = redis_cache_plugin::config::Dur(Duration::from_secs(5));
+    config.control_plane.max_concurrent_requests = 1;
+    config.control_plane.refusal_delay = redis_cache_plugin::config::Dur(delay);
+    let plugin = Plugin::start_serving(config).await;
+    let mut cache = plugin.cache().await;
+    cache.set("k", b"v").await.expect("set");
+
+    // The one slot, taken by a Set that Redis holds (writes paused).
+    let mut admin = server.admin();
+    let paused: String = tokio::task::block_in_place(|| {
+        ::redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3000)
+            .arg("WRITE")
+            .query(&mut admin)
+    })
+    .expect("CLIENT PAUSE");
+    assert_eq!(paused, "OK");
+    let rejected = "redis_plugin_requests_rejected_total{reason=\"max_concurrent_requests\"}";
+    let in_flight = hold_the_slot(&mut cache).await;
+    let before = common::metric(plugin.addr, rejected).await;
+
+    // Four more at once: at most one window's burst (1, or 2 if they
+    // straddle a window's end) is answered at once, the rest are held.
+    let refusals = (0..4).map(|_| {
+        let mut c = cache.clone();
+        async move {
+            let sent = Instant::now();
+            (c.get("k").await.map(drop), sent.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(refusals).await;
+    for (answer, _) in &answers {
+        let status = answer.as_ref().expect_err("over the limit");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    let took: Vec<Duration> = answers.iter().map(|a| a.1).collect();
+    eprintln!("[paced] refusals took {took:?}");
+    let held = took.iter().filter(|t| **t >= delay).count();
+    assert!(held >= 2, "held {held} of 4 refusals: {took:?}");
+    assert_eq!(common::metric(plugin.addr, rejected).await, before + 4.0);
+
+    // The held refusals took no slot: the Set finishes and the next call
+    // is served.
+    in_flight.await.expect("task").expect("the paused Set");
+    let got = cache.get("k").await.expect("served after the Set");
+    assert_eq!(got.value.as_ref(), b"w");
+}
+
+/// Takes the plugin's one slot with a Set that paused Redis holds, and
+/// returns it once a Get is refused for want of the slot. A probe Get may
+/// take the slot first and get the Set refused: then the Set is sent again.
+async fn hold_the_slot(
+    cache: &mut common::Cache,
+) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the Set never took the slot"
+        );
+        let mut slow = cache.clone();
+        let set = tokio::spawn(async move { slow.set("k", b"w").await });
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if set.is_finished() {
+                break; // refused: a probe held the slot
+            }
+            if cache.get("k").await.is_err() {
+                return set;
+            }
+        }
+    }
+}
+
 /// The overload verdict: some calls admitted, the excess rejected with
-/// RESOURCE_EXHAUSTED at once (without waiting for a slot), nothing else.
+/// RESOURCE_EXHAUSTED without waiting for a slot (at once, or after the
+/// default `refusal_delay` once refusals flood), nothing else.
 fn check_overload(unloaded: &[Sample], overload: &[Sample], burst: Duration) {
     let with = |code| -> Vec<Sample> {
         overload
@@ -418,7 +507,7 @@ fn check_overload(unloaded: &[Sample], overload: &[Sample], burst: Duration) {
     // "At once": a rejection does not wait for a slot or a timeout. The
     // strict run wants it faster than a typical admitted call; CI (a busy
     // machine, 160 ms p99 seen) only sooner than the shortest timeout.
-    let at_once = if strict() { p50_admitted } else { OP_TIMEOUT };
+    let at_once = REFUSAL_DELAY + if strict() { p50_admitted } else { OP_TIMEOUT };
     assert!(p99_rejected < at_once, "rejections took {p99_rejected:?}");
     // Under CPU starvation an admitted call may still run out its deadline;
     // that is the documented answer, but the strict run allows none.

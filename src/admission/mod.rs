@@ -10,8 +10,10 @@
 //!   cannot post a form to the cache API.
 //! - A cache call takes a permit (`max_concurrent_requests`) when its
 //!   headers arrive, before its body is read; without one it is answered
-//!   RESOURCE_EXHAUSTED at once. The permit is held until the response body
-//!   has been handed to HTTP/2 (or dropped), not just until the handler ends.
+//!   RESOURCE_EXHAUSTED at once — or, in a flood of refusals, after
+//!   `refusal_delay` ([`pacing`]). The permit is held until the response
+//!   body has been handed to HTTP/2 (or dropped), not just until the
+//!   handler ends.
 //! - Request bytes count against the global and the per-connection budget
 //!   as they are buffered (the declared gRPC message length up front) and
 //!   must arrive within `request_read_timeout` or the caller's deadline.
@@ -51,10 +53,12 @@ use tower::Service;
 
 mod body;
 mod budget;
+mod pacing;
 
 pub use body::{HeldBody, ReadBody};
 pub use budget::ConnState;
 use budget::{Budget, Ticket};
+use pacing::Pacer;
 
 use crate::{
     drain::Gate,
@@ -89,6 +93,8 @@ pub struct AdmissionLimits {
     /// The largest request message the service decodes; a larger declared
     /// length is left to the decoder to refuse (OUT_OF_RANGE).
     pub max_request_bytes: usize,
+    /// How long a refusal past the burst of one window is held ([`pacing`]).
+    pub refusal_delay: Duration,
 }
 
 /// Admission shared by every connection.
@@ -107,6 +113,7 @@ pub struct Admission {
     /// overload but the admitted ones takes.
     too_many: Refusal,
     too_many_count: Counter,
+    pacer: Pacer,
 }
 
 impl Admission {
@@ -125,6 +132,7 @@ impl Admission {
             bytes: Budget::new(limits.max_in_flight_bytes),
             too_many: Refusal::too_many_requests(limits.max_concurrent_requests),
             too_many_count,
+            pacer: Pacer::new(limits.refusal_delay, limits.max_concurrent_requests),
             limits,
             metrics,
             gate,
@@ -241,7 +249,9 @@ impl ConnService {
         let op = operation(req.uri().path());
         if !a.requests.take(1) {
             let refused = a.refuse_too_many(op);
-            return Admitted::refused(refused, ticket, req.into_body());
+            let mut admitted = Admitted::refused(refused, ticket, req.into_body());
+            admitted.hold = a.pacer.hold().map(|d| Box::pin(tokio::time::sleep(d)));
+            return admitted;
         }
         if !a.gate.enter() {
             a.requests.give(1);
@@ -356,6 +366,8 @@ pin_project_lite::pin_project! {
         // A refused request's body, read and dropped before the answer.
         unread: Option<Incoming>,
         grace: Option<Pin<Box<Sleep>>>,
+        // A paced refusal's wait before it is answered.
+        hold: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -368,6 +380,7 @@ impl Admitted {
             account: None,
             unread: (!body.is_end_stream()).then_some(body),
             grace: None,
+            hold: None,
         }
     }
 
@@ -379,6 +392,7 @@ impl Admitted {
             account: None,
             unread: None,
             grace: None,
+            hold: None,
         }
     }
 }
@@ -415,6 +429,10 @@ impl Future for Admitted {
             if let (false, Some(ticket)) = (ended, this.ticket.as_mut()) {
                 ticket.unread = body;
             }
+        }
+        if let Some(hold) = this.hold {
+            ready!(hold.as_mut().poll(cx));
+            *this.hold = None;
         }
         let response = match this.inner.as_pin_mut() {
             Some(route) => match ready!(route.poll(cx)) {
@@ -494,6 +512,7 @@ mod tests {
             max_in_flight_bytes_per_connection: per_conn,
             request_read_timeout: Duration::from_secs(1),
             max_request_bytes: 1024,
+            refusal_delay: Duration::ZERO,
         };
         Admission::new(Router::new(), limits, Metrics::new(), Arc::new(Gate::new()))
     }

@@ -21,6 +21,7 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 pub const MAX_CONCURRENT_STREAMS: usize = 1_000_000;
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024 * 1024;
+const MAX_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Room for gRPC framing and headers on top of the largest key and value:
 /// the largest allowed Set (or Get reply) must fit one connection's budget.
@@ -48,6 +49,10 @@ pub struct ControlPlaneConfig {
     pub max_in_flight_bytes_per_connection: usize,
     /// How long a request body may take to arrive (or the caller's deadline).
     pub request_read_timeout: Dur,
+    /// In a flood of refusals (more than `max_concurrent_requests` in this
+    /// long), how long each further refusal waits before it is answered;
+    /// `0s` answers every refusal at once.
+    pub refusal_delay: Dur,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Dur,
     /// HTTP/2 PING interval on a connection, to find dead peers.
@@ -91,6 +96,7 @@ impl Default for ControlPlaneConfig {
             max_in_flight_bytes: 256 * MIB,
             max_in_flight_bytes_per_connection: 64 * MIB,
             request_read_timeout: Dur::secs(10),
+            refusal_delay: Dur::millis(10),
             idle_timeout: Dur::secs(300),
             keepalive_interval: Dur::secs(60),
             keepalive_timeout: Dur::secs(20),
@@ -127,6 +133,13 @@ impl ControlPlaneConfig {
             "control_plane.max_concurrent_requests",
         )?;
         timeout(self.drain_timeout, "control_plane.drain_timeout")?;
+        if self.refusal_delay.0 > MAX_REFUSAL_DELAY {
+            // Held longer, a refusal stops being an answer a caller can act on.
+            return Err(ConfigError::new(
+                "control_plane.refusal_delay",
+                "must be at most 1s (0s answers every refusal at once)",
+            ));
+        }
         timeout(self.health_interval, "control_plane.health_interval")?;
         timeout(
             self.tls.reload_interval,
@@ -229,6 +242,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusal_delay_defaults_to_10ms_and_may_be_off() {
+        let c = Config::default().control_plane;
+        assert_eq!(c.refusal_delay.0, Duration::from_millis(10));
+        let off = load("control_plane: { refusal_delay: 0s }\n").expect("0s is valid");
+        assert!(off.control_plane.refusal_delay.0.is_zero());
+        let max = load("control_plane: { refusal_delay: 1s }\n").expect("1s is valid");
+        assert_eq!(max.control_plane.refusal_delay.0, Duration::from_secs(1));
+    }
+
+    #[test]
     fn transport_limits_have_defaults_and_are_validated() {
         let c = load("control_plane: { idle_timeout: 1s }\n").expect("valid");
         let cp = &c.control_plane;
@@ -243,6 +266,7 @@ mod tests {
         assert_eq!(a.max_in_flight_bytes, b.max_in_flight_bytes);
         assert_eq!(a.request_read_timeout.0, b.request_read_timeout.0);
         assert_eq!(a.keepalive_timeout.0, b.keepalive_timeout.0);
+        assert_eq!(a.refusal_delay.0, b.refusal_delay.0);
         for (yaml, field) in [
             ("max_connections: 0", "control_plane.max_connections"),
             (
@@ -262,6 +286,7 @@ mod tests {
                 "control_plane.request_read_timeout",
             ),
             ("idle_timeout: 0", "control_plane.idle_timeout"),
+            ("refusal_delay: 1001ms", "control_plane.refusal_delay"),
         ] {
             let err = load(&format!("control_plane: {{ {yaml} }}\n")).unwrap_err();
             assert_eq!(err.field, field, "{yaml}: {err}");
