@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Backend, Entry as MSetEntry, Persisted, PoolStats, SetCondition};
+use super::{Backend, Entry as MSetEntry, Keys, Persisted, PoolStats, SetCondition};
 use crate::error::{Error, Result};
 
 /// How often expired keys are swept.
@@ -184,7 +184,7 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+    async fn exists(&self, keys: Keys) -> Result<u64> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let found = keys
@@ -194,7 +194,7 @@ impl Backend for MemoryBackend {
         Ok(found as u64)
     }
 
-    async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+    async fn delete(&self, keys: Keys) -> Result<u64> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let existed = keys
@@ -205,7 +205,7 @@ impl Backend for MemoryBackend {
         Ok(existed as u64)
     }
 
-    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget(&self, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let values: Vec<_> = keys
@@ -307,7 +307,7 @@ mod tests {
             .expect("set");
         tokio::time::advance(Duration::from_millis(2)).await;
         let n = b
-            .delete(vec!["a".into(), "b".into(), "c".into()])
+            .delete(["a", "b", "c"].into_iter().collect())
             .await
             .expect("delete");
         assert_eq!(n, 1);
@@ -324,9 +324,12 @@ mod tests {
         )
         .await
         .expect("set");
-        let one = b.mget(vec!["a".into(), "b".into()]).await.expect("6 bytes");
+        let one = b
+            .mget(["a", "b"].into_iter().collect())
+            .await
+            .expect("6 bytes");
         assert_eq!(one[0].as_deref(), Some(&b"123456"[..]));
-        let err = b.mget(vec!["a".into(), "a".into()]).await.unwrap_err();
+        let err = b.mget(["a", "a"].into_iter().collect()).await.unwrap_err();
         assert!(matches!(err, Error::ReplyTooLarge(10)), "{err}");
     }
 

@@ -34,7 +34,7 @@ mod validate;
 pub use self::validate::check_ttl;
 use self::validate::{check_key, check_value, has_repeats, invalid, ttl_or};
 use crate::{
-    backend::{Backend, Entry},
+    backend::{Backend, Entry, Keys},
     error::{Error, Result},
     grpc_timeout::parse_grpc_timeout,
     metrics::{Metrics, OpMetrics},
@@ -234,8 +234,16 @@ impl<B: Backend> CacheService<B> {
         Ok(checked)
     }
 
-    fn prefixed(&self, keys: &[String]) -> Vec<String> {
-        keys.iter().map(|k| self.with_prefix(k)).collect()
+    /// The batch's keys with the prefix, in one buffer (two allocations
+    /// for the whole batch, not one per key).
+    fn prefixed(&self, keys: &[String]) -> Keys {
+        let prefix = &self.limits.key_prefix;
+        let bytes = keys.iter().map(|k| prefix.len() + k.len()).sum();
+        let mut full = Keys::with_capacity(keys.len(), bytes);
+        for key in keys {
+            full.push(prefix, key);
+        }
+        full
     }
 
     fn with_prefix(&self, key: &str) -> String {

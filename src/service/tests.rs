@@ -11,7 +11,7 @@ use super::{
     validate::{check_key, check_ttl, has_repeats},
 };
 use crate::{
-    backend::{Backend, Entry, Persisted, PoolStats, SetCondition, memory::MemoryBackend},
+    backend::{Backend, Entry, Keys, Persisted, PoolStats, SetCondition, memory::MemoryBackend},
     error::Result,
     metrics::Metrics,
     pb::{DeleteRequest, GetRequest, MGetRequest, SetRequest, cache_server::Cache},
@@ -27,8 +27,9 @@ struct TestBackend {
 }
 
 impl TestBackend {
-    fn record(&self, keys: &[String]) {
-        self.batches.lock().expect("lock").push(keys.to_vec());
+    fn record(&self, keys: &Keys) {
+        let keys = keys.iter().map(String::from).collect();
+        self.batches.lock().expect("lock").push(keys);
     }
 }
 
@@ -52,15 +53,15 @@ impl Backend for TestBackend {
     async fn persist(&self, k: String) -> Result<Persisted> {
         self.inner.persist(k).await
     }
-    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+    async fn exists(&self, keys: Keys) -> Result<u64> {
         self.record(&keys);
         self.inner.exists(keys).await
     }
-    async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+    async fn delete(&self, keys: Keys) -> Result<u64> {
         self.record(&keys);
         self.inner.delete(keys).await
     }
-    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget(&self, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         self.record(&keys);
         self.inner.mget(keys).await
     }

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Command, MultiKey, set, unexpected};
 use crate::{
     backend::redis::resp::Reply,
-    backend::{Entry, SetCondition},
+    backend::{Entry, KeyList, Keys, SetCondition},
     error::Result,
 };
 
@@ -17,7 +17,7 @@ use crate::{
 /// write, one round trip, not atomic across keys (Redis has no multi-key
 /// SET with a TTL per key).
 pub(in crate::backend::redis) struct MSet {
-    keys: Vec<String>,
+    keys: Keys,
     values: Vec<Bytes>,
     /// Milliseconds as sent, formatted once rather than on every retry.
     ttls_ms: Vec<Option<String>>,
@@ -26,13 +26,14 @@ pub(in crate::backend::redis) struct MSet {
 impl MSet {
     pub(in crate::backend::redis) fn new(entries: Vec<Entry>) -> Self {
         let n = entries.len();
+        let bytes = entries.iter().map(|e| e.0.len()).sum();
         let (mut keys, mut values, mut ttls_ms) = (
-            Vec::with_capacity(n),
+            Keys::with_capacity(n, bytes),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
         for (key, value, ttl) in entries {
-            keys.push(key);
+            keys.push("", &key);
             values.push(value);
             ttls_ms.push(
                 ttl.as_ref()
@@ -51,7 +52,7 @@ impl MSet {
         let ttl = self.ttls_ms[i].as_deref();
         set(
             out,
-            &self.keys[i],
+            self.keys.get(i).unwrap_or_default(),
             &self.values[i],
             ttl,
             SetCondition::Always,
@@ -74,8 +75,8 @@ fn all_ok(reply: Reply, n: usize) -> Result<()> {
 impl Command for MSet {
     type Output = ();
 
-    fn keys(&self) -> &[String] {
-        &self.keys
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::Many(&self.keys)
     }
 
     fn encode(&self, out: &mut BytesMut) {
