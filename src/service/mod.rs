@@ -174,7 +174,9 @@ impl<B: Backend> CacheService<B> {
     /// each key once and Delete counts a key once, so a repeat only costs —
     /// `MGet(["big"] x 250)` would make Redis send (and buffer) the value
     /// 250 times.
-    fn batch(&self, mut keys: Vec<String>) -> Result<Vec<String>> {
+    /// Generic over the key type: MGet's keys are the request's own
+    /// slices ([`pb::Key`]), Delete's and Exists' `String`s.
+    fn batch<K: BatchKey>(&self, mut keys: Vec<K>) -> Result<Vec<K>> {
         let max = self.limits.max_batch_keys;
         if keys.is_empty() {
             return Err(invalid("keys: must hold at least one key"));
@@ -188,8 +190,9 @@ impl<B: Backend> CacheService<B> {
         let max_key = self.limits.max_key_bytes;
         for (i, key) in keys.iter().enumerate() {
             // The field name is formatted only for an error (hot path: MGet).
-            if key.is_empty() || key.len() > max_key {
-                check_key(&format!("keys[{i}]"), key, max_key)?;
+            let len = AsRef::<[u8]>::as_ref(key).len();
+            if len == 0 || len > max_key {
+                check_key(&format!("keys[{i}]"), AsRef::<str>::as_ref(key), max_key)?;
             }
         }
         if has_repeats(&keys) {
@@ -236,12 +239,13 @@ impl<B: Backend> CacheService<B> {
 
     /// The batch's keys with the prefix, in one buffer (two allocations
     /// for the whole batch, not one per key).
-    fn prefixed(&self, keys: &[String]) -> Keys {
+    fn prefixed<K: BatchKey>(&self, keys: &[K]) -> Keys {
         let prefix = &self.limits.key_prefix;
-        let bytes = keys.iter().map(|k| prefix.len() + k.len()).sum();
+        let len = |k: &K| AsRef::<[u8]>::as_ref(k).len();
+        let bytes = keys.iter().map(|k| prefix.len() + len(k)).sum();
         let mut full = Keys::with_capacity(keys.len(), bytes);
         for key in keys {
-            full.push(prefix, key);
+            full.push(prefix, AsRef::<str>::as_ref(key));
         }
         full
     }
@@ -259,6 +263,13 @@ impl<B: Backend> CacheService<B> {
         self.metrics.misses.inc_by((total - hits) as u64);
     }
 }
+
+/// A key of a batch as a request carries it: readable as text and as
+/// bytes (length checks and the repeat check read the bytes: for a
+/// [`pb::Key`] the text is checked UTF-8 again), hashed as its text.
+trait BatchKey: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone {}
+
+impl<K: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone> BatchKey for K {}
 
 /// The error for a key that occurs twice among `entries`, naming both.
 fn repeated_entry(entries: &[Entry]) -> Error {

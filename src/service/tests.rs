@@ -162,7 +162,7 @@ async fn mget_and_delete_send_each_key_once() {
         condition: 0,
     };
     svc.set(Request::new(set)).await.expect("set");
-    let keys = vec!["big".to_string(); 250];
+    let keys = vec!["big".into(); 250];
     let hits = svc
         .m_get(Request::new(MGetRequest { keys }))
         .await
