@@ -168,6 +168,15 @@ fn entry_len(key: &Key, value: &Bytes) -> usize {
     key + value
 }
 
+/// Writes a length-delimited field from a slice: what prost's
+/// `bytes::encode` writes, without the `Bytes` clone (an atomic increment
+/// and decrement of the shared buffer's count) it makes to append one.
+fn put_field(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
+}
+
 impl Message for Entry {
     fn encode_raw(&self, _buf: &mut impl BufMut) {
         // Never encoded: the reply writes its pairs directly.
@@ -206,10 +215,10 @@ impl Message for MGetResponse {
             encode_key(HITS, WireType::LengthDelimited, buf);
             encode_varint(entry_len(key, value) as u64, buf);
             if !key.as_bytes().is_empty() {
-                pb_bytes::encode(1, key.bytes(), buf);
+                put_field(1, key.as_bytes(), buf);
             }
             if !value.is_empty() {
-                pb_bytes::encode(2, value, buf);
+                put_field(2, value, buf);
             }
         }
     }

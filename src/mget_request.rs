@@ -20,7 +20,8 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::{
     DecodeError, Message,
     encoding::{
-        DecodeContext, WireType, bytes as pb_bytes, encoded_len_varint, key_len, skip_field, string,
+        DecodeContext, WireType, bytes as pb_bytes, encode_key, encode_varint, encoded_len_varint,
+        key_len, skip_field, string,
     },
 };
 
@@ -183,9 +184,13 @@ fn not_utf8(ctx: DecodeContext) -> DecodeError {
 
 impl Message for MGetRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        // A string on the wire is its bytes; each element goes, empty or not.
+        // A string on the wire is its bytes; each element goes, empty or
+        // not. Written from the slice: prost's `bytes::encode` would clone
+        // the `Bytes` (an atomic increment and decrement) to append it.
         for key in &self.keys {
-            pb_bytes::encode(KEYS, &key.0, buf);
+            encode_key(KEYS, WireType::LengthDelimited, buf);
+            encode_varint(key.0.len() as u64, buf);
+            buf.put_slice(&key.0);
         }
     }
 

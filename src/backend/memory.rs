@@ -132,13 +132,14 @@ impl Backend for MemoryBackend {
         Ok(write)
     }
 
-    async fn mset(&self, entries: Vec<MSetEntry>) -> Result<()> {
+    async fn mset(&self, keys: Keys, entries: Vec<MSetEntry>) -> Result<()> {
         let now = Instant::now();
-        let entries = entries
-            .into_iter()
-            .map(|(k, value, ttl)| {
+        let entries = keys
+            .iter()
+            .zip(entries)
+            .map(|(k, (value, ttl))| {
                 Ok((
-                    k,
+                    k.to_owned(),
                     Entry {
                         value,
                         expires_at: expiry(now, ttl)?,

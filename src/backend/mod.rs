@@ -34,9 +34,10 @@ pub trait Backend: Send + Sync + 'static {
         condition: SetCondition,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Stores each `(key, value, ttl)`; not atomic across keys: on an error
-    /// some may have been written. The service sends each key once.
-    fn mset(&self, entries: Vec<Entry>) -> impl Future<Output = Result<()>> + Send;
+    /// Stores each key of `keys` with the `(value, ttl)` at its position in
+    /// `entries`; not atomic across keys: on an error some may have been
+    /// written. The service sends each key once.
+    fn mset(&self, keys: Keys, entries: Vec<Entry>) -> impl Future<Output = Result<()>> + Send;
 
     /// Adds `delta` to the integer under `key` (a missing key counts as 0
     /// and is created expiring after `ttl`; an existing one keeps its TTL)
@@ -119,8 +120,9 @@ pub enum SetCondition {
     IfPresent,
 }
 
-/// One entry of an MSet: full key, value, TTL (`None` = never expires).
-pub type Entry = (String, Bytes, Option<Duration>);
+/// One entry of an MSet: value and TTL (`None` = never expires); its full
+/// key is at the same position in the call's [`Keys`].
+pub type Entry = (Bytes, Option<Duration>);
 
 /// What a Persist found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

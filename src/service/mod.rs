@@ -207,7 +207,9 @@ impl<B: Backend> CacheService<B> {
     /// a caller should not leave to the store, so a repeat is refused
     /// naming both. Field names are formatted only for an error (hot path:
     /// MSet 100).
-    fn entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<Entry>> {
+    /// The keys go into one [`Keys`] buffer, the values and TTLs beside
+    /// them in the same order.
+    fn entries(&self, entries: Vec<pb::Entry>) -> Result<(Keys, Vec<Entry>)> {
         let max = self.limits.max_batch_keys;
         if entries.is_empty() {
             return Err(invalid("entries: must hold at least one entry"));
@@ -219,6 +221,9 @@ impl<B: Backend> CacheService<B> {
             )));
         }
         let (max_key, max_value) = (self.limits.max_key_bytes, self.limits.max_value_bytes);
+        let prefix = &self.limits.key_prefix;
+        let bytes = entries.iter().map(|e| prefix.len() + e.key.len()).sum();
+        let mut keys = Keys::with_capacity(entries.len(), bytes);
         let mut checked = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let field = |name: &str| format!("entries[{i}].{name}");
@@ -229,12 +234,13 @@ impl<B: Backend> CacheService<B> {
             let default = self.limits.default_ttl;
             let ttl =
                 ttl_or("ttl", e.ttl, default).or_else(|_| ttl_or(&field("ttl"), e.ttl, default))?;
-            checked.push((self.with_prefix(&e.key), e.value, ttl));
+            keys.push(prefix, &e.key);
+            checked.push((e.value, ttl));
         }
-        if has_repeats(&checked.iter().map(|e| e.0.as_str()).collect::<Vec<_>>()) {
-            return Err(repeated_entry(&checked));
+        if has_repeats(&keys.iter().collect::<Vec<_>>()) {
+            return Err(repeated_entry(&keys));
         }
-        Ok(checked)
+        Ok((keys, checked))
     }
 
     /// The batch's keys with the prefix, in one buffer (two allocations
@@ -272,10 +278,10 @@ trait BatchKey: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone {}
 impl<K: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone> BatchKey for K {}
 
 /// The error for a key that occurs twice among `entries`, naming both.
-fn repeated_entry(entries: &[Entry]) -> Error {
-    let mut first = std::collections::HashMap::with_capacity(entries.len());
-    for (i, (key, _, _)) in entries.iter().enumerate() {
-        if let Some(j) = first.insert(key.as_str(), i) {
+fn repeated_entry(keys: &Keys) -> Error {
+    let mut first = std::collections::HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(j) = first.insert(key, i) {
             return invalid(format!(
                 "entries[{i}].key: repeats entries[{j}].key (a key may appear once)"
             ));

@@ -126,8 +126,11 @@ impl<B: Backend> Cache for CacheService<B> {
         let deadline = self.deadline(req.metadata());
         let entries = req.into_inner().entries;
         self.run(&self.ops.mset, deadline, async {
-            let entries = self.entries(entries)?;
-            self.backend.mset(entries).await.map_err(maybe_partial)?;
+            let (keys, entries) = self.entries(entries)?;
+            self.backend
+                .mset(keys, entries)
+                .await
+                .map_err(maybe_partial)?;
             Ok(MSetResponse {})
         })
         .await

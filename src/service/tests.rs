@@ -41,8 +41,8 @@ impl Backend for TestBackend {
     async fn set(&self, k: String, v: Bytes, t: Option<Duration>, c: SetCondition) -> Result<bool> {
         self.inner.set(k, v, t, c).await
     }
-    async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
-        self.inner.mset(entries).await
+    async fn mset(&self, keys: Keys, entries: Vec<Entry>) -> Result<()> {
+        self.inner.mset(keys, entries).await
     }
     async fn incr(&self, k: String, delta: i64, t: Option<Duration>) -> Result<i64> {
         self.inner.incr(k, delta, t).await

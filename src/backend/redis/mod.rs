@@ -114,8 +114,8 @@ impl Backend for RedisBackend {
         result
     }
 
-    async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
-        let mset = MSet::new(entries);
+    async fn mset(&self, keys: Keys, entries: Vec<Entry>) -> Result<()> {
+        let mset = MSet::new(keys, entries);
         let result = self.router.send_multi(&mset).await;
         self.forget(mset.keys());
         result

@@ -24,16 +24,11 @@ pub(in crate::backend::redis) struct MSet {
 }
 
 impl MSet {
-    pub(in crate::backend::redis) fn new(entries: Vec<Entry>) -> Self {
+    /// The entries' full keys are `keys`, in the same order.
+    pub(in crate::backend::redis) fn new(keys: Keys, entries: Vec<Entry>) -> Self {
         let n = entries.len();
-        let bytes = entries.iter().map(|e| e.0.len()).sum();
-        let (mut keys, mut values, mut ttls_ms) = (
-            Keys::with_capacity(n, bytes),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (key, value, ttl) in entries {
-            keys.push("", &key);
+        let (mut values, mut ttls_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (value, ttl) in entries {
             values.push(value);
             ttls_ms.push(
                 ttl.as_ref()
@@ -123,14 +118,13 @@ mod tests {
 
     #[test]
     fn mset_sends_one_set_per_entry_with_its_own_ttl() {
-        let mset = MSet::new(vec![
-            ("a".into(), Bytes::from_static(b"1"), None),
-            (
-                "b".into(),
-                Bytes::from_static(b"2"),
-                Some(Duration::from_millis(250)),
-            ),
-        ]);
+        let mset = MSet::new(
+            ["a", "b"].into_iter().collect(),
+            vec![
+                (Bytes::from_static(b"1"), None),
+                (Bytes::from_static(b"2"), Some(Duration::from_millis(250))),
+            ],
+        );
         assert_eq!(
             wire(&mset),
             "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n\
