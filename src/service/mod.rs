@@ -174,6 +174,7 @@ impl<B: Backend> CacheService<B> {
     /// each key once and Delete counts a key once, so a repeat only costs —
     /// `MGet(["big"] x 250)` would make Redis send (and buffer) the value
     /// 250 times.
+    ///
     /// Generic over the key type: MGet's keys are the request's own
     /// slices ([`pb::Key`]), Delete's and Exists' `String`s.
     fn batch<K: BatchKey>(&self, mut keys: Vec<K>) -> Result<Vec<K>> {
@@ -207,6 +208,7 @@ impl<B: Backend> CacheService<B> {
     /// a caller should not leave to the store, so a repeat is refused
     /// naming both. Field names are formatted only for an error (hot path:
     /// MSet 100).
+    ///
     /// The keys go into one [`Keys`] buffer, the values and TTLs beside
     /// them in the same order.
     fn entries(&self, entries: Vec<pb::Entry>) -> Result<(Keys, Vec<Entry>)> {
