@@ -38,6 +38,26 @@ impl Keys {
         }
     }
 
+    /// `prefix` + each of `keys`, which are UTF-8 (request keys already
+    /// checked), in one buffer checked as UTF-8 once as a whole: one pass
+    /// over a few kilobytes instead of a `str` conversion per key (which
+    /// was 2 % of an MGet 100's CPU). `None` when a key was not UTF-8.
+    pub fn prefixed<'k>(
+        prefix: &str,
+        keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
+    ) -> Option<Self> {
+        let bytes = keys.clone().map(|k| prefix.len() + k.len()).sum();
+        let (mut text, mut ends) = (Vec::with_capacity(bytes), Vec::with_capacity(keys.len()));
+        for key in keys {
+            text.extend_from_slice(prefix.as_bytes());
+            text.extend_from_slice(key);
+            ends.push(text.len());
+        }
+        // The ends fall between whole keys, so on char boundaries.
+        let text = String::from_utf8(text).ok()?;
+        Some(Self { text, ends })
+    }
+
     /// Appends the key `prefix` + `key`.
     pub fn push(&mut self, prefix: &str, key: &str) {
         self.text.push_str(prefix);
@@ -152,6 +172,9 @@ mod tests {
             (keys.get(0), keys.get(2), keys.get(3)),
             (Some("p:a"), Some("p:ccc"), None)
         );
+        let at_once = Keys::prefixed("p:", ["a", "", "ccc"].iter().map(|k| k.as_bytes()));
+        assert_eq!(at_once, Some(keys.clone()));
+        assert_eq!(Keys::prefixed("p:", [&b"\xff"[..]].into_iter()), None);
         let unicode: Keys = ["é", "ü🙂"].into_iter().collect();
         assert_eq!(unicode.iter().collect::<Vec<_>>(), ["é", "ü🙂"]);
         assert_eq!(unicode.get(1), Some("ü🙂"));

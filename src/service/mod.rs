@@ -247,15 +247,11 @@ impl<B: Backend> CacheService<B> {
 
     /// The batch's keys with the prefix, in one buffer (two allocations
     /// for the whole batch, not one per key).
-    fn prefixed<K: BatchKey>(&self, keys: &[K]) -> Keys {
-        let prefix = &self.limits.key_prefix;
-        let len = |k: &K| AsRef::<[u8]>::as_ref(k).len();
-        let bytes = keys.iter().map(|k| prefix.len() + len(k)).sum();
-        let mut full = Keys::with_capacity(keys.len(), bytes);
-        for key in keys {
-            full.push(prefix, AsRef::<str>::as_ref(key));
-        }
-        full
+    fn prefixed<K: BatchKey>(&self, keys: &[K]) -> Result<Keys> {
+        let keys = keys.iter().map(AsRef::<[u8]>::as_ref);
+        Keys::prefixed(&self.limits.key_prefix, keys)
+            // Request keys are UTF-8 (prost's and `pb::Key`'s decoders check).
+            .ok_or_else(|| Error::Internal("a batch key was not UTF-8".into()))
     }
 
     fn with_prefix(&self, key: &str) -> String {
@@ -273,8 +269,8 @@ impl<B: Backend> CacheService<B> {
 }
 
 /// A key of a batch as a request carries it: readable as text and as
-/// bytes (length checks and the repeat check read the bytes: for a
-/// [`pb::Key`] the text is checked UTF-8 again), hashed as its text.
+/// bytes (the hot path reads the bytes: for a [`pb::Key`] the text is
+/// checked UTF-8 again), hashed as its text.
 trait BatchKey: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone {}
 
 impl<K: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone> BatchKey for K {}
