@@ -31,6 +31,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         // MGet's reply is written by hand: its hits as a list, not the
         // HashMap prost makes of a map field (same wire bytes).
         .extern_path(".cache.v1.MGetResponse", "crate::mget_reply::MGetResponse")
+        // And its request: the keys as slices of the request, not a
+        // String each (same wire bytes).
+        .extern_path(".cache.v1.MGetRequest", "crate::mget_request::MGetRequest")
         .compile_with_config(
             prost()?,
             &[PathBuf::from("proto/cache/v1/cache.proto")],

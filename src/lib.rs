@@ -43,6 +43,7 @@ pub mod grpc_timeout;
 pub mod health;
 pub mod metrics;
 pub mod mget_reply;
+pub mod mget_request;
 pub mod prism;
 pub mod probe;
 pub mod secret;
@@ -58,8 +59,12 @@ pub mod pb {
     #![allow(unreachable_pub, missing_docs, clippy::all)]
     tonic::include_proto!("cache.v1");
 
-    /// Written by hand (see [`crate::mget_reply`]); generated code names it there.
-    pub use crate::mget_reply::{Hits, MGetResponse};
+    /// Written by hand (see [`crate::mget_reply`] and
+    /// [`crate::mget_request`]); generated code names them there.
+    pub use crate::{
+        mget_reply::{Hits, MGetResponse},
+        mget_request::{Key, MGetRequest},
+    };
 
     /// Encoded descriptors of `cache.v1`, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cache_descriptor");

@@ -2,8 +2,9 @@
 //! (key, value) pairs instead of the `HashMap` prost generates for
 //! `map<string, bytes>`.
 //!
-//! The service builds the reply from keys it already holds and values
-//! sliced off Redis' reply, so a map would only cost: SipHash of every key,
+//! The service builds the reply from keys it already holds (the request's
+//! own [`Key`] slices, [`crate::mget_request`]) and values sliced off
+//! Redis' reply, so a map would only cost: SipHash of every key,
 //! a table allocation, and inserts (6 % of an MGet 100's CPU). On the wire
 //! a map is a repeated nested message `{1: key, 2: value}`; [`Hits`]
 //! encodes exactly those bytes (prost's map rules included: an empty key or
@@ -22,9 +23,11 @@ use prost::{
     DecodeError, Message,
     encoding::{
         DecodeContext, WireType, bytes as pb_bytes, encode_key, encode_varint, encoded_len_varint,
-        key_len, message, skip_field, string,
+        key_len, skip_field,
     },
 };
+
+use crate::mget_request::{Key, merge_key};
 
 /// The reply to MGet: the hits, keyed by the caller's keys.
 #[derive(Clone, Default, PartialEq)]
@@ -37,18 +40,17 @@ pub struct MGetResponse {
 /// Lookups by key scan the list: built for encoding a reply, and for
 /// clients reading one (tests, examples), not as a general map.
 #[derive(Clone, Default, PartialEq)]
-pub struct Hits(Vec<(String, Bytes)>);
+pub struct Hits(Vec<(Key, Bytes)>);
 
 /// The map field's number in `MGetResponse`.
 const HITS: u32 = 1;
 
 /// One map entry as decoded (client side); the server encodes from its
-/// pairs without building these.
-#[derive(Clone, PartialEq, prost::Message)]
+/// pairs without building these. The key is read as a [`Key`] (a slice,
+/// UTF-8 checked, prost's error otherwise), the value as a slice.
+#[derive(Debug, Default)]
 struct Entry {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(bytes = "bytes", tag = "2")]
+    key: Key,
     value: Bytes,
 }
 
@@ -63,7 +65,7 @@ impl Hits {
     /// Appends a hit. The caller adds each key once (the service's batch
     /// removes repeated keys): the list is not checked, and a repeat would
     /// go on the wire twice (a map reader keeps the last).
-    pub fn push(&mut self, key: String, value: Bytes) {
+    pub fn push(&mut self, key: Key, value: Bytes) {
         self.0.push((key, value));
     }
 
@@ -85,18 +87,18 @@ impl Hits {
         self.get(key).is_some()
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.0.iter().map(|(k, _)| k)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Bytes)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Bytes)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
     /// Adds a decoded entry with a map's meaning: a key already held
     /// takes the new value. Client side only, so the scan (quadratic in
     /// the hits of one reply) costs the server nothing.
-    fn insert(&mut self, key: String, value: Bytes) {
+    fn insert(&mut self, key: Key, value: Bytes) {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some((_, held)) => *held = value,
             None => self.0.push((key, value)),
@@ -115,18 +117,18 @@ impl<Q: AsRef<str> + ?Sized> Index<&Q> for Hits {
 }
 
 impl IntoIterator for Hits {
-    type Item = (String, Bytes);
-    type IntoIter = std::vec::IntoIter<(String, Bytes)>;
+    type Item = (Key, Bytes);
+    type IntoIter = std::vec::IntoIter<(Key, Bytes)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }
 }
 
-impl FromIterator<(String, Bytes)> for Hits {
+impl<K: Into<Key>> FromIterator<(K, Bytes)> for Hits {
     /// Each key once, as [`Hits::push`].
-    fn from_iter<I: IntoIterator<Item = (String, Bytes)>>(pairs: I) -> Self {
-        Self(pairs.into_iter().collect())
+    fn from_iter<I: IntoIterator<Item = (K, Bytes)>>(pairs: I) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 }
 
@@ -151,11 +153,12 @@ impl fmt::Debug for MGetResponse {
 
 /// The length of one entry's body: prost's map encoding leaves out a
 /// field equal to its default (an empty key or value).
-fn entry_len(key: &String, value: &Bytes) -> usize {
-    let key = if key.is_empty() {
+fn entry_len(key: &Key, value: &Bytes) -> usize {
+    let key = if key.as_bytes().is_empty() {
         0
     } else {
-        string::encoded_len(1, key)
+        // A string on the wire is its bytes.
+        pb_bytes::encoded_len(1, key.bytes())
     };
     let value = if value.is_empty() {
         0
@@ -165,16 +168,57 @@ fn entry_len(key: &String, value: &Bytes) -> usize {
     key + value
 }
 
+/// Writes a length-delimited field from a slice: what prost's
+/// `bytes::encode` writes, without the `Bytes` clone (an atomic increment
+/// and decrement of the shared buffer's count) it makes to append one.
+fn put_field(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
+}
+
+impl Message for Entry {
+    fn encode_raw(&self, _buf: &mut impl BufMut) {
+        // Never encoded: the reply writes its pairs directly.
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        let field = match tag {
+            1 => merge_key(wire_type, buf, ctx).map(|key| self.key = key),
+            2 => pb_bytes::merge(wire_type, &mut self.value, buf, ctx),
+            _ => return skip_field(wire_type, tag, buf, ctx),
+        };
+        field.map_err(|mut e| {
+            e.push("MGetResponse", "hits");
+            e
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        0
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 impl Message for MGetResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for (key, value) in &self.hits.0 {
             encode_key(HITS, WireType::LengthDelimited, buf);
             encode_varint(entry_len(key, value) as u64, buf);
-            if !key.is_empty() {
-                string::encode(1, key, buf);
+            if !key.as_bytes().is_empty() {
+                put_field(1, key.as_bytes(), buf);
             }
             if !value.is_empty() {
-                pb_bytes::encode(2, value, buf);
+                put_field(2, value, buf);
             }
         }
     }
@@ -190,7 +234,7 @@ impl Message for MGetResponse {
             return skip_field(wire_type, tag, buf, ctx);
         }
         let mut entry = Entry::default();
-        message::merge(wire_type, &mut entry, buf, ctx)?;
+        prost::encoding::message::merge(wire_type, &mut entry, buf, ctx)?;
         self.hits.insert(entry.key, entry.value);
         Ok(())
     }
@@ -236,7 +280,7 @@ mod tests {
     fn one_hit_encodes_the_same_bytes_as_the_generated_map() {
         for (k, v) in pairs() {
             let ours = MGetResponse {
-                hits: Hits(vec![(k.clone(), v.clone())]),
+                hits: Hits(vec![(k.clone().into(), v.clone())]),
             };
             let generated = Generated {
                 hits: HashMap::from([(k.clone(), v)]),
@@ -269,8 +313,8 @@ mod tests {
     fn a_repeated_key_on_the_wire_keeps_the_last_value_as_a_map_does() {
         let twice = MGetResponse {
             hits: Hits(vec![
-                ("k".into(), Bytes::from_static(b"first")),
-                ("k".into(), Bytes::from_static(b"last")),
+                (Key::from("k"), Bytes::from_static(b"first")),
+                (Key::from("k"), Bytes::from_static(b"last")),
             ]),
         };
         let wire = twice.encode_to_vec();
@@ -288,7 +332,7 @@ mod tests {
         let mut wire = vec![0x10, 0x05];
         wire.extend(
             MGetResponse {
-                hits: Hits(vec![("k".into(), Bytes::from_static(b"v"))]),
+                hits: Hits(vec![(Key::from("k"), Bytes::from_static(b"v"))]),
             }
             .encode_to_vec(),
         );

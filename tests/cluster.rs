@@ -197,7 +197,10 @@ async fn mget_and_delete_span_every_primary(flavor: Flavor) {
         .iter()
         .map(|(k, _)| (k.clone(), k.as_bytes().to_vec()))
         .collect();
-    let got: HashMap<String, Vec<u8>> = hits.into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+    let got: HashMap<String, Vec<u8>> = hits
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.to_vec()))
+        .collect();
     assert_eq!(got, want, "every hit, keyed by the caller's key, no miss");
 
     let deleted = client.delete(&asked).await.expect("delete");

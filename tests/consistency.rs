@@ -142,7 +142,7 @@ async fn client_run(channel: Channel, id: u64, seed: u64, default_ttl: Duration)
                 for k in keys.iter().filter(|k| seen.insert(k.to_string())) {
                     all &= model.observe(k, hits.get(k).map(|v| v.as_ref()), start, end);
                 }
-                all && hits.keys().all(|h| keys.contains(h))
+                all && hits.keys().all(|h| keys.iter().any(|k| h == k))
             }
             8 => {
                 let keys: Vec<String> = (0..rng.random_range(1..4))

@@ -126,7 +126,10 @@ impl Fixture {
 
     async fn mget(&mut self, keys: &[&str]) -> HashMap<String, Vec<u8>> {
         let r = self.client.mget(keys).await.expect("mget");
-        r.hits.into_iter().map(|(k, v)| (k, v.to_vec())).collect()
+        r.hits
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.to_vec()))
+            .collect()
     }
 }
 

@@ -296,7 +296,7 @@ async fn call(
         }
         Kind::MGet => {
             let req = MGetRequest {
-                keys: names.clone(),
+                keys: names.iter().map(|n| n.as_str().into()).collect(),
             };
             let hits = client.m_get(timed(req)).await?.into_inner().hits;
             names

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Backend, Entry as MSetEntry, Persisted, PoolStats, SetCondition};
+use super::{Backend, Entry as MSetEntry, Keys, Persisted, PoolStats, SetCondition};
 use crate::error::{Error, Result};
 
 /// How often expired keys are swept.
@@ -132,13 +132,14 @@ impl Backend for MemoryBackend {
         Ok(write)
     }
 
-    async fn mset(&self, entries: Vec<MSetEntry>) -> Result<()> {
+    async fn mset(&self, keys: Keys, entries: Vec<MSetEntry>) -> Result<()> {
         let now = Instant::now();
-        let entries = entries
-            .into_iter()
-            .map(|(k, value, ttl)| {
+        let entries = keys
+            .iter()
+            .zip(entries)
+            .map(|(k, (value, ttl))| {
                 Ok((
-                    k,
+                    k.to_owned(),
                     Entry {
                         value,
                         expires_at: expiry(now, ttl)?,
@@ -184,7 +185,7 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+    async fn exists(&self, keys: Keys) -> Result<u64> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let found = keys
@@ -194,7 +195,7 @@ impl Backend for MemoryBackend {
         Ok(found as u64)
     }
 
-    async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+    async fn delete(&self, keys: Keys) -> Result<u64> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let existed = keys
@@ -205,7 +206,7 @@ impl Backend for MemoryBackend {
         Ok(existed as u64)
     }
 
-    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget(&self, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         let now = Instant::now();
         let mut map = self.lock()?;
         let values: Vec<_> = keys
@@ -307,7 +308,7 @@ mod tests {
             .expect("set");
         tokio::time::advance(Duration::from_millis(2)).await;
         let n = b
-            .delete(vec!["a".into(), "b".into(), "c".into()])
+            .delete(["a", "b", "c"].into_iter().collect())
             .await
             .expect("delete");
         assert_eq!(n, 1);
@@ -324,9 +325,12 @@ mod tests {
         )
         .await
         .expect("set");
-        let one = b.mget(vec!["a".into(), "b".into()]).await.expect("6 bytes");
+        let one = b
+            .mget(["a", "b"].into_iter().collect())
+            .await
+            .expect("6 bytes");
         assert_eq!(one[0].as_deref(), Some(&b"123456"[..]));
-        let err = b.mget(vec!["a".into(), "a".into()]).await.unwrap_err();
+        let err = b.mget(["a", "a"].into_iter().collect()).await.unwrap_err();
         assert!(matches!(err, Error::ReplyTooLarge(10)), "{err}");
     }
 

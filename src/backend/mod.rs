@@ -5,6 +5,7 @@
 //! [`redis::RedisBackend`] talks to Redis or Valkey; [`memory::MemoryBackend`]
 //! is an in-process map with TTLs for running without Redis and for tests.
 
+mod keys;
 pub mod memory;
 pub mod redis;
 
@@ -12,6 +13,7 @@ use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 
+pub use self::keys::{KeyList, Keys};
 use crate::error::Result;
 
 /// A cache store. Every method is one logical operation; implementations
@@ -32,9 +34,10 @@ pub trait Backend: Send + Sync + 'static {
         condition: SetCondition,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Stores each `(key, value, ttl)`; not atomic across keys: on an error
-    /// some may have been written. The service sends each key once.
-    fn mset(&self, entries: Vec<Entry>) -> impl Future<Output = Result<()>> + Send;
+    /// Stores each key of `keys` with the `(value, ttl)` at its position in
+    /// `entries`; not atomic across keys: on an error some may have been
+    /// written. The service sends each key once.
+    fn mset(&self, keys: Keys, entries: Vec<Entry>) -> impl Future<Output = Result<()>> + Send;
 
     /// Adds `delta` to the integer under `key` (a missing key counts as 0
     /// and is created expiring after `ttl`; an existing one keeps its TTL)
@@ -57,17 +60,17 @@ pub trait Backend: Send + Sync + 'static {
     fn persist(&self, key: String) -> impl Future<Output = Result<Persisted>> + Send;
 
     /// How many of `keys` exist (the service sends each key once).
-    fn exists(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
+    fn exists(&self, keys: Keys) -> impl Future<Output = Result<u64>> + Send;
 
     /// Deletes `keys` and answers how many existed (a repeated key counts
     /// once; the service sends each key once anyway).
-    fn delete(&self, keys: Vec<String>) -> impl Future<Output = Result<u64>> + Send;
+    fn delete(&self, keys: Keys) -> impl Future<Output = Result<u64>> + Send;
 
     /// Values of `keys` in order (one per position, repeats included),
     /// `None` for misses. Fails with `ReplyTooLarge` when the values add up
     /// to more than `max_reply_bytes`. (The service removes repeated keys
     /// first, so that one value asked for 250 times is fetched once.)
-    fn mget(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
+    fn mget(&self, keys: Keys) -> impl Future<Output = Result<Vec<Option<Bytes>>>> + Send;
 
     /// Sets `key` to expire after `ttl`; `false` when it does not exist.
     fn expire(&self, key: String, ttl: Duration) -> impl Future<Output = Result<bool>> + Send;
@@ -117,8 +120,9 @@ pub enum SetCondition {
     IfPresent,
 }
 
-/// One entry of an MSet: full key, value, TTL (`None` = never expires).
-pub type Entry = (String, Bytes, Option<Duration>);
+/// One entry of an MSet: value and TTL (`None` = never expires); its full
+/// key is at the same position in the call's [`Keys`].
+pub type Entry = (Bytes, Option<Duration>);
 
 /// What a Persist found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

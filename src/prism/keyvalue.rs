@@ -208,7 +208,9 @@ impl<B: Backend> KeyValueBatchInterface for KeyValue<B> {
         if keys.is_empty() {
             return reply(BatchGetResponse::default());
         }
-        let mget = pb::MGetRequest { keys: keys.clone() };
+        let mget = pb::MGetRequest {
+            keys: keys.iter().map(|k| pb::Key::from(k.as_str())).collect(),
+        };
         let hits = match body(self.cache.m_get(forward(&metadata, mget)).await) {
             // A map here: one lookup per key, whatever the batch's size.
             Ok(r) => r.hits.into_iter().collect::<HashMap<_, _>>(),
@@ -227,8 +229,8 @@ impl<B: Backend> KeyValueBatchInterface for KeyValue<B> {
         let results: Vec<GetResponse> = keys
             .iter()
             .map(|k| GetResponse {
-                found: hits.contains_key(k),
-                value: hits.get(k).cloned().unwrap_or_default(),
+                found: hits.contains_key(k.as_str()),
+                value: hits.get(k.as_str()).cloned().unwrap_or_default(),
                 error: String::new(),
             })
             .collect();

@@ -34,7 +34,7 @@ mod validate;
 pub use self::validate::check_ttl;
 use self::validate::{check_key, check_value, has_repeats, invalid, ttl_or};
 use crate::{
-    backend::{Backend, Entry},
+    backend::{Backend, Entry, Keys},
     error::{Error, Result},
     grpc_timeout::parse_grpc_timeout,
     metrics::{Metrics, OpMetrics},
@@ -174,7 +174,10 @@ impl<B: Backend> CacheService<B> {
     /// each key once and Delete counts a key once, so a repeat only costs —
     /// `MGet(["big"] x 250)` would make Redis send (and buffer) the value
     /// 250 times.
-    fn batch(&self, mut keys: Vec<String>) -> Result<Vec<String>> {
+    ///
+    /// Generic over the key type: MGet's keys are the request's own
+    /// slices ([`pb::Key`]), Delete's and Exists' `String`s.
+    fn batch<K: BatchKey>(&self, mut keys: Vec<K>) -> Result<Vec<K>> {
         let max = self.limits.max_batch_keys;
         if keys.is_empty() {
             return Err(invalid("keys: must hold at least one key"));
@@ -188,8 +191,9 @@ impl<B: Backend> CacheService<B> {
         let max_key = self.limits.max_key_bytes;
         for (i, key) in keys.iter().enumerate() {
             // The field name is formatted only for an error (hot path: MGet).
-            if key.is_empty() || key.len() > max_key {
-                check_key(&format!("keys[{i}]"), key, max_key)?;
+            let len = AsRef::<[u8]>::as_ref(key).len();
+            if len == 0 || len > max_key {
+                check_key(&format!("keys[{i}]"), AsRef::<str>::as_ref(key), max_key)?;
             }
         }
         if has_repeats(&keys) {
@@ -204,7 +208,10 @@ impl<B: Backend> CacheService<B> {
     /// a caller should not leave to the store, so a repeat is refused
     /// naming both. Field names are formatted only for an error (hot path:
     /// MSet 100).
-    fn entries(&self, entries: Vec<pb::Entry>) -> Result<Vec<Entry>> {
+    ///
+    /// The keys go into one [`Keys`] buffer, the values and TTLs beside
+    /// them in the same order.
+    fn entries(&self, entries: Vec<pb::Entry>) -> Result<(Keys, Vec<Entry>)> {
         let max = self.limits.max_batch_keys;
         if entries.is_empty() {
             return Err(invalid("entries: must hold at least one entry"));
@@ -216,6 +223,9 @@ impl<B: Backend> CacheService<B> {
             )));
         }
         let (max_key, max_value) = (self.limits.max_key_bytes, self.limits.max_value_bytes);
+        let prefix = &self.limits.key_prefix;
+        let bytes = entries.iter().map(|e| prefix.len() + e.key.len()).sum();
+        let mut keys = Keys::with_capacity(entries.len(), bytes);
         let mut checked = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
             let field = |name: &str| format!("entries[{i}].{name}");
@@ -226,16 +236,22 @@ impl<B: Backend> CacheService<B> {
             let default = self.limits.default_ttl;
             let ttl =
                 ttl_or("ttl", e.ttl, default).or_else(|_| ttl_or(&field("ttl"), e.ttl, default))?;
-            checked.push((self.with_prefix(&e.key), e.value, ttl));
+            keys.push(prefix, &e.key);
+            checked.push((e.value, ttl));
         }
-        if has_repeats(&checked.iter().map(|e| e.0.as_str()).collect::<Vec<_>>()) {
-            return Err(repeated_entry(&checked));
+        if has_repeats(&keys.iter().collect::<Vec<_>>()) {
+            return Err(repeated_entry(&keys));
         }
-        Ok(checked)
+        Ok((keys, checked))
     }
 
-    fn prefixed(&self, keys: &[String]) -> Vec<String> {
-        keys.iter().map(|k| self.with_prefix(k)).collect()
+    /// The batch's keys with the prefix, in one buffer (two allocations
+    /// for the whole batch, not one per key).
+    fn prefixed<K: BatchKey>(&self, keys: &[K]) -> Result<Keys> {
+        let keys = keys.iter().map(AsRef::<[u8]>::as_ref);
+        Keys::prefixed(&self.limits.key_prefix, keys)
+            // Request keys are UTF-8 (prost's and `pb::Key`'s decoders check).
+            .ok_or_else(|| Error::Internal("a batch key was not UTF-8".into()))
     }
 
     fn with_prefix(&self, key: &str) -> String {
@@ -252,11 +268,18 @@ impl<B: Backend> CacheService<B> {
     }
 }
 
+/// A key of a batch as a request carries it: readable as text and as
+/// bytes (the hot path reads the bytes: for a [`pb::Key`] the text is
+/// checked UTF-8 again), hashed as its text.
+trait BatchKey: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone {}
+
+impl<K: AsRef<str> + AsRef<[u8]> + Eq + std::hash::Hash + Clone> BatchKey for K {}
+
 /// The error for a key that occurs twice among `entries`, naming both.
-fn repeated_entry(entries: &[Entry]) -> Error {
-    let mut first = std::collections::HashMap::with_capacity(entries.len());
-    for (i, (key, _, _)) in entries.iter().enumerate() {
-        if let Some(j) = first.insert(key.as_str(), i) {
+fn repeated_entry(keys: &Keys) -> Error {
+    let mut first = std::collections::HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(j) = first.insert(key, i) {
             return invalid(format!(
                 "entries[{i}].key: repeats entries[{j}].key (a key may appear once)"
             ));

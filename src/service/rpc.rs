@@ -74,7 +74,7 @@ impl<B: Backend> Cache for CacheService<B> {
         let keys = req.into_inner().keys;
         self.run(&self.ops.delete, deadline, async {
             let keys = self.batch(keys)?;
-            let deleted = self.backend.delete(self.prefixed(&keys)).await?;
+            let deleted = self.backend.delete(self.prefixed(&keys)?).await?;
             Ok(DeleteResponse { deleted })
         })
         .await
@@ -85,7 +85,7 @@ impl<B: Backend> Cache for CacheService<B> {
         let keys = req.into_inner().keys;
         self.run(&self.ops.mget, deadline, async {
             let keys = self.batch(keys)?;
-            let values = self.backend.mget(self.prefixed(&keys)).await?;
+            let values = self.backend.mget(self.prefixed(&keys)?).await?;
             if values.len() != keys.len() {
                 return Err(Error::Internal(
                     "backend answered a different key count".into(),
@@ -126,8 +126,11 @@ impl<B: Backend> Cache for CacheService<B> {
         let deadline = self.deadline(req.metadata());
         let entries = req.into_inner().entries;
         self.run(&self.ops.mset, deadline, async {
-            let entries = self.entries(entries)?;
-            self.backend.mset(entries).await.map_err(maybe_partial)?;
+            let (keys, entries) = self.entries(entries)?;
+            self.backend
+                .mset(keys, entries)
+                .await
+                .map_err(maybe_partial)?;
             Ok(MSetResponse {})
         })
         .await
@@ -185,7 +188,7 @@ impl<B: Backend> Cache for CacheService<B> {
         let keys = req.into_inner().keys;
         self.run(&self.ops.exists, deadline, async {
             let keys = self.batch(keys)?;
-            let count = self.backend.exists(self.prefixed(&keys)).await?;
+            let count = self.backend.exists(self.prefixed(&keys)?).await?;
             Ok(ExistsResponse { count })
         })
         .await

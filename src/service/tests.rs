@@ -11,7 +11,7 @@ use super::{
     validate::{check_key, check_ttl, has_repeats},
 };
 use crate::{
-    backend::{Backend, Entry, Persisted, PoolStats, SetCondition, memory::MemoryBackend},
+    backend::{Backend, Entry, Keys, Persisted, PoolStats, SetCondition, memory::MemoryBackend},
     error::Result,
     metrics::Metrics,
     pb::{DeleteRequest, GetRequest, MGetRequest, SetRequest, cache_server::Cache},
@@ -27,8 +27,9 @@ struct TestBackend {
 }
 
 impl TestBackend {
-    fn record(&self, keys: &[String]) {
-        self.batches.lock().expect("lock").push(keys.to_vec());
+    fn record(&self, keys: &Keys) {
+        let keys = keys.iter().map(String::from).collect();
+        self.batches.lock().expect("lock").push(keys);
     }
 }
 
@@ -40,8 +41,8 @@ impl Backend for TestBackend {
     async fn set(&self, k: String, v: Bytes, t: Option<Duration>, c: SetCondition) -> Result<bool> {
         self.inner.set(k, v, t, c).await
     }
-    async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
-        self.inner.mset(entries).await
+    async fn mset(&self, keys: Keys, entries: Vec<Entry>) -> Result<()> {
+        self.inner.mset(keys, entries).await
     }
     async fn incr(&self, k: String, delta: i64, t: Option<Duration>) -> Result<i64> {
         self.inner.incr(k, delta, t).await
@@ -52,15 +53,15 @@ impl Backend for TestBackend {
     async fn persist(&self, k: String) -> Result<Persisted> {
         self.inner.persist(k).await
     }
-    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+    async fn exists(&self, keys: Keys) -> Result<u64> {
         self.record(&keys);
         self.inner.exists(keys).await
     }
-    async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+    async fn delete(&self, keys: Keys) -> Result<u64> {
         self.record(&keys);
         self.inner.delete(keys).await
     }
-    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget(&self, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         self.record(&keys);
         self.inner.mget(keys).await
     }
@@ -161,7 +162,7 @@ async fn mget_and_delete_send_each_key_once() {
         condition: 0,
     };
     svc.set(Request::new(set)).await.expect("set");
-    let keys = vec!["big".to_string(); 250];
+    let keys = vec!["big".into(); 250];
     let hits = svc
         .m_get(Request::new(MGetRequest { keys }))
         .await

@@ -294,7 +294,7 @@ impl Worker {
 
     async fn mget(&mut self, keys: &[String]) -> Checked {
         let r = bounded(self.client.mget(keys)).await?;
-        if let Some(extra) = r.hits.keys().find(|k| !keys.contains(k)) {
+        if let Some(extra) = r.hits.keys().find(|k| !keys.iter().any(|n| *k == n)) {
             return Ok(Some(format!("MGet {keys:?}: a hit for {extra} not asked")));
         }
         let wrong = keys

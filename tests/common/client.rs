@@ -110,7 +110,7 @@ impl Cache {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<MGetResponse, Status> {
         let req = MGetRequest {
-            keys: strings(keys),
+            keys: strings(keys).into_iter().map(Into::into).collect(),
         };
         self.raw.m_get(req).await.map(tonic::Response::into_inner)
     }

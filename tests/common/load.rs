@@ -110,7 +110,7 @@ async fn worker(
                 client.get(req).await.map(drop)
             }
             _ => {
-                let keys = (0..10).map(|j| format!("w{w}:k{j}")).collect();
+                let keys = (0..10).map(|j| format!("w{w}:k{j}").into()).collect();
                 let mut req = tonic::Request::new(MGetRequest { keys });
                 req.set_timeout(load.deadline);
                 client.m_get(req).await.map(drop)

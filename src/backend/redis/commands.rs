@@ -31,7 +31,7 @@ pub(super) use self::{
 };
 use super::resp::{self, Reply};
 use crate::{
-    backend::SetCondition,
+    backend::{KeyList, Keys, SetCondition},
     error::{Error, Result},
 };
 
@@ -44,7 +44,7 @@ pub(super) trait Command: Sync {
     /// router routes by (a cluster: by their slots; a multi-key command
     /// whose keys live on several nodes is split there, one command of the
     /// same type per node, and the outputs merged). Empty: any node.
-    fn keys(&self) -> &[String];
+    fn keys(&self) -> KeyList<'_>;
 
     /// Appends the command to `out`.
     fn encode(&self, out: &mut BytesMut);
@@ -104,17 +104,17 @@ pub(super) struct Set {
 /// once). One type: the two differ only in the verb.
 pub(super) struct KeyCount {
     verb: &'static str,
-    pub(super) keys: Vec<String>,
+    pub(super) keys: Keys,
 }
 
 impl KeyCount {
     /// `DEL`: deletes the keys, counting those that existed.
-    pub(super) fn delete(keys: Vec<String>) -> Self {
+    pub(super) fn delete(keys: Keys) -> Self {
         Self { verb: "DEL", keys }
     }
 
     /// `EXISTS`: counts the keys that exist.
-    pub(super) fn exists(keys: Vec<String>) -> Self {
+    pub(super) fn exists(keys: Keys) -> Self {
         Self {
             verb: "EXISTS",
             keys,
@@ -124,7 +124,7 @@ impl KeyCount {
 
 /// `MGET key...`: one value or miss per key, in order.
 pub(super) struct MGet {
-    pub(super) keys: Vec<String>,
+    pub(super) keys: Keys,
 }
 
 /// `PEXPIRE key ms`: `false` when the key does not exist.
@@ -165,8 +165,8 @@ impl Expire {
 impl Command for Get {
     type Output = Option<Bytes>;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -181,8 +181,8 @@ impl Command for Get {
 impl Command for Set {
     type Output = bool;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -208,12 +208,12 @@ impl Command for Set {
 impl Command for KeyCount {
     type Output = u64;
 
-    fn keys(&self) -> &[String] {
-        &self.keys
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::Many(&self.keys)
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        let keys = self.keys.iter().map(|k| k.as_bytes());
+        let keys = self.keys.iter().map(str::as_bytes);
         command(out, self.verb.as_bytes(), keys);
     }
 
@@ -228,12 +228,12 @@ impl Command for KeyCount {
 impl Command for MGet {
     type Output = Vec<Option<Bytes>>;
 
-    fn keys(&self) -> &[String] {
-        &self.keys
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::Many(&self.keys)
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        command(out, b"MGET", self.keys.iter().map(|k| k.as_bytes()));
+        command(out, b"MGET", self.keys.iter().map(str::as_bytes));
     }
 
     fn decode(&self, reply: Reply) -> Result<Self::Output> {
@@ -247,8 +247,7 @@ impl Command for MGet {
 
 impl MultiKey for KeyCount {
     fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
-        let keys = indices.iter().map(|&i| self.keys[i].as_bytes());
-        command(out, self.verb.as_bytes(), keys);
+        command(out, self.verb.as_bytes(), part(&self.keys, indices));
     }
 
     fn empty(&self) -> u64 {
@@ -267,11 +266,7 @@ impl MultiKey for KeyCount {
 
 impl MultiKey for MGet {
     fn encode_part(&self, indices: &[usize], out: &mut BytesMut) {
-        command(
-            out,
-            b"MGET",
-            indices.iter().map(|&i| self.keys[i].as_bytes()),
-        );
+        command(out, b"MGET", part(&self.keys, indices));
     }
 
     fn empty(&self) -> Self::Output {
@@ -314,8 +309,8 @@ fn reply_size(values: &[Option<Bytes>]) -> usize {
 impl Command for Expire {
     type Output = bool;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -334,8 +329,8 @@ impl Command for Expire {
 impl Command for Ping {
     type Output = ();
 
-    fn keys(&self) -> &[String] {
-        &[]
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::none()
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -376,6 +371,14 @@ fn command<'a>(out: &mut BytesMut, name: &[u8], args: impl ExactSizeIterator<Ite
     for a in args {
         resp::arg(out, a);
     }
+}
+
+/// The keys at `indices` (into `keys`), as arguments.
+fn part<'a>(keys: &'a Keys, indices: &'a [usize]) -> impl ExactSizeIterator<Item = &'a [u8]> {
+    // A split's indices come from the same batch's keys.
+    indices
+        .iter()
+        .map(|&i| keys.get(i).map_or(&b""[..], str::as_bytes))
 }
 
 /// A value or a miss, as GET and each MGET item answer.
@@ -438,7 +441,7 @@ mod tests {
             wire(&expire),
             "*3\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$4\r\n2000\r\n"
         );
-        let keys = vec!["a".to_string(), "b".to_string()];
+        let keys = ["a", "b"].into_iter().collect();
         let mget = MGet { keys };
         assert_eq!(wire(&mget), "*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n");
         assert_eq!(wire(&Ping), "*1\r\n$4\r\nPING\r\n");
@@ -446,13 +449,18 @@ mod tests {
 
     #[test]
     fn commands_name_every_key_they_touch_for_the_router() {
-        let keys = vec!["a".to_string(), "b".to_string(), "a".to_string()];
-        assert_eq!(MGet { keys: keys.clone() }.keys(), &keys[..]);
-        assert_eq!(KeyCount::delete(keys.clone()).keys(), &keys[..]);
-        assert_eq!(Get { key: "g".into() }.keys(), ["g"]);
+        let listed = |keys: KeyList<'_>| keys.iter().map(String::from).collect::<Vec<_>>();
+        let keys: Keys = ["a", "b", "a"].into_iter().collect();
+        let mget = MGet { keys: keys.clone() };
+        assert_eq!(listed(mget.keys()), ["a", "b", "a"]);
+        assert_eq!(listed(KeyCount::delete(keys).keys()), ["a", "b", "a"]);
+        assert_eq!(listed(Get { key: "g".into() }.keys()), ["g"]);
         let set = Set::new("s".into(), Bytes::new(), None, SetCondition::Always);
-        assert_eq!(set.keys(), ["s"]);
-        assert_eq!(Expire::new("e".into(), Duration::ZERO).keys(), ["e"]);
+        assert_eq!(listed(set.keys()), ["s"]);
+        assert_eq!(
+            listed(Expire::new("e".into(), Duration::ZERO).keys()),
+            ["e"]
+        );
         assert!(Ping.keys().is_empty(), "any node answers PING");
     }
 
@@ -466,14 +474,18 @@ mod tests {
         );
         assert_eq!(get.decode(Reply::Nil).expect("miss"), None);
         let mget = MGet {
-            keys: vec!["a".into(), "b".into()],
+            keys: ["a", "b"].into_iter().collect(),
         };
         let items = Reply::Array(vec![hit.clone(), Reply::Nil]);
         assert_eq!(mget.decode(items).expect("mget").len(), 2);
         // One item short is a foreign server, not a shorter answer.
         let short = Reply::Array(vec![hit]);
         assert!(mget.decode(short).is_err());
-        assert!(KeyCount::delete(vec![]).decode(Reply::Int(-1)).is_err());
+        assert!(
+            KeyCount::delete(Keys::default())
+                .decode(Reply::Int(-1))
+                .is_err()
+        );
         assert!(
             Expire::new("k".into(), Duration::ZERO)
                 .decode(Reply::Int(1))
@@ -504,7 +516,7 @@ mod tests {
 
     #[test]
     fn exists_sums_its_parts() {
-        let exists = KeyCount::exists(vec!["a".into(), "b".into()]);
+        let exists = KeyCount::exists(["a", "b"].into_iter().collect());
         assert_eq!(
             wire(&exists),
             "*3\r\n$6\r\nEXISTS\r\n$1\r\na\r\n$1\r\nb\r\n"

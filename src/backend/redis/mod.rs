@@ -31,7 +31,9 @@ use self::{
     near::Near,
     router::Router,
 };
-use super::{Backend, Entry, NearStats, Persisted, PoolStats, SetCondition, TopologyStats};
+use super::{
+    Backend, Entry, KeyList, Keys, NearStats, Persisted, PoolStats, SetCondition, TopologyStats,
+};
 use crate::{credentials::CredentialsHandle, error::Result, shutdown::Watch};
 
 /// The Redis backend. Cloning shares the pools.
@@ -76,9 +78,9 @@ impl RedisBackend {
     /// answer reads Redis (a read claimed earlier stores nothing). Every
     /// write goes through here, whatever its outcome (an error may still
     /// have written).
-    fn forget<S: AsRef<str>>(&self, keys: &[S]) {
+    fn forget(&self, keys: KeyList<'_>) {
         if let Some(near) = &self.near {
-            near.forget(keys);
+            near.forget(keys.iter());
         }
     }
 }
@@ -112,8 +114,8 @@ impl Backend for RedisBackend {
         result
     }
 
-    async fn mset(&self, entries: Vec<Entry>) -> Result<()> {
-        let mset = MSet::new(entries);
+    async fn mset(&self, keys: Keys, entries: Vec<Entry>) -> Result<()> {
+        let mset = MSet::new(keys, entries);
         let result = self.router.send_multi(&mset).await;
         self.forget(mset.keys());
         result
@@ -137,18 +139,18 @@ impl Backend for RedisBackend {
         result
     }
 
-    async fn exists(&self, keys: Vec<String>) -> Result<u64> {
+    async fn exists(&self, keys: Keys) -> Result<u64> {
         self.router.send_multi(&KeyCount::exists(keys)).await
     }
 
-    async fn delete(&self, keys: Vec<String>) -> Result<u64> {
+    async fn delete(&self, keys: Keys) -> Result<u64> {
         let delete = KeyCount::delete(keys);
         let result = self.router.send_multi(&delete).await;
-        self.forget(&delete.keys);
+        self.forget(delete.keys());
         result
     }
 
-    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget(&self, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         match &self.near {
             Some(near) => self.mget_near(near, keys).await,
             None => self.router.send_multi(&MGet { keys }).await,
@@ -182,13 +184,16 @@ impl Backend for RedisBackend {
 impl RedisBackend {
     /// MGet with the near cache on: held keys answered here, the others
     /// with one MGET (not stored: an MGET reads no TTLs).
-    async fn mget_near(&self, near: &Near, keys: Vec<String>) -> Result<Vec<Option<Bytes>>> {
+    async fn mget_near(&self, near: &Near, keys: Keys) -> Result<Vec<Option<Bytes>>> {
         let mut values: Vec<Option<Bytes>> = keys.iter().map(|k| near.get(k)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
         if missing.is_empty() {
             return Ok(values);
         }
-        let rest = missing.iter().map(|&i| keys[i].clone()).collect();
+        let mut rest = Keys::with_capacity(missing.len(), keys.iter().map(str::len).sum());
+        for key in missing.iter().filter_map(|&i| keys.get(i)) {
+            rest.push("", key);
+        }
         let fetched = self.router.send_multi(&MGet { keys: rest }).await?;
         for (i, value) in missing.into_iter().zip(fetched) {
             values[i] = value;

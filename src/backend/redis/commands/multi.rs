@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Command, MultiKey, set, unexpected};
 use crate::{
     backend::redis::resp::Reply,
-    backend::{Entry, SetCondition},
+    backend::{Entry, KeyList, Keys, SetCondition},
     error::Result,
 };
 
@@ -17,22 +17,18 @@ use crate::{
 /// write, one round trip, not atomic across keys (Redis has no multi-key
 /// SET with a TTL per key).
 pub(in crate::backend::redis) struct MSet {
-    keys: Vec<String>,
+    keys: Keys,
     values: Vec<Bytes>,
     /// Milliseconds as sent, formatted once rather than on every retry.
     ttls_ms: Vec<Option<String>>,
 }
 
 impl MSet {
-    pub(in crate::backend::redis) fn new(entries: Vec<Entry>) -> Self {
+    /// The entries' full keys are `keys`, in the same order.
+    pub(in crate::backend::redis) fn new(keys: Keys, entries: Vec<Entry>) -> Self {
         let n = entries.len();
-        let (mut keys, mut values, mut ttls_ms) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (key, value, ttl) in entries {
-            keys.push(key);
+        let (mut values, mut ttls_ms) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (value, ttl) in entries {
             values.push(value);
             ttls_ms.push(
                 ttl.as_ref()
@@ -51,7 +47,7 @@ impl MSet {
         let ttl = self.ttls_ms[i].as_deref();
         set(
             out,
-            &self.keys[i],
+            self.keys.get(i).unwrap_or_default(),
             &self.values[i],
             ttl,
             SetCondition::Always,
@@ -74,8 +70,8 @@ fn all_ok(reply: Reply, n: usize) -> Result<()> {
 impl Command for MSet {
     type Output = ();
 
-    fn keys(&self) -> &[String] {
-        &self.keys
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::Many(&self.keys)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -122,14 +118,13 @@ mod tests {
 
     #[test]
     fn mset_sends_one_set_per_entry_with_its_own_ttl() {
-        let mset = MSet::new(vec![
-            ("a".into(), Bytes::from_static(b"1"), None),
-            (
-                "b".into(),
-                Bytes::from_static(b"2"),
-                Some(Duration::from_millis(250)),
-            ),
-        ]);
+        let mset = MSet::new(
+            ["a", "b"].into_iter().collect(),
+            vec![
+                (Bytes::from_static(b"1"), None),
+                (Bytes::from_static(b"2"), Some(Duration::from_millis(250))),
+            ],
+        );
         assert_eq!(
             wire(&mset),
             "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n\

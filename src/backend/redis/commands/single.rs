@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 use super::{Command, command, unexpected};
 use crate::{
-    backend::{Persisted, redis::failure, redis::resp::Reply},
+    backend::{KeyList, Persisted, redis::failure, redis::resp::Reply},
     error::Result,
 };
 
@@ -87,8 +87,8 @@ fn exec(out: &mut BytesMut) {
 impl Command for Incr {
     type Output = i64;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -122,8 +122,8 @@ impl Command for Incr {
 impl Command for GetTtl {
     type Output = Option<Option<Duration>>;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {
@@ -155,8 +155,8 @@ impl GetTtl {
 impl Command for Persist {
     type Output = Persisted;
 
-    fn keys(&self) -> &[String] {
-        std::slice::from_ref(&self.key)
+    fn keys(&self) -> KeyList<'_> {
+        KeyList::One(&self.key)
     }
 
     fn encode(&self, out: &mut BytesMut) {

@@ -133,7 +133,7 @@ impl Near {
     /// Drops the entries of keys this plugin writes, before the write is
     /// answered (and before it is sent: a read in flight then stores
     /// nothing either).
-    pub(super) fn forget<S: AsRef<str>>(&self, keys: &[S]) {
+    pub(super) fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         self.store.remove(keys);
     }
 

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use self::{nodes::Topology, redirect::Redirect};
 use crate::{
     backend::{
-        PoolStats, TopologyStats,
+        KeyList, PoolStats, TopologyStats,
         redis::{
             commands::{Command, MultiKey, Ping},
             failure,
@@ -372,7 +372,7 @@ struct Split {
 }
 
 impl Split {
-    fn new(keys: &[String]) -> Self {
+    fn new(keys: KeyList<'_>) -> Self {
         let slots: Vec<u16> = keys.iter().map(|k| slots::slot(k.as_bytes())).collect();
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_unstable_by_key(|&i| (slots[i], i));
@@ -395,14 +395,12 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Keys;
 
     #[test]
     fn keys_split_by_slot_in_key_order() {
-        let keys: Vec<String> = ["{a}1", "b", "{a}2", "c", "b"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let split = Split::new(&keys);
+        let keys: Keys = ["{a}1", "b", "{a}2", "c", "b"].into_iter().collect();
+        let split = Split::new(KeyList::Many(&keys));
         let mut parts: Vec<(u16, Vec<usize>)> = (0..split.parts.len())
             .map(|p| (split.parts[p].0, split.indices(p).to_vec()))
             .collect();
