@@ -333,17 +333,52 @@ fn start_load(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Ve
     })
 }
 
-/// When the master died and when Sentinel named the next one.
+/// When the master died and when Sentinel named the master the failover
+/// settled on.
 struct Fault {
     killed_at: Instant,
     named_at: Instant,
+    /// Sentinel named another master first, then re-elected (see
+    /// [`watch_master`]).
+    reelected: bool,
 }
 
 impl Fault {
     /// A write acknowledged in the last second before the kill may be
-    /// missing on the new master (asynchronous replication).
+    /// missing on the new master (asynchronous replication). After a
+    /// re-election, so may one acknowledged by the master named first,
+    /// until a second after the last one was named: that node is made a
+    /// replica of the last one and resyncs from it.
     fn may_be_lost(&self, op: &Op) -> bool {
-        op.start <= self.killed_at && op.end + Duration::from_secs(1) >= self.killed_at
+        let second = Duration::from_secs(1);
+        let before_kill = op.start <= self.killed_at && op.end + second >= self.killed_at;
+        let on_the_first = self.reelected && op.end <= self.named_at + second;
+        before_kill || on_the_first
+    }
+}
+
+/// Follows the master Sentinel names, from `first` (named at `at`), until
+/// it has not changed for 3 s and 5 s have passed since `at` (bounded by
+/// 30 s); returns the last one and when it was first seen. On a loaded
+/// machine a failover can be re-run with a newer epoch that picks another
+/// replica, after the first pick was already promoted and took writes
+/// (seen once in CI: named 2.2 s after the kill, replaced at 4.5 s).
+fn watch_master(set: &SentinelSet, first: String, at: Instant) -> (String, Instant) {
+    let (mut master, mut since) = (first, at);
+    let deadline = at + Duration::from_secs(30);
+    loop {
+        let now = Instant::now();
+        let quiet = now >= since + Duration::from_secs(3) && now >= at + Duration::from_secs(5);
+        if quiet || now >= deadline {
+            return (master, since);
+        }
+        if let Some(m) = set.current_master()
+            && m != master
+        {
+            println!("{:?}: Sentinel re-elected: {master} -> {m}", set.flavor);
+            (master, since) = (m, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -453,16 +488,16 @@ async fn master_killed_under_load_is_followed(flavor: Flavor) {
     std::thread::sleep(Duration::from_millis(1500));
     let (old, killed_at) = set.kill_master();
     assert_eq!(set.role(&old), None, "the old master is gone");
-    let (new, took) = set.wait_new_master(&old, killed_at, Duration::from_secs(30));
-    assert_ne!(new, old, "another master named");
+    let (first, took) = set.wait_new_master(&old, killed_at, Duration::from_secs(30));
+    assert_ne!(first, old, "another master named");
+    // Recovery is judged on the calls after named + 2 s: give them 3 s.
+    let (new, named_at) = watch_master(&set, first.clone(), killed_at + took);
+    stop.store(true, Ordering::Relaxed);
     let fault = Fault {
         killed_at,
-        named_at: killed_at + took,
+        named_at,
+        reelected: new != first,
     };
-    // Recovery is judged on the calls after named + 2 s: give them 3 s.
-    let until = fault.named_at + Duration::from_secs(5);
-    std::thread::sleep(until.saturating_duration_since(Instant::now()));
-    stop.store(true, Ordering::Relaxed);
     let all = load.join().expect("load thread");
 
     let failed = check_errors(&all, &fault);
@@ -481,7 +516,8 @@ async fn master_killed_under_load_is_followed(flavor: Flavor) {
     let last_error = last_error.map(|t| t.duration_since(killed_at));
     println!(
         "{flavor:?}: {total} calls, {failed} failed, the last one starting {last_error:?} after the kill; \
-         new master named {took:?} after the kill; {late_ok} ok after named + 2 s"
+         new master named {took:?} after the kill (re-elected: {}); {late_ok} ok after named + 2 s",
+        fault.reelected
     );
     assert!(failed > 0, "the kill was felt by the plugin");
     assert!(late_ok > 100, "calls succeed after the failover: {late_ok}");
