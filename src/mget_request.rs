@@ -6,8 +6,9 @@
 //! the request. Here each key is a [`Bytes`] slice of the buffer tonic
 //! decoded from (`copy_to_bytes` of a `BytesMut` splits it, no copy),
 //! checked as UTF-8 once, at decode, failing with prost's own error. The
-//! service hands the same slices back in the reply's hits
-//! ([`crate::mget_reply`]), so an MGet's keys are never copied into a
+//! service hands the same slices back in the reply's hits (the reply
+//! type, `mget_reply`, which imports [`Key`] from here: this module knows
+//! nothing of it), so an MGet's keys are never copied into a
 //! `String` at all.
 //!
 //! `build.rs` points the generated code at this type (`extern_path`), and
