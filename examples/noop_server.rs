@@ -1,6 +1,7 @@
 //! The gRPC ceiling for `bench/run`: the `cache.v1.Cache` API answered
 //! without any backend, behind the same tonic server setup as the plugin
-//! (multi-thread runtime, `tcp_nodelay`, HTTP/1 accepted, the service mounted
+//! (multi-thread runtime, `tcp_nodelay`, responses gathered by
+//! `coalesce::Coalesce`, HTTP/1 accepted, the service mounted
 //! on tonic's axum router next to a `GET /metrics` route, the same codec and
 //! allocator, and MGet's reply type `pb::Hits`, a list rather than prost's
 //! `HashMap`). Whatever the plugin adds on top of this is validation,
@@ -22,6 +23,7 @@ use std::{
 
 use axum::routing::get;
 use bytes::Bytes;
+use redis_cache_plugin::coalesce::Coalesce;
 use redis_cache_plugin::pb::{
     DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest, ExpireResponse,
     GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, Hits, IncrRequest, IncrResponse,
@@ -30,6 +32,7 @@ use redis_cache_plugin::pb::{
     cache_server::{Cache, CacheServer},
 };
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::{
     Request, Response, Status,
     service::Routes,
@@ -164,7 +167,10 @@ async fn serve(port: u16, value_bytes: usize) -> Result<(), Box<dyn std::error::
     println!("noop_server listening on {}", listener.local_addr()?);
     // As the plugin: nodelay on the stream (the builder's flag is ignored for
     // an incoming stream).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // As the plugin: each connection's responses gathered into one write.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(Coalesce::new));
     Server::builder()
         .accept_http1(true)
         .add_routes(Routes::from(router))

@@ -6,7 +6,8 @@
 //! - [`server`]: wiring. Builds the application from a [`config::Config`],
 //!   serves one port and walks the [`shutdown`] phases in order (health
 //!   NOT_SERVING, drain, stop background tasks, revoke credentials).
-//! - [`transport`] accepts and serves connections (plain or [`tls`]);
+//! - [`transport`] accepts and serves connections (plain or [`tls`]),
+//!   each behind [`coalesce`], which gathers its responses into one write;
 //!   [`admission`] decides what a request may hold (HTTP policy, permits,
 //!   byte budgets, read deadline); [`codec`] decodes `cache.v1` messages;
 //!   [`mget_reply`] is MGet's reply, encoded by hand.
@@ -34,6 +35,7 @@
 pub mod admission;
 pub mod backend;
 pub mod backoff;
+pub mod coalesce;
 pub mod codec;
 pub mod config;
 pub mod credentials;

@@ -16,6 +16,9 @@
 //!   GOAWAY to every connection; at `Stopped` (the server's `drain_timeout`)
 //!   drop what is left.
 //!
+//! - Each connection's writes go through [`Coalesce`], so responses that
+//!   finish together leave in one system call.
+//!
 //! What a request may do once it arrives is `admission`'s business.
 
 use std::{sync::Arc, time::Duration};
@@ -34,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admission::Admission,
+    coalesce::Coalesce,
     shutdown::{Phase, Watch},
     tls::ReloadingAcceptor,
 };
@@ -168,7 +172,7 @@ impl Conn {
         let mut force = shutdown.clone();
         let service = admission.connection();
         let state = service.state();
-        let conn = http.serve_connection(TokioIo::new(io), service);
+        let conn = http.serve_connection(TokioIo::new(Coalesce::new(io)), service);
         tokio::pin!(conn);
         let mut draining = false;
         // Set once GOAWAY went out for idleness: when to drop the peer.
