@@ -194,6 +194,14 @@ mod tests {
         }
     }
 
+    /// A wrapped socket whose writes take at most `n` bytes each.
+    fn taking(n: usize) -> Coalesce<Recorder> {
+        Coalesce::new(Recorder {
+            accept: Some(n),
+            ..Recorder::default()
+        })
+    }
+
     struct CountWakes(AtomicUsize);
 
     impl Wake for CountWakes {
@@ -254,10 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_write_keeps_the_rest_for_the_next() {
-        let mut c = Coalesce::new(Recorder {
-            accept: Some(3),
-            ..Recorder::default()
-        });
+        let mut c = taking(3);
         c.write_all(b"abcdefgh").await.unwrap();
         c.flush().await.unwrap();
         assert_eq!(c.io.writes.concat(), b"abcdefgh");
@@ -266,10 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_that_takes_nothing_is_an_error_not_a_spin() {
-        let mut c = Coalesce::new(Recorder {
-            accept: Some(0),
-            ..Recorder::default()
-        });
+        let mut c = taking(0);
         c.write_all(b"x").await.unwrap();
         let e = c.flush().await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WriteZero);
