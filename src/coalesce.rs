@@ -22,7 +22,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
@@ -31,12 +31,21 @@ use tonic::transport::server::Connected;
 /// an idle connection stays small.
 pub const MAX_BUFFERED: usize = 64 * 1024;
 
+/// A buffer larger than this is freed once written out rather than kept
+/// for the next burst: a burst of small responses reuses its buffer, and
+/// an idle connection holds at most this much.
+pub const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// An `AsyncRead + AsyncWrite` whose writes are buffered until a flush
 /// that comes after one yield (module docs).
 #[derive(Debug)]
 pub struct Coalesce<T> {
     io: T,
     buf: BytesMut,
+    /// How much of `buf` is already written. Kept apart rather than
+    /// advancing `buf`, so that once it is all out `clear` sees the whole
+    /// allocation (an advanced `BytesMut` hides what lies behind it).
+    written: usize,
     /// Set when a flush was put off; the next flush writes.
     yielded: bool,
 }
@@ -46,6 +55,7 @@ impl<T> Coalesce<T> {
         Self {
             io,
             buf: BytesMut::new(),
+            written: 0,
             yielded: false,
         }
     }
@@ -55,12 +65,18 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// Writes the buffer out; `Pending` with the rest kept when the socket
     /// is full.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+        while self.written < self.buf.len() {
+            let rest = &self.buf[self.written..];
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.buf.advance(n);
+            self.written += n;
+        }
+        self.written = 0;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -127,7 +143,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.buf.is_empty() && !this.yielded {
+        if this.written < this.buf.len() && !this.yielded {
             this.yielded = true;
             // A self-wake is a yield to the back of the queue (module docs).
             cx.waker().wake_by_ref();
@@ -258,6 +274,17 @@ mod tests {
         c.write_all(b"more").await.unwrap();
         assert_eq!(c.io.writes.concat(), big, "the full buffer went out first");
         assert_eq!(&c.buf[..], b"more");
+    }
+
+    #[tokio::test]
+    async fn a_large_burst_does_not_leave_its_buffer_behind() {
+        let mut c = Coalesce::new(Recorder::default());
+        c.write_all(&vec![1u8; 4 * KEEP_CAPACITY]).await.unwrap();
+        c.flush().await.unwrap();
+        // An emptied `BytesMut` reports no capacity but keeps its
+        // allocation, which `reserve` takes back whole: ask it.
+        c.buf.reserve(1);
+        assert!(c.buf.capacity() <= KEEP_CAPACITY, "{}", c.buf.capacity());
     }
 
     #[tokio::test]
