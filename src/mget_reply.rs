@@ -27,7 +27,7 @@ use prost::{
     },
 };
 
-use crate::mget_request::{Key, merge_key};
+use crate::mget_request::{Key, merge_key, within};
 
 /// The reply to MGet: the hits, keyed by the caller's keys.
 #[derive(Clone, Default, PartialEq)]
@@ -194,10 +194,7 @@ impl Message for Entry {
             2 => pb_bytes::merge(wire_type, &mut self.value, buf, ctx),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        field.map_err(|mut e| {
-            e.push("MGetResponse", "hits");
-            e
-        })
+        field.map_err(within("MGetResponse", "hits"))
     }
 
     fn encoded_len(&self) -> usize {

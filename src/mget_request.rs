@@ -149,6 +149,18 @@ impl fmt::Display for Key {
 
 // === impl Message ===
 
+/// Names the message and field a decode error arose in, as prost's
+/// generated code does (its error then reads `MGetRequest.keys: ...`).
+pub(crate) fn within(
+    message: &'static str,
+    field: &'static str,
+) -> impl FnOnce(DecodeError) -> DecodeError {
+    move |mut e| {
+        e.push(message, field);
+        e
+    }
+}
+
 /// Reads one length-delimited field as a [`Key`]: a slice of `buf`, or
 /// prost's error for a string that is not UTF-8 (the codec answers it
 /// `INVALID_ARGUMENT`, as before).
@@ -205,10 +217,7 @@ impl Message for MGetRequest {
         if tag != KEYS {
             return skip_field(wire_type, tag, buf, ctx);
         }
-        let key = merge_key(wire_type, buf, ctx).map_err(|mut e| {
-            e.push("MGetRequest", "keys");
-            e
-        })?;
+        let key = merge_key(wire_type, buf, ctx).map_err(within("MGetRequest", "keys"))?;
         self.keys.push(key);
         Ok(())
     }
