@@ -166,8 +166,8 @@ async fn serve(port: u16, value_bytes: usize) -> Result<(), Box<dyn std::error::
     let router = grpc.into_axum_router().route("/metrics", get(scrape));
     println!("noop_server listening on {}", listener.local_addr()?);
     // As the plugin: nodelay on the stream (the builder's flag is ignored for
-    // an incoming stream).
-    // As the plugin: each connection's responses gathered into one write.
+    // an incoming stream), and each connection's responses gathered into one
+    // write.
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .map(|accepted| accepted.map(Coalesce::new));

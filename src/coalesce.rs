@@ -27,8 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// Past this many buffered bytes a write goes to the socket at once: a
-/// burst this large already amortises its system call, and the buffer of
-/// an idle connection stays small.
+/// burst this large already amortises its system call.
 pub const MAX_BUFFERED: usize = 64 * 1024;
 
 /// A buffer larger than this is freed once written out rather than kept
