@@ -24,6 +24,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit code for a bad config or command line (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 
+/// The runtime's worker threads; tokio's own name for the setting, read
+/// here so that a bad value is one line rather than tokio's panic.
+const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
 /// gRPC cache sidecar over Redis/Valkey with Vault-issued ACL credentials.
 #[derive(Parser)]
 #[command(version, about)]
@@ -128,7 +132,23 @@ fn env_help() -> String {
     for var in config::ENV_VARS {
         out.push_str(&format!("  {:<22}{}\n", var.name, var.field));
     }
+    out.push_str(&format!(
+        "  {WORKER_THREADS_ENV:<22}runtime worker threads (default: one per CPU the process may use)\n"
+    ));
     out
+}
+
+/// `TOKIO_WORKER_THREADS` when set: a positive integer, else an error line.
+fn worker_threads() -> Result<Option<usize>, String> {
+    let Some(raw) = std::env::var_os(WORKER_THREADS_ENV) else {
+        return Ok(None);
+    };
+    match raw.to_str().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(n)) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "{WORKER_THREADS_ENV}: must be a positive integer (threads), got {raw:?}"
+        )),
+    }
 }
 
 /// The config from file and environment; `--grpc-port` last, over both.
@@ -202,10 +222,18 @@ fn run(config: Config) -> ExitCode {
         eprintln!("redis-cache-plugin: invalid config: log.level: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match worker_threads() {
+        Ok(Some(n)) => {
+            builder.worker_threads(n);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("redis-cache-plugin: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("redis-cache-plugin: cannot start runtime: {e}");

@@ -348,3 +348,52 @@ fn health_with_a_huge_timeout_is_a_usage_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A memory-backend config on a free loopback port, written to `dir`.
+fn memory_serving_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let port = common::free_port();
+    let yaml = common::plugin::loopback_yaml(port, "", "warn") + "backend:\n  kind: memory\n";
+    (
+        common::plugin::write_config(dir, &yaml),
+        format!("127.0.0.1:{port}"),
+    )
+}
+
+#[test]
+fn bad_worker_threads_is_one_line_and_exit_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _) = memory_serving_config(dir.path());
+    for value in ["0", "many", "-2", ""] {
+        let run = plugin()
+            .args(["--config", config.to_str().expect("utf-8")])
+            .env("TOKIO_WORKER_THREADS", value)
+            .run_bounded(std::time::Duration::from_secs(10));
+        let err = run.stderr();
+        assert!(run.exited, "{value:?}: served instead of refusing");
+        assert_eq!(run.output.status.code(), Some(EX_USAGE), "{value:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS"), "{err}");
+    }
+}
+
+/// Threads of process `pid` named as tokio names its workers.
+fn runtime_workers(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[test]
+fn worker_threads_follow_tokio_worker_threads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for n in [1, 3] {
+        let (config, addr) = memory_serving_config(dir.path());
+        let running = plugin()
+            .args(["--config", config.to_str().expect("utf-8")])
+            .env("TOKIO_WORKER_THREADS", format!("{n}"))
+            .start_serving(&addr, &[]);
+        assert_eq!(runtime_workers(running.pid()), n, "TOKIO_WORKER_THREADS={n}");
+    }
+}
