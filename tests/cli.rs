@@ -394,6 +394,10 @@ fn worker_threads_follow_tokio_worker_threads() {
             .args(["--config", config.to_str().expect("utf-8")])
             .env("TOKIO_WORKER_THREADS", format!("{n}"))
             .start_serving(&addr, &[]);
-        assert_eq!(runtime_workers(running.pid()), n, "TOKIO_WORKER_THREADS={n}");
+        assert_eq!(
+            runtime_workers(running.pid()),
+            n,
+            "TOKIO_WORKER_THREADS={n}"
+        );
     }
 }
