@@ -349,23 +349,17 @@ fn health_with_a_huge_timeout_is_a_usage_error_not_a_panic() {
     }
 }
 
-/// A memory-backend config on a free loopback port, written to `dir`.
-fn memory_serving_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let port = common::free_port();
-    let yaml = common::plugin::loopback_yaml(port, "", "warn") + "backend:\n  kind: memory\n";
-    (
-        common::plugin::write_config(dir, &yaml),
-        format!("127.0.0.1:{port}"),
-    )
-}
+/// The memory backend: the plugin needs nothing else to serve.
+const MEMORY_BACKEND: &str = "backend:\n  kind: memory\n";
 
 #[test]
 fn bad_worker_threads_is_one_line_and_exit_64() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (config, _) = memory_serving_config(dir.path());
+    // A free loopback port: a value wrongly accepted would serve there.
+    let yaml = common::plugin::loopback_yaml(common::free_port(), "", "warn") + MEMORY_BACKEND;
+    let file = config_file(&yaml);
     for value in ["0", "many", "-2", ""] {
         let run = plugin()
-            .args(["--config", config.to_str().expect("utf-8")])
+            .args(["--config", file.path().to_str().expect("utf-8")])
             .env("TOKIO_WORKER_THREADS", value)
             .run_bounded(std::time::Duration::from_secs(10));
         let err = run.stderr();
@@ -387,17 +381,10 @@ fn runtime_workers(pid: u32) -> usize {
 
 #[test]
 fn worker_threads_follow_tokio_worker_threads() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for n in [1, 3] {
-        let (config, addr) = memory_serving_config(dir.path());
-        let running = plugin()
-            .args(["--config", config.to_str().expect("utf-8")])
-            .env("TOKIO_WORKER_THREADS", format!("{n}"))
-            .start_serving(&addr, &[]);
-        assert_eq!(
-            runtime_workers(running.pid()),
-            n,
-            "TOKIO_WORKER_THREADS={n}"
-        );
+    for n in ["1", "3"] {
+        let plugin =
+            common::PluginProcess::spawn("", MEMORY_BACKEND, &[("TOKIO_WORKER_THREADS", n)], None);
+        let workers = runtime_workers(plugin.pid());
+        assert_eq!(workers.to_string(), n, "TOKIO_WORKER_THREADS={n}");
     }
 }
