@@ -544,8 +544,13 @@ async fn master_killed_under_load_is_followed(flavor: Flavor) {
         sure > 100 && landed > 0,
         "the model checked: {sure} sure reads, {landed} keys"
     );
+    // The first move leaves the killed master. After a re-election the
+    // plugin may have followed the master named first on the way, so the
+    // move to the last one can be a later line.
     let line = child.running.line_with("master moved");
-    assert!(line.contains(&old) && line.contains(&new), "{line}");
+    assert!(line.contains(&old), "{line}");
+    let line = child.running.line_with(&format!(r#""to":"{new}""#));
+    assert!(line.contains("master moved"), "{line}");
 }
 
 /// Sentinel settings for a backend built directly (to read its counter).
