@@ -53,11 +53,33 @@ pub const CACHE_ACL: &str = "~cache:* resetchannels -@all +get +set +del +mget +
 pub const NEAR_CACHE_ACL: &str =
     "+pttl +client|id +client|tracking +client|caching +subscribe &__redis__:invalidate";
 
-/// A free loopback port (bound then released; races are unlikely and retried
-/// by callers that start servers).
+/// A free loopback port for a server a test starts (bound, then released).
+///
+/// Picked at random below the kernel's ephemeral range, not by binding port
+/// 0: every outgoing connection takes its local port from that range, and
+/// with thousands of connections per test run one took a port between this
+/// check and the server's bind (seen in CI: a cluster node that could not
+/// start). Below the range only another test's pick can collide, at
+/// random; [`RedisServer`] starts again on fresh ports if one does.
 pub fn free_port() -> u16 {
+    const FLOOR: u16 = 12_000;
+    let ceiling = ephemeral_floor().unwrap_or(0);
+    if ceiling > FLOOR + 1_000 {
+        for _ in 0..200 {
+            let port = rand::random_range(FLOOR..ceiling);
+            if StdListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
+}
+
+/// The first port of `net.ipv4.ip_local_port_range`.
+fn ephemeral_floor() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// A per-test random password, so no test secret is fixed in the source.
@@ -140,8 +162,7 @@ impl RedisServer {
             admin_tls: None,
             admin_insecure: false,
         };
-        server.write_config();
-        server.spawn();
+        server.start_first();
         server
     }
 
@@ -193,8 +214,7 @@ impl RedisServer {
             }),
             admin_insecure: !check,
         };
-        server.write_config();
-        server.spawn();
+        server.start_first();
         server
     }
 
@@ -226,7 +246,62 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// Writes the config and starts the server; if its port was taken
+    /// before it could bind it (see [`free_port`]), starts it again on
+    /// fresh ports. A restart cannot do that: clients know its port.
+    fn start_first(&mut self) {
+        for _ in 0..4 {
+            self.write_config();
+            self.launch();
+            if !self.lost_its_port() {
+                break;
+            }
+            self.kill();
+            self.take_fresh_ports();
+        }
+        self.wait_ready();
+    }
+
+    /// True when the server exited because its port (or its cluster bus
+    /// port) was in use; false once it answers, or on any other outcome
+    /// (left to [`Self::wait_ready`] to report).
+    fn lost_its_port(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && self.try_admin().is_none() {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return self.log().contains("Address already in use");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// New ports for the server and, in the arguments, its TLS and cluster
+    /// bus ports; the log is started afresh.
+    fn take_fresh_ports(&mut self) {
+        let old = self.port;
+        self.port = free_port();
+        let mut args = self.extra_args.iter_mut().peekable();
+        while let Some(arg) = args.next() {
+            match (arg.as_str(), args.peek_mut()) {
+                ("--tls-port", Some(v)) if **v == old.to_string() => **v = self.port.to_string(),
+                ("--cluster-port", Some(v)) => **v = free_port().to_string(),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("server.log"));
+    }
+
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    fn launch(&mut self) {
         let child = Command::new(self.flavor.binary())
             .arg(self.config_path())
             .args(&self.extra_args)
@@ -235,7 +310,6 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start {:?}: {e}", self.flavor.binary()));
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&self) {
