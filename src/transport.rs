@@ -18,13 +18,16 @@
 //!
 //! - Each connection's writes go through [`Coalesce`], so responses that
 //!   finish together leave in one system call.
+//! - Each connection's HTTP/2 streams run inside its task ([`Inline`]), so a
+//!   call's reply wakes the task that writes its response, not a task of
+//!   its own.
 //!
 //! What a request may do once it arrives is `admission`'s business.
 
 use std::{sync::Arc, time::Duration};
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::{
@@ -38,6 +41,7 @@ use tracing::{debug, info, warn};
 use crate::{
     admission::Admission,
     coalesce::Coalesce,
+    inline::Inline,
     shutdown::{Phase, Watch},
     tls::ReloadingAcceptor,
 };
@@ -61,10 +65,11 @@ pub struct TransportLimits {
     pub header_read_timeout: Duration,
 }
 
-type Http = auto::Builder<TokioExecutor>;
+type Http = auto::Builder<Inline>;
 
-fn http(limits: &TransportLimits) -> Http {
-    let mut http = auto::Builder::new(TokioExecutor::new());
+/// The HTTP settings of one connection, whose streams `exec` runs.
+fn http(limits: &TransportLimits, exec: Inline) -> Http {
+    let mut http = auto::Builder::new(exec);
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -89,7 +94,6 @@ pub async fn serve(
     limits: TransportLimits,
     mut shutdown: Watch,
 ) {
-    let http = Arc::new(http(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a sender; all gone = drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);
@@ -117,7 +121,7 @@ pub async fn serve(
         // delayed ACK.
         let _ = tcp.set_nodelay(true);
         let conn = Conn {
-            http: http.clone(),
+            limits: limits.clone(),
             admission: admission.clone(),
             idle: limits.idle_timeout,
             shutdown: shutdown.clone(),
@@ -134,7 +138,7 @@ pub async fn serve(
 
 /// One accepted connection and what it holds.
 struct Conn {
-    http: Arc<Http>,
+    limits: TransportLimits,
     admission: Arc<Admission>,
     idle: Duration,
     shutdown: Watch,
@@ -162,7 +166,7 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
-            http,
+            limits,
             admission,
             idle,
             mut shutdown,
@@ -172,6 +176,8 @@ impl Conn {
         let mut force = shutdown.clone();
         let service = admission.connection();
         let state = service.state();
+        let (exec, mut streams) = Inline::new();
+        let http = http(&limits, exec);
         let conn = http.serve_connection(TokioIo::new(Coalesce::new(io)), service);
         tokio::pin!(conn);
         let mut draining = false;
@@ -180,6 +186,7 @@ impl Conn {
         loop {
             let wake = closing.unwrap_or_else(|| state.idle_deadline(idle));
             tokio::select! {
+                never = &mut streams => match never {},
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         debug!(error = %e, "connection ended with an error");
