@@ -1,8 +1,7 @@
 //! The gRPC ceiling for `bench/run`: the `cache.v1.Cache` API answered
-//! without any backend, behind the same server setup as the plugin
-//! (multi-thread runtime, its own accept loop with `tcp_nodelay`, hyper's
-//! HTTP/1 + HTTP/2 with each connection's streams run in its task by
-//! `inline::Inline`, responses gathered by `coalesce::Coalesce`, the service mounted
+//! without any backend, behind the same tonic server setup as the plugin
+//! (multi-thread runtime, `tcp_nodelay`, responses gathered by
+//! `coalesce::Coalesce`, HTTP/1 accepted, the service mounted
 //! on tonic's axum router next to a `GET /metrics` route, the same codec and
 //! allocator, and MGet's reply type `pb::Hits`, a list rather than prost's
 //! `HashMap`). Whatever the plugin adds on top of this is validation,
@@ -24,11 +23,7 @@ use std::{
 
 use axum::routing::get;
 use bytes::Bytes;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
+use redis_cache_plugin::coalesce::Coalesce;
 use redis_cache_plugin::pb::{
     DeleteRequest, DeleteResponse, ExistsRequest, ExistsResponse, ExpireRequest, ExpireResponse,
     GetRequest, GetResponse, GetTtlRequest, GetTtlResponse, Hits, IncrRequest, IncrResponse,
@@ -36,9 +31,13 @@ use redis_cache_plugin::pb::{
     SetRequest, SetResponse,
     cache_server::{Cache, CacheServer},
 };
-use redis_cache_plugin::{coalesce::Coalesce, inline::Inline};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::{Request, Response, Status, service::Routes};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::{
+    Request, Response, Status,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 
 /// The plugin's allocator, so the ceiling differs from the plugin only by
 /// what the plugin does per request.
@@ -166,24 +165,16 @@ async fn serve(port: u16, value_bytes: usize) -> Result<(), Box<dyn std::error::
     let grpc = Routes::new(CacheServer::new(noop).max_decoding_message_size(8 << 20));
     let router = grpc.into_axum_router().route("/metrics", get(scrape));
     println!("noop_server listening on {}", listener.local_addr()?);
-    loop {
-        let (tcp, _peer) = listener.accept().await?;
-        tokio::spawn(serve_connection(tcp, router.clone()));
-    }
-}
-
-/// One connection, as the plugin's `transport` serves it: nodelay, the
-/// streams run in this task, the responses gathered into one write.
-async fn serve_connection(tcp: TcpStream, router: axum::Router) {
-    let _ = tcp.set_nodelay(true);
-    let (exec, mut streams) = Inline::new();
-    let mut http = auto::Builder::new(exec);
-    http.http1().timer(TokioTimer::new());
-    http.http2().timer(TokioTimer::new());
-    let io = TokioIo::new(Coalesce::new(tcp));
-    let conn = http.serve_connection(io, TowerToHyperService::new(router));
-    tokio::select! {
-        never = &mut streams => match never {},
-        _ = conn => {}
-    }
+    // As the plugin: nodelay on the stream (the builder's flag is ignored for
+    // an incoming stream), and each connection's responses gathered into one
+    // write.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(Coalesce::new));
+    Server::builder()
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
 }

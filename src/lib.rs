@@ -43,7 +43,6 @@ pub mod drain;
 pub mod error;
 pub mod grpc_timeout;
 pub mod health;
-pub mod inline;
 pub mod metrics;
 pub mod mget_reply;
 pub mod mget_request;

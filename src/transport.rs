@@ -18,16 +18,13 @@
 //!
 //! - Each connection's writes go through [`Coalesce`], so responses that
 //!   finish together leave in one system call.
-//! - Each connection's HTTP/2 streams run inside its task ([`Inline`]), so a
-//!   call's reply wakes the task that writes its response, not a task of
-//!   its own.
 //!
 //! What a request may do once it arrives is `admission`'s business.
 
 use std::{sync::Arc, time::Duration};
 
 use hyper_util::{
-    rt::{TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::{
@@ -41,7 +38,6 @@ use tracing::{debug, info, warn};
 use crate::{
     admission::Admission,
     coalesce::Coalesce,
-    inline::Inline,
     shutdown::{Phase, Watch},
     tls::ReloadingAcceptor,
 };
@@ -65,11 +61,10 @@ pub struct TransportLimits {
     pub header_read_timeout: Duration,
 }
 
-type Http = auto::Builder<Inline>;
+type Http = auto::Builder<TokioExecutor>;
 
-/// The HTTP settings of one connection, whose streams `exec` runs.
-fn http(limits: &TransportLimits, exec: Inline) -> Http {
-    let mut http = auto::Builder::new(exec);
+fn http(limits: &TransportLimits) -> Http {
+    let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -94,6 +89,7 @@ pub async fn serve(
     limits: TransportLimits,
     mut shutdown: Watch,
 ) {
+    let http = Arc::new(http(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a sender; all gone = drained.
     let (alive, mut drained) = mpsc::channel::<()>(1);
@@ -121,7 +117,7 @@ pub async fn serve(
         // delayed ACK.
         let _ = tcp.set_nodelay(true);
         let conn = Conn {
-            limits: limits.clone(),
+            http: http.clone(),
             admission: admission.clone(),
             idle: limits.idle_timeout,
             shutdown: shutdown.clone(),
@@ -138,7 +134,7 @@ pub async fn serve(
 
 /// One accepted connection and what it holds.
 struct Conn {
-    limits: TransportLimits,
+    http: Arc<Http>,
     admission: Arc<Admission>,
     idle: Duration,
     shutdown: Watch,
@@ -166,7 +162,7 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
-            limits,
+            http,
             admission,
             idle,
             mut shutdown,
@@ -176,8 +172,6 @@ impl Conn {
         let mut force = shutdown.clone();
         let service = admission.connection();
         let state = service.state();
-        let (exec, mut streams) = Inline::new();
-        let http = http(&limits, exec);
         let conn = http.serve_connection(TokioIo::new(Coalesce::new(io)), service);
         tokio::pin!(conn);
         let mut draining = false;
@@ -186,7 +180,6 @@ impl Conn {
         loop {
             let wake = closing.unwrap_or_else(|| state.idle_deadline(idle));
             tokio::select! {
-                never = &mut streams => match never {},
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         debug!(error = %e, "connection ended with an error");
