@@ -266,18 +266,17 @@ impl RedisServer {
     /// port) was in use; false once it answers, or on any other outcome
     /// (left to [`Self::wait_ready`] to report).
     fn lost_its_port(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && self.try_admin().is_none() {
-            let exited = self
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-            if exited {
-                return self.log().contains("Address already in use");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
+        // Held outside `self` while polling: `try_wait` needs it mutably.
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let mut exited = false;
+        poll(Duration::from_secs(15), Duration::from_millis(10), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited || self.try_admin().is_some()
+        });
+        self.child = Some(child);
+        exited && self.log().contains("Address already in use")
     }
 
     /// New ports for the server and, in the arguments, its TLS and cluster
