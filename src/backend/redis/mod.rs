@@ -28,7 +28,7 @@ use bytes::Bytes;
 pub use self::settings::{NearCache, RedisSettings, RedisTlsSettings};
 use self::{
     commands::{Command, Expire, Get, GetTtl, Incr, KeyCount, MGet, MSet, Persist, Set},
-    near::Near,
+    near::{Lookup, Near},
     router::Router,
 };
 use super::{
@@ -90,15 +90,13 @@ impl Backend for RedisBackend {
         let Some(near) = &self.near else {
             return self.router.send(&Get { key }).await;
         };
-        if let Some(value) = near.get(&key) {
-            return Ok(Some(value));
-        }
-        if !near.admit(&key) {
+        match near.lookup(&key) {
+            Lookup::Hit(value) => Ok(Some(value)),
+            Lookup::Admit => self.router.get_tracked(&Get { key }).await,
             // Not missed lately: a plain read, nothing stored (near's
             // module docs say why).
-            return self.router.send(&Get { key }).await;
+            Lookup::Pass => self.router.send(&Get { key }).await,
         }
-        self.router.get_tracked(&Get { key }).await
     }
 
     async fn set(

@@ -13,16 +13,13 @@
 //! about one slot per entry the cache can hold, so "lately" means "within
 //! roughly a cache's worth of other misses". Lossy on purpose: a collision
 //! forgets a key (it is admitted one miss later) or, once in 65,535, admits
-//! one early; neither affects coherence. Lock-free (one atomic swap).
+//! one early; neither affects coherence. Lock-free (one atomic swap), and
+//! it takes the hash the store already computed for the lookup.
 //!
 //! This module owns that filter only; the store and the Redis path are
 //! elsewhere (`store`, `near`).
 
-use std::{
-    collections::hash_map::RandomState,
-    hash::BuildHasher,
-    sync::atomic::{AtomicU16, Ordering},
-};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Bytes of near-cache budget per slot: about one entry of a small value
 /// (the store's per-entry overhead plus a short key and value).
@@ -35,7 +32,6 @@ const MAX_SLOTS: usize = 1 << 20;
 /// The doorkeeper; see the module docs.
 pub(super) struct Doorkeeper {
     slots: Box<[AtomicU16]>,
-    hasher: RandomState,
 }
 
 impl Doorkeeper {
@@ -46,13 +42,12 @@ impl Doorkeeper {
             .next_power_of_two();
         Self {
             slots: (0..n).map(|_| AtomicU16::new(0)).collect(),
-            hasher: RandomState::new(),
         }
     }
 
-    /// Records a miss of `key`; true when it missed lately too (store it).
-    pub(super) fn admit(&self, key: &str) -> bool {
-        let h = self.hasher.hash_one(key);
+    /// Records a miss of the key whose keyed hash is `h`; true when it
+    /// missed lately too (store it).
+    pub(super) fn admit(&self, h: u64) -> bool {
         // The length is a power of two: the mask picks a slot; the top
         // bits, independent of it, are the fingerprint (never 0, the
         // empty slot).
@@ -64,11 +59,26 @@ impl Doorkeeper {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::hash_map::RandomState, hash::BuildHasher};
+
     use super::*;
+
+    /// Admits by key, hashing as the store does.
+    struct Keyed(Doorkeeper, RandomState);
+
+    impl Keyed {
+        fn new(max_bytes: usize) -> Self {
+            Self(Doorkeeper::new(max_bytes), RandomState::new())
+        }
+
+        fn admit(&self, key: &str) -> bool {
+            self.0.admit(self.1.hash_one(key))
+        }
+    }
 
     #[test]
     fn a_key_is_admitted_on_its_second_miss_and_after() {
-        let a = Doorkeeper::new(1 << 20);
+        let a = Keyed::new(1 << 20);
         assert!(!a.admit("k"), "admitted on its first miss");
         assert!(a.admit("k"));
         assert!(a.admit("k"));
@@ -78,7 +88,7 @@ mod tests {
     /// read again soon after, most are.
     #[test]
     fn a_sweep_read_once_is_not_admitted_and_read_twice_mostly_is() {
-        let a = Doorkeeper::new(4096 * BYTES_PER_SLOT);
+        let a = Keyed::new(4096 * BYTES_PER_SLOT);
         let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
         let first = keys.iter().filter(|k| a.admit(k)).count();
         let second = keys.iter().filter(|k| a.admit(k)).count();

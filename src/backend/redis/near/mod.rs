@@ -61,12 +61,13 @@ mod store;
 
 use std::{
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
@@ -81,9 +82,18 @@ use crate::backend::NearStats;
 pub(super) struct Near {
     store: Store,
     doorkeeper: Doorkeeper,
-    hits: AtomicU64,
-    misses: AtomicU64,
     max_bytes: usize,
+}
+
+/// What a Get does after asking the near cache.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// Held: the answer.
+    Hit(Bytes),
+    /// Missed lately too: read it tracked and store it.
+    Admit,
+    /// First miss lately: read it plainly, store nothing.
+    Pass,
 }
 
 impl Near {
@@ -91,27 +101,25 @@ impl Near {
         Arc::new(Self {
             store: Store::new(max_bytes, max_ttl),
             doorkeeper: Doorkeeper::new(max_bytes),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
             max_bytes,
         })
     }
 
-    /// The held value of `key`, counted as a hit or a miss.
+    /// The held value of `key`, counted as a hit or a miss (MGet: its
+    /// misses are not stored, so the doorkeeper is not asked).
     pub(super) fn get(&self, key: &str) -> Option<Bytes> {
-        let found = self.store.get(key, Instant::now());
-        let counter = match found {
-            Some(_) => &self.hits,
-            None => &self.misses,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.store.get(key, self.store.hash(key), Instant::now)
     }
 
-    /// Whether a read of `key`, which just missed, should be claimed and
-    /// stored (see [`doorkeeper`]); false: read it plainly.
-    pub(super) fn admit(&self, key: &str) -> bool {
-        self.doorkeeper.admit(key)
+    /// A Get's lookup: the held value, or on a miss whether to claim and
+    /// store the read (see [`doorkeeper`]). One hash serves both.
+    pub(super) fn lookup(&self, key: &str) -> Lookup {
+        let hash = self.store.hash(key);
+        match self.store.get(key, hash, Instant::now) {
+            Some(value) => Lookup::Hit(value),
+            None if self.doorkeeper.admit(hash) => Lookup::Admit,
+            None => Lookup::Pass,
+        }
     }
 
     /// Stores what a claimed read returned: `value` (a miss stores
@@ -145,8 +153,8 @@ impl Near {
     pub(super) fn stats(&self) -> NearStats {
         let c = self.store.counts();
         NearStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: c.hits,
+            misses: c.misses,
             invalidations: c.invalidations,
             evictions: c.evictions,
             bytes: c.bytes,
@@ -158,8 +166,9 @@ impl Near {
 /// One node's invalidation channel as data connections see it.
 pub(super) struct Tracking {
     pub(super) near: Arc<Near>,
-    /// The subscribed listener, `None` while there is none.
-    redirect: Mutex<Option<Arc<Redirect>>>,
+    /// The subscribed listener, `None` while there is none. Read by every
+    /// claimed read: one atomic load, no lock to meet on.
+    redirect: ArcSwapOption<Redirect>,
     next_generation: AtomicU64,
     /// Ends the listener (the node's pool was retired).
     pub(super) retired: Notify,
@@ -186,7 +195,7 @@ impl Tracking {
     pub(super) fn new(near: Arc<Near>) -> Arc<Self> {
         Arc::new(Self {
             near,
-            redirect: Mutex::new(None),
+            redirect: ArcSwapOption::empty(),
             next_generation: AtomicU64::new(1),
             retired: Notify::new(),
         })
@@ -198,16 +207,9 @@ impl Tracking {
     /// claim is refused or removed (see `store`).
     pub(super) fn claim(&self, key: &str) -> Option<Claim> {
         let epoch = self.near.store.epoch();
-        let redirect = self.current()?;
+        let redirect = self.redirect.load_full()?;
         let ticket = self.near.store.claim(key, epoch, Instant::now())?;
         Some(Claim { ticket, redirect })
-    }
-
-    fn current(&self) -> Option<Arc<Redirect>> {
-        self.redirect
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// A listener with client `id` is subscribed: publish it. The cache is
@@ -232,16 +234,13 @@ impl Tracking {
             generation,
             command: command.freeze(),
         });
-        *self.redirect.lock().unwrap_or_else(PoisonError::into_inner) = Some(redirect);
+        self.redirect.store(Some(redirect));
     }
 
     /// The listener is gone: stop claiming, then flush (this order: see
     /// [`Tracking::claim`]).
     pub(super) fn down(&self) {
-        self.redirect
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.redirect.store(None);
         self.near.flush();
     }
 

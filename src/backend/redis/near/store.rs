@@ -1,29 +1,37 @@
-//! The near cache's memory: a sharded map from key to value with an expiry,
-//! bounded in bytes, with *placeholders* that make a read racing an
+//! The near cache's memory: a sharded table from key to value with an
+//! expiry, bounded in bytes, with *placeholders* that make a read racing an
 //! invalidation harmless (module docs of `near`).
 //!
-//! Each shard is a `HashMap` under its own `Mutex` and a CLOCK queue (an
+//! Each shard is a hash table under its own `Mutex` and a CLOCK queue (an
 //! approximation of LRU: an entry read since the hand last passed gets a
 //! second chance) that evicts while the shard holds more than its share of
 //! `max_bytes`. An entry costs its key, its value and [`ENTRY_OVERHEAD`].
+//!
+//! A key is hashed once per lookup ([`Store::hash`]): the hash picks the
+//! shard, finds the entry, and (in `near`) feeds the doorkeeper. Entries
+//! keep their hash, so growing a table or evicting never hashes a key
+//! again. The counters live in the shards, under the lock a call takes
+//! anyway: a miss touches no cache line that every other call writes too
+//! (on a 2-core machine, shared counters cost more than the lookup).
 //!
 //! This module knows no Redis, no listener and no metrics export: it counts
 //! what happened and answers what it holds.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::RandomState},
+    collections::{VecDeque, hash_map::RandomState},
     hash::BuildHasher,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
-/// Bytes counted per entry on top of its key and value: the map slot, the
-/// key's `Arc` header, up to two CLOCK queue slots and the allocator's
+/// Bytes counted per entry on top of its key and value: the table slot,
+/// the key's box, up to two CLOCK queue slots and the allocator's
 /// rounding. An estimate on the high side, so `max_bytes` is a real bound.
 pub(super) const ENTRY_OVERHEAD: usize = 160;
 
@@ -35,6 +43,7 @@ const SHARDS: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
     token: u64,
+    hash: u64,
     /// When the read was sent: the entry's lifetime counts from here, so
     /// it never outlives what Redis said (PTTL is read later than this).
     at: Instant,
@@ -43,6 +52,10 @@ pub(crate) struct Ticket {
 /// What the store did, since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Counts {
+    /// Lookups that found a live value.
+    pub(super) hits: u64,
+    /// Lookups that did not.
+    pub(super) misses: u64,
     /// Entries dropped by an invalidation or a flush.
     pub(super) invalidations: u64,
     /// Entries dropped to stay under `max_bytes`.
@@ -61,7 +74,10 @@ enum Slot {
 }
 
 struct Entry {
-    /// Unique per claim; a CLOCK queue item with another token is stale.
+    key: Box<str>,
+    hash: u64,
+    /// Unique per claim within the shard; a CLOCK queue item with another
+    /// token is stale.
     token: u64,
     slot: Slot,
     /// Read since the CLOCK hand last passed it.
@@ -71,11 +87,15 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Arc<str>, Entry>,
-    /// Insertion order with second chances; items whose token no longer
-    /// matches their key's entry are skipped (and compacted away).
-    clock: VecDeque<(Arc<str>, u64)>,
+    table: HashTable<Entry>,
+    /// Insertion order with second chances, as (hash, token); items whose
+    /// token no longer has an entry are skipped (and compacted away).
+    clock: VecDeque<(u64, u64)>,
     bytes: usize,
+    /// The next claim's token. Never reset, a flush included: a ticket
+    /// from before a flush must not match an entry claimed after it.
+    next_token: u64,
+    counts: Counts,
 }
 
 /// The sharded store; see the module docs.
@@ -87,10 +107,6 @@ pub(super) struct Store {
     max_ttl: Duration,
     /// Bumped by every flush: a claim made before one is refused.
     epoch: AtomicU64,
-    next_token: AtomicU64,
-    invalidations: AtomicU64,
-    evictions: AtomicU64,
-    bytes: AtomicUsize,
 }
 
 impl Store {
@@ -101,17 +117,20 @@ impl Store {
             shard_max: (max_bytes / SHARDS).max(1),
             max_ttl,
             epoch: AtomicU64::new(0),
-            next_token: AtomicU64::new(1),
-            invalidations: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            bytes: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        // Nothing under a shard lock panics (map and queue operations), so
-        // a poisoned lock still guards consistent state.
+    /// `key`'s hash, keyed per process (keys come from clients).
+    pub(super) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // Bits the table does not use for its buckets (low) or tags (top
+        // 7), so a shard's keys still spread over its whole table.
+        let i = ((hash >> 32) as usize) % SHARDS;
+        // Nothing under a shard lock panics (table and queue operations),
+        // so a poisoned lock still guards consistent state.
         self.shards[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -124,43 +143,38 @@ impl Store {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// The value under `key` if held and not expired at `now`.
-    pub(super) fn get(&self, key: &str, now: Instant) -> Option<Bytes> {
-        let mut shard = self.shard(key);
-        let entry = shard.map.get_mut(key)?;
-        match &entry.slot {
-            Slot::Ready { value, expires } if now < *expires => {
-                entry.referenced = true;
-                Some(value.clone())
-            }
-            Slot::Ready { .. } => {
-                let freed = shard.remove(key);
-                self.bytes.fetch_sub(freed, Ordering::Relaxed);
-                None
-            }
-            Slot::Pending => None,
+    /// The value under `key` (whose [`Store::hash`] is `hash`) if held and
+    /// not expired at `now()`, counted as a hit or a miss. The clock is
+    /// read only when there is a value to check.
+    pub(super) fn get(&self, key: &str, hash: u64, now: impl FnOnce() -> Instant) -> Option<Bytes> {
+        let mut shard = self.shard(hash);
+        let found = shard.read(key, hash, now);
+        match found {
+            Some(_) => shard.counts.hits += 1,
+            None => shard.counts.misses += 1,
         }
+        found
     }
 
     /// Claims `key` for a read about to be sent at `at`, if no flush
     /// happened since `epoch` was read. A claim replaces an earlier one
     /// (whose read then stores nothing) but not a value.
     pub(super) fn claim(&self, key: &str, epoch: u64, at: Instant) -> Option<Ticket> {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut shard = self.shard(key);
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash);
         if self.epoch.load(Ordering::SeqCst) != epoch {
             return None;
         }
-        if matches!(shard.map.get(key), Some(e) if matches!(e.slot, Slot::Ready { .. })) {
+        if matches!(shard.find(key, hash), Some(e) if matches!(e.slot, Slot::Ready { .. })) {
             // Another read filled it meanwhile; this one need not store.
             return None;
         }
-        let freed = shard.remove(key);
-        let bytes = key.len() + ENTRY_OVERHEAD;
-        shard.insert(key, token, Slot::Pending, bytes);
-        let evicted = shard.evict(self.shard_max);
-        self.account(bytes, freed + evicted.1, evicted.0);
-        Some(Ticket { token, at })
+        shard.remove(key, hash);
+        let token = shard.next_token;
+        shard.next_token += 1;
+        shard.insert(key, hash, token);
+        shard.evict(self.shard_max);
+        Some(Ticket { token, hash, at })
     }
 
     /// Stores `value` for a claim that survived, living `pttl` (Redis' TTL
@@ -174,8 +188,8 @@ impl Store {
         // A copy: the reply's bytes share the connection's read buffer,
         // which a held slice would keep alive whole.
         let value = Bytes::copy_from_slice(value);
-        let mut shard = self.shard(key);
-        let Some(entry) = shard.map.get_mut(key) else {
+        let mut shard = self.shard(ticket.hash);
+        let Some(entry) = shard.find_mut(key, ticket.hash) else {
             return false;
         };
         if entry.token != ticket.token || !matches!(entry.slot, Slot::Pending) {
@@ -188,66 +202,66 @@ impl Store {
             expires: ticket.at + life,
         };
         shard.bytes += grown;
-        let evicted = shard.evict(self.shard_max);
-        self.account(grown, evicted.1, evicted.0);
+        shard.evict(self.shard_max);
         true
     }
 
     /// Drops the claim of a read that failed (nothing to store).
     pub(super) fn cancel(&self, key: &str, ticket: Ticket) {
-        let mut shard = self.shard(key);
-        if shard.map.get(key).is_some_and(|e| e.token == ticket.token) {
-            let freed = shard.remove(key);
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        let mut shard = self.shard(ticket.hash);
+        if shard
+            .find(key, ticket.hash)
+            .is_some_and(|e| e.token == ticket.token)
+        {
+            shard.remove(key, ticket.hash);
         }
     }
 
     /// Drops `keys`' entries and claims; returns how many there were.
     pub(super) fn remove(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) -> u64 {
+        self.drop_keys(keys, false)
+    }
+
+    /// [`Store::remove`] counted as invalidations (Redis said so).
+    pub(super) fn invalidate(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) {
+        self.drop_keys(keys, true);
+    }
+
+    fn drop_keys(&self, keys: impl IntoIterator<Item = impl AsRef<str>>, invalidated: bool) -> u64 {
         let mut dropped = 0;
         for key in keys {
             let key = key.as_ref();
-            let mut shard = self.shard(key);
-            if shard.map.contains_key(key) {
-                let freed = shard.remove(key);
-                self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            let hash = self.hash(key);
+            let mut shard = self.shard(hash);
+            if shard.remove(key, hash).is_some() {
+                shard.counts.invalidations += u64::from(invalidated);
                 dropped += 1;
             }
         }
         dropped
     }
 
-    /// [`Store::remove`] counted as invalidations (Redis said so).
-    pub(super) fn invalidate(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) {
-        let n = self.remove(keys);
-        self.invalidations.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Drops everything, claims included, and refuses claims made before.
     pub(super) fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        let mut dropped = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            dropped += shard.map.len() as u64;
-            self.bytes.fetch_sub(shard.bytes, Ordering::Relaxed);
-            *shard = Shard::default();
+            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
         }
-        self.invalidations.fetch_add(dropped, Ordering::Relaxed);
     }
 
+    /// The shards' counts added up (a scrape's worth of locking).
     pub(super) fn counts(&self) -> Counts {
-        Counts {
-            invalidations: self.invalidations.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+        let mut sum = Counts::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let c = &shard.counts;
+            sum.hits += c.hits;
+            sum.misses += c.misses;
+            sum.invalidations += c.invalidations;
+            sum.evictions += c.evictions;
+            sum.bytes += shard.bytes;
         }
-    }
-
-    fn account(&self, added: usize, freed: usize, evicted: u64) {
-        self.bytes.fetch_add(added, Ordering::Relaxed);
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
-        self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        sum
     }
 }
 
@@ -266,59 +280,92 @@ fn lifetime(pttl: i64, max_ttl: Duration) -> Option<Duration> {
 // === impl Shard ===
 
 impl Shard {
-    fn insert(&mut self, key: &str, token: u64, slot: Slot, bytes: usize) {
-        let key: Arc<str> = key.into();
-        self.clock.push_back((key.clone(), token));
+    fn find(&self, key: &str, hash: u64) -> Option<&Entry> {
+        self.table.find(hash, |e| e.hash == hash && *e.key == *key)
+    }
+
+    fn find_mut(&mut self, key: &str, hash: u64) -> Option<&mut Entry> {
+        self.table
+            .find_mut(hash, |e| e.hash == hash && *e.key == *key)
+    }
+
+    /// A live value of `key`; an expired one is dropped on the way.
+    fn read(&mut self, key: &str, hash: u64, now: impl FnOnce() -> Instant) -> Option<Bytes> {
+        let entry = self.find_mut(key, hash)?;
+        let Slot::Ready { value, expires } = &entry.slot else {
+            return None;
+        };
+        if now() < *expires {
+            entry.referenced = true;
+            return Some(value.clone());
+        }
+        self.remove(key, hash);
+        None
+    }
+
+    /// A claim's placeholder for `key`, queued for the CLOCK hand.
+    fn insert(&mut self, key: &str, hash: u64, token: u64) {
+        let bytes = key.len() + ENTRY_OVERHEAD;
         let entry = Entry {
+            key: key.into(),
+            hash,
             token,
-            slot,
+            slot: Slot::Pending,
             referenced: false,
             bytes,
         };
-        self.map.insert(key, entry);
+        self.table.insert_unique(hash, entry, |e| e.hash);
+        self.clock.push_back((hash, token));
         self.bytes += bytes;
         self.compact();
     }
 
-    /// Removes `key`'s entry; returns the bytes freed.
-    fn remove(&mut self, key: &str) -> usize {
-        let freed = self.map.remove(key).map_or(0, |e| e.bytes);
-        self.bytes -= freed;
-        freed
+    /// Removes `key`'s entry; returns the bytes freed, `None` if absent.
+    fn remove(&mut self, key: &str, hash: u64) -> Option<usize> {
+        let found = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && *e.key == *key);
+        let (entry, _) = found.ok()?.remove();
+        self.bytes -= entry.bytes;
+        Some(entry.bytes)
     }
 
-    /// Evicts by CLOCK until at most `max` bytes are held; returns how
-    /// many entries and bytes went.
-    fn evict(&mut self, max: usize) -> (u64, usize) {
-        let (mut n, mut freed) = (0, 0);
+    /// Evicts by CLOCK until at most `max` bytes are held.
+    fn evict(&mut self, max: usize) {
         while self.bytes > max {
-            let Some((key, token)) = self.clock.pop_front() else {
+            let Some((hash, token)) = self.clock.pop_front() else {
                 break;
             };
-            let Some(entry) = self.map.get_mut(&key) else {
+            let Ok(mut found) = self.table.find_entry(hash, |e| e.token == token) else {
                 continue;
             };
-            if entry.token != token {
+            if std::mem::take(&mut found.get_mut().referenced) {
+                self.clock.push_back((hash, token));
                 continue;
             }
-            if std::mem::take(&mut entry.referenced) {
-                self.clock.push_back((key, token));
-                continue;
-            }
-            freed += self.remove(&key);
-            n += 1;
+            let (entry, _) = found.remove();
+            self.bytes -= entry.bytes;
+            self.counts.evictions += 1;
         }
-        (n, freed)
     }
 
     /// Drops stale queue items once they outnumber live entries, so the
-    /// queue stays within twice the map (amortised O(1) per insert).
+    /// queue stays within twice the table (amortised O(1) per insert).
     fn compact(&mut self) {
-        if self.clock.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
+        if self.clock.len() > 2 * self.table.len() + 64 {
+            let table = &self.table;
             self.clock
-                .retain(|(k, t)| map.get(k).is_some_and(|e| e.token == *t));
+                .retain(|&(h, t)| table.find(h, |e| e.token == t).is_some());
         }
+    }
+
+    /// Drops every entry and queue item, counted as invalidations; the
+    /// token sequence and the other counts go on.
+    fn clear(&mut self) {
+        self.counts.invalidations += self.table.len() as u64;
+        self.table.clear();
+        self.clock.clear();
+        self.bytes = 0;
     }
 }
 
@@ -328,6 +375,13 @@ mod tests {
 
     fn v(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
+    }
+
+    impl Store {
+        /// A lookup at `now`, hashing the key as `near` does.
+        fn get_at(&self, key: &str, now: Instant) -> Option<Bytes> {
+            self.get(key, self.hash(key), || now)
+        }
     }
 
     fn store() -> Store {
@@ -340,7 +394,7 @@ mod tests {
         let now = Instant::now();
         let t = s.claim("k", s.epoch(), now).expect("claim");
         assert!(s.fill("k", t, &v("old"), -1));
-        assert_eq!(s.get("k", now), Some(v("old")));
+        assert_eq!(s.get_at("k", now), Some(v("old")));
     }
 
     /// The race: a read is sent, the key's invalidation arrives before the
@@ -352,7 +406,7 @@ mod tests {
         let t = s.claim("k", s.epoch(), now).expect("claim");
         s.invalidate(["k"]);
         assert!(!s.fill("k", t, &v("old"), -1), "stored a stale value");
-        assert_eq!(s.get("k", now), None);
+        assert_eq!(s.get_at("k", now), None);
         assert_eq!(s.counts().invalidations, 1);
     }
 
@@ -366,7 +420,7 @@ mod tests {
         let t = s.claim("k", s.epoch(), now).expect("claim");
         s.remove(["k"]);
         assert!(!s.fill("k", t, &v("old"), -1), "stored across a write");
-        assert_eq!(s.get("k", now), None);
+        assert_eq!(s.get_at("k", now), None);
     }
 
     /// The epoch is read before the invalidation channel is checked; a
@@ -380,6 +434,33 @@ mod tests {
         assert_eq!(s.counts().bytes, 0);
     }
 
+    /// Tokens go on across a flush: a claim made before it and one made
+    /// after must never look alike to the old read's reply.
+    #[test]
+    fn a_ticket_from_before_a_flush_never_fills_a_claim_made_after_it() {
+        let s = store();
+        let now = Instant::now();
+        let before = s.claim("k", s.epoch(), now).expect("claim");
+        s.flush();
+        let after = s.claim("k", s.epoch(), now).expect("claim");
+        assert!(!s.fill("k", before, &v("old"), -1), "stored across a flush");
+        assert!(s.fill("k", after, &v("new"), -1));
+        assert_eq!(s.get_at("k", now), Some(v("new")));
+    }
+
+    #[test]
+    fn lookups_are_counted_as_hits_and_misses() {
+        let s = store();
+        let now = Instant::now();
+        assert_eq!(s.get_at("k", now), None);
+        let t = s.claim("k", s.epoch(), now).expect("claim");
+        assert_eq!(s.get_at("k", now), None, "a claim is not a value");
+        s.fill("k", t, &v("x"), -1);
+        assert_eq!(s.get_at("k", now), Some(v("x")));
+        let c = s.counts();
+        assert_eq!((c.hits, c.misses), (1, 2));
+    }
+
     #[test]
     fn a_later_claim_supersedes_an_earlier_one() {
         let s = store();
@@ -388,7 +469,7 @@ mod tests {
         let second = s.claim("k", s.epoch(), now).expect("second");
         assert!(!s.fill("k", first, &v("a"), -1));
         assert!(s.fill("k", second, &v("b"), -1));
-        assert_eq!(s.get("k", now), Some(v("b")));
+        assert_eq!(s.get_at("k", now), Some(v("b")));
     }
 
     #[test]
@@ -398,18 +479,21 @@ mod tests {
         let t = s.claim("short", s.epoch(), at).expect("claim");
         assert!(s.fill("short", t, &v("x"), 500));
         assert_eq!(
-            s.get("short", at + Duration::from_millis(498)),
+            s.get_at("short", at + Duration::from_millis(498)),
             Some(v("x"))
         );
         // PTTL 500 may mean 499.x ms: the entry goes 1 ms early.
-        assert_eq!(s.get("short", at + Duration::from_millis(499)), None);
+        assert_eq!(s.get_at("short", at + Duration::from_millis(499)), None);
         let t = s.claim("long", s.epoch(), at).expect("claim");
         assert!(s.fill("long", t, &v("x"), 3_600_000));
-        assert!(s.get("long", at + Duration::from_millis(9_999)).is_some());
-        assert_eq!(s.get("long", at + Duration::from_secs(10)), None);
+        assert!(
+            s.get_at("long", at + Duration::from_millis(9_999))
+                .is_some()
+        );
+        assert_eq!(s.get_at("long", at + Duration::from_secs(10)), None);
         let t = s.claim("none", s.epoch(), at).expect("claim");
         assert!(s.fill("none", t, &v("x"), -1));
-        assert_eq!(s.get("none", at + Duration::from_secs(10)), None);
+        assert_eq!(s.get_at("none", at + Duration::from_secs(10)), None);
         let t = s.claim("gone", s.epoch(), at).expect("claim");
         assert!(!s.fill("gone", t, &v("x"), -2), "PTTL -2: expired between");
         assert_eq!(s.counts().bytes, 0, "expired entries freed");
@@ -429,13 +513,13 @@ mod tests {
             if let Some(t) = s.claim(&key, s.epoch(), now) {
                 s.fill(&key, t, &value, -1);
             }
-            assert!(s.get(&hot, now).is_some(), "hot key evicted at {i}");
+            assert!(s.get_at(&hot, now).is_some(), "hot key evicted at {i}");
             assert!(s.counts().bytes <= max, "{} bytes", s.counts().bytes);
         }
         let held: usize = s
             .shards
             .iter()
-            .map(|sh| sh.lock().expect("lock").map.len())
+            .map(|sh| sh.lock().expect("lock").table.len())
             .sum();
         let per = 100 + 9 + ENTRY_OVERHEAD;
         assert!(held >= max / per / 2, "only {held} entries held");
