@@ -46,7 +46,8 @@
 //! TTL.
 //!
 //! Not every miss is stored: [`doorkeeper`] lets a key in on its second
-//! miss within about a cache's worth of others, so a key set much larger
+//! miss within about a cache's worth of others (its third once the cache
+//! is full, when storing it evicts another), so a key set much larger
 //! than the cache does not pay a claim, a `PTTL`, a copy and an eviction
 //! per read for entries evicted before they are read again. A key not
 //! admitted is read plainly and nothing is held for it.
@@ -108,16 +109,19 @@ impl Near {
     /// The held value of `key`, counted as a hit or a miss (MGet: its
     /// misses are not stored, so the doorkeeper is not asked).
     pub(super) fn get(&self, key: &str) -> Option<Bytes> {
-        self.store.get(key, self.store.hash(key), Instant::now)
+        self.store
+            .get(key, self.store.hash(key), Instant::now)
+            .value
     }
 
     /// A Get's lookup: the held value, or on a miss whether to claim and
     /// store the read (see [`doorkeeper`]). One hash serves both.
     pub(super) fn lookup(&self, key: &str) -> Lookup {
         let hash = self.store.hash(key);
-        match self.store.get(key, hash, Instant::now) {
+        let found = self.store.get(key, hash, Instant::now);
+        match found.value {
             Some(value) => Lookup::Hit(value),
-            None if self.doorkeeper.admit(hash) => Lookup::Admit,
+            None if self.doorkeeper.admit(hash, found.full) => Lookup::Admit,
             None => Lookup::Pass,
         }
     }

@@ -64,6 +64,13 @@ pub(super) struct Counts {
     pub(super) bytes: usize,
 }
 
+/// What a lookup found.
+pub(super) struct Found {
+    pub(super) value: Option<Bytes>,
+    /// The key's shard is (nearly) full: storing the key would evict.
+    pub(super) full: bool,
+}
+
 enum Slot {
     /// Claimed by a read in flight.
     Pending,
@@ -92,6 +99,8 @@ struct Shard {
     /// token no longer has an entry are skipped (and compacted away).
     clock: VecDeque<(u64, u64)>,
     bytes: usize,
+    /// The size of the entry filled last: what storing one more costs.
+    last_entry: usize,
     /// The next claim's token. Never reset, a flush included: a ticket
     /// from before a flush must not match an entry claimed after it.
     next_token: u64,
@@ -146,14 +155,16 @@ impl Store {
     /// The value under `key` (whose [`Store::hash`] is `hash`) if held and
     /// not expired at `now()`, counted as a hit or a miss. The clock is
     /// read only when there is a value to check.
-    pub(super) fn get(&self, key: &str, hash: u64, now: impl FnOnce() -> Instant) -> Option<Bytes> {
+    pub(super) fn get(&self, key: &str, hash: u64, now: impl FnOnce() -> Instant) -> Found {
         let mut shard = self.shard(hash);
-        let found = shard.read(key, hash, now);
-        match found {
+        let value = shard.read(key, hash, now);
+        match value {
             Some(_) => shard.counts.hits += 1,
             None => shard.counts.misses += 1,
         }
-        found
+        // One more entry the size of the last one stored would evict.
+        let full = shard.bytes + shard.last_entry > self.shard_max;
+        Found { value, full }
     }
 
     /// Claims `key` for a read about to be sent at `at`, if no flush
@@ -201,6 +212,7 @@ impl Store {
             value,
             expires: ticket.at + life,
         };
+        shard.last_entry = entry.bytes;
         shard.bytes += grown;
         shard.evict(self.shard_max);
         true
@@ -380,7 +392,7 @@ mod tests {
     impl Store {
         /// A lookup at `now`, hashing the key as `near` does.
         fn get_at(&self, key: &str, now: Instant) -> Option<Bytes> {
-            self.get(key, self.hash(key), || now)
+            self.get(key, self.hash(key), || now).value
         }
     }
 
@@ -459,6 +471,23 @@ mod tests {
         assert_eq!(s.get_at("k", now), Some(v("x")));
         let c = s.counts();
         assert_eq!((c.hits, c.misses), (1, 2));
+    }
+
+    /// The doorkeeper asks for one more miss once storing evicts.
+    #[test]
+    fn a_lookup_says_when_its_shard_is_full() {
+        let s = Store::new(SHARDS * 4096, Duration::from_secs(60));
+        let now = Instant::now();
+        let hash = s.hash("probe");
+        assert!(!s.get("probe", hash, || now).full, "empty");
+        let value = Bytes::from(vec![b'v'; 1000]);
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            if let Some(t) = s.claim(&key, s.epoch(), now) {
+                s.fill(&key, t, &value, -1);
+            }
+        }
+        assert!(s.get("probe", hash, || now).full, "after a sweep past max");
     }
 
     #[test]
