@@ -13,7 +13,7 @@
 //! Why a third miss once the cache is full: then every admission evicts an
 //! entry, and under uniform access the hit ratio is the share of keys held
 //! whatever is admitted, so admissions are pure churn; asking for one more
-//! miss cut them from 15 % to about 2 % of misses in the uniform benchmark
+//! miss cut them from 15 % to about 3 % of misses in the uniform benchmark
 //! (each key's slot must survive two intervals instead of one). A key read
 //! often still needs only one miss more (TinyLFU compares the newcomer's
 //! frequency with the victim's for the same reason). While the cache has
