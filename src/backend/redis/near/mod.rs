@@ -87,7 +87,7 @@ pub(super) struct Near {
 }
 
 /// What a Get does after asking the near cache.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Lookup {
     /// Held: the answer.
     Hit(Bytes),

@@ -245,7 +245,7 @@ impl Store {
             let key = key.as_ref();
             let hash = self.hash(key);
             let mut shard = self.shard(hash);
-            if shard.remove(key, hash).is_some() {
+            if shard.remove(key, hash) {
                 shard.counts.invalidations += u64::from(invalidated);
                 dropped += 1;
             }
@@ -289,16 +289,20 @@ fn lifetime(pttl: i64, max_ttl: Duration) -> Option<Duration> {
     }
 }
 
+/// Matches `key`'s entry in a table probed with its `hash`.
+fn is(key: &str, hash: u64) -> impl Fn(&Entry) -> bool {
+    move |e| e.hash == hash && *e.key == *key
+}
+
 // === impl Shard ===
 
 impl Shard {
     fn find(&self, key: &str, hash: u64) -> Option<&Entry> {
-        self.table.find(hash, |e| e.hash == hash && *e.key == *key)
+        self.table.find(hash, is(key, hash))
     }
 
     fn find_mut(&mut self, key: &str, hash: u64) -> Option<&mut Entry> {
-        self.table
-            .find_mut(hash, |e| e.hash == hash && *e.key == *key)
+        self.table.find_mut(hash, is(key, hash))
     }
 
     /// A live value of `key`; an expired one is dropped on the way.
@@ -332,14 +336,14 @@ impl Shard {
         self.compact();
     }
 
-    /// Removes `key`'s entry; returns the bytes freed, `None` if absent.
-    fn remove(&mut self, key: &str, hash: u64) -> Option<usize> {
-        let found = self
-            .table
-            .find_entry(hash, |e| e.hash == hash && *e.key == *key);
-        let (entry, _) = found.ok()?.remove();
+    /// Removes `key`'s entry; false if there was none.
+    fn remove(&mut self, key: &str, hash: u64) -> bool {
+        let Ok(found) = self.table.find_entry(hash, is(key, hash)) else {
+            return false;
+        };
+        let (entry, _) = found.remove();
         self.bytes -= entry.bytes;
-        Some(entry.bytes)
+        true
     }
 
     /// Evicts by CLOCK until at most `max` bytes are held.
