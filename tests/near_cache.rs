@@ -686,8 +686,8 @@ async fn redis_tracks_only_the_keys_the_near_cache_may_hold(flavor: Flavor) {
 /// A child plugin with a 2 MiB near cache reads 6k keys of 1 KiB (6 MiB
 /// of values) in sweeps until at least 6k entries were evicted (a key is
 /// stored from its second miss on, its third once the cache is full, when
-/// the doorkeeper remembers it, so that takes a few sweeps, at most six): the bytes metric never
-/// passes max_bytes, and the process' RSS grows by far less than the sweep.
+/// the doorkeeper remembers it, so that takes a few sweeps, at most six):
+/// the bytes metric never passes max_bytes, and the process' RSS grows by far less than the sweep.
 async fn memory_stays_under_max_bytes_in_a_sweep_larger_than_it(flavor: Flavor) {
     const MAX: usize = 2 << 20;
     const KEYS: usize = 6 * 1024;
